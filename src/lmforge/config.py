@@ -1,0 +1,202 @@
+"""Model configuration: one typed dataclass per architecture, with Hugging Face field names.
+
+`BertConfig.from_json_file` / `to_json_file` read and write the `config.json` of an HF checkpoint
+folder. Keys we do not model (e.g. `_name_or_path`, `gradient_checkpointing`) are kept in `extra`
+and written back on save, so a round trip through lmforge loses nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+CONFIG_NAME = "config.json"
+
+SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu", "silu", "swish", "tanh")
+PROBLEM_TYPES = (None, "regression", "single_label_classification", "multi_label_classification")
+TORCH_DTYPES = (None, "float32", "float16", "bfloat16", "float64", "auto")
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message names the field (and the file when there is one)."""
+
+
+@dataclass
+class BertConfig:
+    model_type: ClassVar[str] = "bert"
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    classifier_dropout: float | None = None
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    initializer_range: float = 0.02
+    pad_token_id: int = 0
+    position_embedding_type: str = "absolute"
+    # Task-head fields. `num_labels` is derived from id2label when that is given (as in HF).
+    num_labels: int | None = None
+    id2label: dict[int, str] | None = None
+    label2id: dict[str, int] | None = None
+    problem_type: str | None = None
+    architectures: list[str] | None = None
+    torch_dtype: str | None = None
+    tie_word_embeddings: bool = True
+    # Everything else found in config.json, preserved verbatim on save.
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._normalise_labels()
+        self._validate()
+
+    # ------------------------------------------------------------------ validation
+    def _normalise_labels(self) -> None:
+        if self.id2label is not None:
+            try:
+                self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
+            except (TypeError, ValueError) as e:
+                raise ConfigError(f"id2label: keys must be integers, got {list(self.id2label)!r}") from e
+            # As in HF, id2label is the source of truth for the label count.
+            self.num_labels = len(self.id2label)
+        else:
+            if self.num_labels is None:
+                self.num_labels = 2
+            self.id2label = {i: f"LABEL_{i}" for i in range(self.num_labels)}
+        if self.label2id is None or set(self.label2id.values()) != set(self.id2label):
+            self.label2id = {v: k for k, v in self.id2label.items()}
+        else:
+            self.label2id = {str(k): int(v) for k, v in self.label2id.items()}
+
+    def _validate(self) -> None:
+        def positive(name: str) -> None:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                     "intermediate_size", "max_position_embeddings", "num_labels"):
+            positive(name)
+        if not isinstance(self.type_vocab_size, int) or self.type_vocab_size < 1:
+            raise ConfigError(f"type_vocab_size must be >= 1, got {self.type_vocab_size!r}")
+        if self.hidden_size % self.num_attention_heads != 0:
+            raise ConfigError(
+                f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
+                f"({self.num_attention_heads})"
+            )
+        if self.hidden_act not in SUPPORTED_ACTIVATIONS:
+            raise ConfigError(f"hidden_act {self.hidden_act!r} is not supported; choose one of {SUPPORTED_ACTIVATIONS}")
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"):
+            value = getattr(self, name)
+            if value is not None and not (0.0 <= float(value) < 1.0):
+                raise ConfigError(f"{name} must be in [0, 1), got {value!r}")
+        if not (float(self.layer_norm_eps) > 0):
+            raise ConfigError(f"layer_norm_eps must be > 0, got {self.layer_norm_eps!r}")
+        if not (0 <= self.pad_token_id < self.vocab_size):
+            raise ConfigError(f"pad_token_id ({self.pad_token_id}) must be in [0, vocab_size={self.vocab_size})")
+        if self.position_embedding_type != "absolute":
+            raise ConfigError(
+                f"position_embedding_type {self.position_embedding_type!r} is not supported (only 'absolute')"
+            )
+        if self.problem_type not in PROBLEM_TYPES:
+            raise ConfigError(f"problem_type must be one of {PROBLEM_TYPES}, got {self.problem_type!r}")
+        if self.torch_dtype not in TORCH_DTYPES:
+            raise ConfigError(f"torch_dtype must be one of {TORCH_DTYPES}, got {self.torch_dtype!r}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    # ------------------------------------------------------------------ (de)serialisation
+    @classmethod
+    def field_names(cls) -> set[str]:
+        return {f.name for f in dataclasses.fields(cls)} - {"extra"}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str | None = None) -> BertConfig:
+        data = dict(data)
+        found_type = data.pop("model_type", cls.model_type)
+        if found_type != cls.model_type:
+            where = f"{source}: " if source else ""
+            raise ConfigError(f"{where}model_type is {found_type!r}, expected {cls.model_type!r}")
+        # transformers >= 4.56 writes `dtype`; older versions write `torch_dtype`.
+        if "dtype" in data and "torch_dtype" not in data:
+            data["torch_dtype"] = data.pop("dtype")
+        else:
+            data.pop("dtype", None)
+        known = cls.field_names()
+        kwargs = {k: v for k, v in data.items() if k in known}
+        extra = {k: v for k, v in data.items() if k not in known}
+        try:
+            return cls(**kwargs, extra=extra)
+        except ConfigError as e:
+            if source:
+                raise ConfigError(f"{source}: {e}") from None
+            raise
+
+    @classmethod
+    def from_json_file(cls, path: str | os.PathLike) -> BertConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: config file not found")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a JSON object, got {type(data).__name__}")
+        return cls.from_dict(data, source=str(path))
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike) -> BertConfig:
+        path = Path(path)
+        return cls.from_json_file(path / CONFIG_NAME if path.is_dir() else path)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self.extra)
+        for f in dataclasses.fields(self):
+            if f.name in ("extra", "num_labels"):
+                continue
+            out[f.name] = getattr(self, f.name)
+        out["id2label"] = {str(k): v for k, v in self.id2label.items()}
+        out["model_type"] = self.model_type
+        if self.torch_dtype is None:
+            out.pop("torch_dtype")
+        if self.classifier_dropout is None:
+            out.pop("classifier_dropout")
+        if self.problem_type is None:
+            out.pop("problem_type")
+        return dict(sorted(out.items()))
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def to_json_file(self, path: str | os.PathLike) -> None:
+        Path(path).write_text(self.to_json_string(), encoding="utf-8")
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.to_json_file(directory / CONFIG_NAME)
+
+    def replace(self, **changes: Any) -> BertConfig:
+        """A validated copy with some fields changed (configs are never mutated by models)."""
+        current = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if "num_labels" in changes and "id2label" not in changes:
+            current["id2label"] = None
+            current["label2id"] = None
+        if "id2label" in changes and "label2id" not in changes:
+            current["label2id"] = None
+            current["num_labels"] = None
+        current.update(changes)
+        current["extra"] = dict(current["extra"])
+        return type(self)(**current)
