@@ -1,0 +1,1 @@
+"""Model architectures. See attention.py for the dimension legend used in shape comments."""

@@ -1,0 +1,82 @@
+"""Multi-head scaled dot-product self-attention.
+
+Dimension legend (used in every shape comment of lmforge's modeling code):
+    B  batch size              T  sequence length (query)     S  sequence length (key/value)
+    C  hidden size             H  attention heads             D  head size = C // H
+    V  vocabulary size         I  intermediate (feed-forward) size
+    N  number of tokens kept after dropping padding (N <= B * T)
+
+    Attention(Q, K, V) = softmax(Q K^T / sqrt(D) + mask) V
+
+`attention_reference` is the formula written out; the model runs
+`torch.nn.functional.scaled_dot_product_attention` (fused kernels) unless attention probabilities
+are requested, and the tests check the two agree.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def padding_mask_to_additive(attention_mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """(B, S) of 1 = attend / 0 = padding  ->  additive mask (B, 1, 1, S): 0 or the dtype's minimum.
+
+    The most negative finite value (rather than -inf) keeps rows finite, as in BERT/HF.
+    """
+    mask = attention_mask[:, None, None, :].to(dtype)  # (B, 1, 1, S)
+    return (1.0 - mask) * torch.finfo(dtype).min
+
+
+def causal_additive_mask(T: int, S: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """(1, 1, T, S) additive mask that hides future keys (for decoders)."""
+    allowed = torch.ones(T, S, dtype=torch.bool, device=device).tril(diagonal=S - T)
+    return torch.zeros(T, S, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)[None, None]
+
+
+def attention_reference(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, dropout_p: float = 0.0, training: bool = False
+) -> tuple[Tensor, Tensor]:
+    """softmax(QK^T/sqrt(D) + mask) V, written out. q: (B, H, T, D), k/v: (B, H, S, D).
+
+    Returns the context (B, H, T, D) and the attention probabilities (B, H, T, S).
+    """
+    scores = q @ k.transpose(-1, -2) / math.sqrt(q.size(-1))  # (B, H, T, S)
+    if mask is not None:
+        scores = scores + mask
+    probs = scores.softmax(dim=-1)  # (B, H, T, S)
+    context = F.dropout(probs, p=dropout_p, training=training) @ v  # (B, H, T, D)
+    return context, probs
+
+
+class BertSelfAttention(nn.Module):
+    """Q/K/V projections. Attribute names follow HF's `attention.self.{query,key,value}`."""
+
+    def __init__(self, hidden_size: int, num_heads: int, dropout: float):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = hidden_size // num_heads
+        self.dropout_p = dropout
+        self.query = nn.Linear(hidden_size, hidden_size)
+        self.key = nn.Linear(hidden_size, hidden_size)
+        self.value = nn.Linear(hidden_size, hidden_size)
+
+    def forward(
+        self, x: Tensor, mask: Tensor | None, output_attentions: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
+        B, T, C = x.shape
+        H, D = self.num_heads, self.head_dim
+        q = self.query(x).view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
+        k = self.key(x).view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
+        v = self.value(x).view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
+        dropout_p = self.dropout_p if self.training else 0.0
+        if output_attentions:
+            context, probs = attention_reference(q, k, v, mask, dropout_p, self.training)
+        else:
+            context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+            probs = None
+        context = context.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
+        return context, probs

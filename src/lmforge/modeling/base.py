@@ -1,0 +1,84 @@
+"""The small base class every lmforge model shares: init, weight tying, from/save_pretrained."""
+
+from __future__ import annotations
+
+import os
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from ..config import BertConfig
+
+
+class PreTrainedModel(nn.Module):
+    config_class: ClassVar[type] = BertConfig
+    base_model_prefix: ClassVar[str] = ""
+    # target key -> source key, for parameters shared between modules (the MLM decoder and the
+    # word embeddings). Tied targets are not written on save and need not be in a checkpoint.
+    _tied_weights: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        if not isinstance(config, self.config_class):
+            raise TypeError(f"{type(self).__name__} expects a {self.config_class.__name__}, got {type(config).__name__}")
+        self.config = config
+
+    def _init_weights(self, module: nn.Module) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def post_init(self) -> None:
+        self.apply(self._init_weights)
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        """Share parameters listed in `_tied_weights`; models with tied heads override."""
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        # parameters() yields shared (tied) parameters once.
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        *,
+        config: BertConfig | None = None,
+        num_labels: int | None = None,
+        id2label: dict[int, str] | None = None,
+        label2id: dict[str, int] | None = None,
+        problem_type: str | None = None,
+        torch_dtype: torch.dtype | str | None = None,
+        dtype: torch.dtype | str | None = None,
+        device: torch.device | str | None = None,
+        ignore_mismatched_sizes: bool = False,
+        output_loading_info: bool = False,
+    ):
+        """Load an HF-format folder (config.json + model.safetensors / pytorch_model.bin / shards).
+
+        Config overrides (num_labels, id2label, ...) are explicit arguments, as the common HF
+        keyword arguments are. `torch_dtype="auto"` takes the dtype recorded in config.json.
+        """
+        from ..checkpoint import load_pretrained
+
+        return load_pretrained(
+            cls, path, config=config, num_labels=num_labels, id2label=id2label, label2id=label2id,
+            problem_type=problem_type, torch_dtype=dtype if dtype is not None else torch_dtype, device=device,
+            ignore_mismatched_sizes=ignore_mismatched_sizes, output_loading_info=output_loading_info,
+        )
+
+    def save_pretrained(
+        self, path: str | os.PathLike, *, safe_serialization: bool = True, max_shard_size: int | str = "5GB"
+    ) -> None:
+        """Write config.json and the weights (model.safetensors, sharded above max_shard_size)."""
+        from ..checkpoint import save_pretrained
+
+        save_pretrained(self, path, safe_serialization=safe_serialization, max_shard_size=max_shard_size)

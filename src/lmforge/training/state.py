@@ -1,0 +1,359 @@
+"""Atomic training checkpoints and exact resume.
+
+Layout under `output_dir/checkpoints/`:
+
+    step-000123/            model weights (`model.save_pretrained` or `model.safetensors`)
+                            + training_state.pt (optimizer, scheduler, step, batch-source position,
+                            RNG states, extra)
+    latest                  text file naming the newest complete checkpoint ("step-000123")
+
+Crash safety: a checkpoint is written into a hidden sibling `.tmp-step-000123-<pid>/`, every file
+is fsync'd, and only then the folder is renamed into place (a rename is atomic on POSIX) and the
+`latest` pointer is replaced (write a temp file + `os.replace`). Folders whose name does not match
+`step-NNNNNN` are never read, so a save interrupted at any point leaves the previous checkpoint as
+the one that resumes. Old checkpoints are renamed away before they are deleted, for the same reason.
+
+`training_state.pt` holds only tensors and plain Python values, so it loads with
+`torch.load(weights_only=True)`: RNG states are converted (numpy's to lists, torch's are tensors).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+CHECKPOINTS_DIR = "checkpoints"
+LATEST_NAME = "latest"
+TRAINING_STATE_NAME = "training_state.pt"
+WEIGHTS_NAME = "model.safetensors"
+WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+FORMAT_VERSION = 1
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def checkpoint_dir_name(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The bare model inside DistributedDataParallel / DataParallel wrappers."""
+    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        model = model.module
+    return model
+
+
+# ------------------------------------------------------------------------------------------- RNG
+def capture_rng_state() -> dict[str, Any]:
+    """Python, numpy (global), torch CPU and CUDA generator states, as weights_only-loadable values."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    state: dict[str, Any] = {
+        "python": [version, list(internal), gauss],
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    npst = state["numpy"]
+    keys = np.asarray(npst["keys"].numpy(), dtype=np.uint32)
+    np.random.set_state((npst["kind"], keys, npst["pos"], npst["has_gauss"], npst["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        cuda_states = state["cuda"]
+        if len(cuda_states) != torch.cuda.device_count():
+            warnings.warn(
+                f"checkpoint has RNG states for {len(cuda_states)} CUDA devices, this process sees "
+                f"{torch.cuda.device_count()}; CUDA random streams are not restored",
+                stacklevel=2,
+            )
+        else:
+            torch.cuda.set_rng_state_all(cuda_states)
+
+
+# ------------------------------------------------------------------------------------- fs helpers
+def _fsync_path(path: Path) -> None:
+    """fsync a file or a directory (directories: so that renames/creations inside are durable)."""
+    if path.is_dir() and os.name == "nt":  # Windows cannot open directories for fsync
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            _fsync_path(Path(dirpath, name))
+        _fsync_path(Path(dirpath))
+
+
+def _remove_dir(path: Path) -> None:
+    """Delete a folder via a rename to a hidden name first, so a crash mid-delete cannot leave a
+    half-deleted `step-*` folder that looks like a checkpoint."""
+    trash = path.with_name(f".trash-{path.name}-{os.getpid()}")
+    os.rename(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_path(path.parent)
+
+
+# ---------------------------------------------------------------------------------------- weights
+def _write_weights(model: nn.Module, directory: Path) -> None:
+    """Write the model's weights into `directory` (a module-level function so tests can break it)."""
+    if hasattr(model, "save_pretrained"):
+        # lmforge models: the checkpoint folder is then also a loadable pretrained-model folder.
+        model.save_pretrained(directory)
+    else:
+        from safetensors.torch import save_model
+
+        # save_model drops the duplicate names of shared (tied) tensors, which save_file refuses.
+        save_model(model, str(directory / WEIGHTS_NAME))
+
+
+def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    single, index = directory / WEIGHTS_NAME, directory / WEIGHTS_INDEX_NAME
+    if single.is_file():
+        return load_file(str(single))
+    if index.is_file():
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        state: dict[str, torch.Tensor] = {}
+        for shard in sorted(set(weight_map.values())):
+            state.update(load_file(str(directory / shard)))
+        return state
+    raise FileNotFoundError(f"{directory}: no {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME}")
+
+
+def load_weights(model: nn.Module, directory: str | os.PathLike) -> None:
+    """Load checkpoint weights into `model` in place, exactly (no renaming, no dtype change).
+
+    Keys missing from the file are accepted only when they are tied to a key that was loaded
+    (same storage in the model): tied copies are not written.
+    """
+    directory = Path(directory)
+    model = unwrap_model(model)
+    state = _read_weights(directory)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected:
+        raise RuntimeError(f"{directory}: weights not in the model: {sorted(unexpected)[:10]}")
+    if missing:
+        model_state = model.state_dict()
+        loaded_ptrs = {model_state[k].data_ptr() for k in state if k in model_state}
+        untied = [k for k in missing if model_state[k].data_ptr() not in loaded_ptrs]
+        if untied:
+            raise RuntimeError(f"{directory}: weights missing from the checkpoint: {sorted(untied)[:10]}")
+
+
+# ------------------------------------------------------------------------------------ checkpoints
+@dataclass
+class Checkpoint:
+    """A checkpoint on disk and its loaded training state.
+
+    `training_state` keys: format, step, optimizer, scheduler, batches, rng, world_size, extra.
+    With `world_size > 1`, `batches` and `rng` are lists indexed by rank.
+    """
+
+    path: Path
+    step: int
+    training_state: dict[str, Any]
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        return self.training_state.get("extra") or {}
+
+    @property
+    def world_size(self) -> int:
+        return int(self.training_state.get("world_size", 1))
+
+    def batches_state(self, rank: int = 0) -> Any:
+        value = self.training_state.get("batches")
+        return value[rank] if self.world_size > 1 else value
+
+    def rng_state(self, rank: int = 0) -> dict[str, Any] | None:
+        value = self.training_state.get("rng")
+        return value[rank] if self.world_size > 1 and value is not None else value
+
+    def load_weights(self, model: nn.Module) -> None:
+        load_weights(model, self.path)
+
+    def restore(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        scheduler: Any | None = None,
+        batches: Any | None = None,
+        *,
+        rank: int = 0,
+        rng: bool = True,
+    ) -> None:
+        """Put model, optimizer, scheduler, batch source and RNGs back as they were at `step`.
+
+        Order matters for the learning rate: the optimizer state carries the current lr of each
+        group, the scheduler state its position; both are restored after they were constructed.
+        """
+        self.load_weights(model)
+        if optimizer is not None and self.training_state.get("optimizer") is not None:
+            optimizer.load_state_dict(self.training_state["optimizer"])
+        if scheduler is not None and self.training_state.get("scheduler") is not None:
+            scheduler.load_state_dict(self.training_state["scheduler"])
+        if batches is not None and self.batches_state(rank) is not None:
+            batches.load_state_dict(self.batches_state(rank))
+        if rng and self.rng_state(rank) is not None:
+            restore_rng_state(self.rng_state(rank))
+
+
+def checkpoints_root(output_dir: str | os.PathLike) -> Path:
+    return Path(output_dir) / CHECKPOINTS_DIR
+
+
+def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoint folders, oldest step first (temp / trash folders are ignored)."""
+    root = checkpoints_root(output_dir)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _STEP_DIR.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint_path(output_dir: str | os.PathLike) -> Path | None:
+    """The folder `latest` names; if the pointer is missing or dangling, the highest step folder."""
+    root = checkpoints_root(output_dir)
+    pointer = root / LATEST_NAME
+    if pointer.is_file():
+        name = pointer.read_text(encoding="utf-8").strip()
+        if _STEP_DIR.match(name) and (root / name).is_dir():
+            return root / name
+    found = list_checkpoints(output_dir)
+    return found[-1] if found else None
+
+
+def _load_training_state(file: Path) -> dict[str, Any]:
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - UnpicklingError or its wrappers vary across versions
+        # Only reached when a batch source put non-plain objects in its state. The file was
+        # written by this library into the user's own output folder, so loading it in full is
+        # acceptable, but say so.
+        warnings.warn(
+            f"{file}: not loadable with weights_only=True ({str(e).splitlines()[0]}); loading it "
+            "with weights_only=False. Make batch-source state dicts plain values to avoid this.",
+            stacklevel=3,
+        )
+        return torch.load(file, map_location="cpu", weights_only=False)
+
+
+def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    path = Path(path)
+    state = _load_training_state(path / TRAINING_STATE_NAME)
+    if state.get("format") != FORMAT_VERSION:
+        raise RuntimeError(f"{path}: unknown training-state format {state.get('format')!r}")
+    return Checkpoint(path=path, step=int(state["step"]), training_state=state)
+
+
+def load_latest_checkpoint(output_dir: str | os.PathLike) -> Checkpoint | None:
+    """The newest complete checkpoint under `output_dir`, or None when there is none."""
+    path = latest_checkpoint_path(output_dir)
+    return None if path is None else load_checkpoint(path)
+
+
+def save_checkpoint(
+    output_dir: str | os.PathLike,
+    step: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    scheduler: Any | None,
+    batches_state: Any,
+    extra: dict[str, Any] | None = None,
+    *,
+    keep_last: int = 2,
+    rng_state: Any | None = None,
+    world_size: int = 1,
+) -> Path:
+    """Write `output_dir/checkpoints/step-NNNNNN/` atomically, point `latest` at it, and keep only
+    the newest `keep_last` checkpoints (`keep_last <= 0` keeps all). Returns the folder.
+
+    `rng_state` defaults to this process's RNG states. With `world_size > 1`, `batches_state` and
+    `rng_state` must be lists indexed by rank (the loop gathers them; only rank 0 calls this).
+    """
+    root = checkpoints_root(output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    name = checkpoint_dir_name(step)
+    final = root / name
+    tmp = root / f".tmp-{name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    state = {
+        "format": FORMAT_VERSION,
+        "step": int(step),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "batches": batches_state,
+        "rng": rng_state if rng_state is not None else capture_rng_state(),
+        "world_size": int(world_size),
+        "extra": extra or {},
+    }
+    try:
+        tmp.mkdir()
+        _write_weights(unwrap_model(model), tmp)
+        torch.save(state, tmp / TRAINING_STATE_NAME)
+        _fsync_tree(tmp)
+        if final.exists():
+            # Re-saving a step (e.g. a run restarted from an earlier checkpoint): move the old
+            # folder away first; if we crash in between, `latest` falls back to the newest folder.
+            _remove_dir(final)
+        os.rename(tmp, final)
+        _fsync_path(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _atomic_write_text(root / LATEST_NAME, name + "\n")
+    _rotate(root, keep=final, keep_last=keep_last)
+    return final
+
+
+def _rotate(root: Path, keep: Path, keep_last: int) -> None:
+    """Delete checkpoints beyond the newest `keep_last` (never `keep`) and stale temp folders."""
+    for leftover in root.iterdir():
+        # Temp folders of interrupted saves; this process is the only writer of this root.
+        if leftover.is_dir() and leftover.name.startswith((".tmp-step-", ".trash-")):
+            shutil.rmtree(leftover, ignore_errors=True)
+    if keep_last <= 0:
+        return
+    found = list_checkpoints(root.parent)
+    for path in found[:-keep_last]:
+        if path != keep:
+            _remove_dir(path)
