@@ -1,0 +1,39 @@
+"""Self-attention: the fused SDPA path equals softmax(QK^T/sqrt(d))V written out."""
+
+from __future__ import annotations
+
+import torch
+
+from lmforge.modeling.attention import (
+    BertSelfAttention,
+    attention_reference,
+    causal_additive_mask,
+    padding_mask_to_additive,
+)
+
+
+def test_sdpa_matches_reference_with_padding_mask():
+    torch.manual_seed(0)
+    layer = BertSelfAttention(hidden_size=24, num_heads=3, dropout=0.0).eval()
+    x = torch.randn(3, 7, 24)
+    attention_mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3, [1] + [0] * 6])
+    mask = padding_mask_to_additive(attention_mask, x.dtype)
+    fused, _ = layer(x, mask, output_attentions=False)
+    reference, probs = layer(x, mask, output_attentions=True)
+    torch.testing.assert_close(fused, reference, atol=1e-6, rtol=0)
+    # padded keys get no weight; rows sum to one
+    assert probs[1, :, :, 4:].abs().max() == 0
+    torch.testing.assert_close(probs.sum(-1), torch.ones(3, 3, 7))
+
+
+def test_reference_is_the_formula():
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 1, 2, 5, 4).unbind(0)
+    context, probs = attention_reference(q, k, v)
+    expected = torch.softmax(q @ k.transpose(-1, -2) / 2.0, dim=-1) @ v  # sqrt(D=4) = 2
+    torch.testing.assert_close(context, expected)
+
+
+def test_causal_mask_hides_future_positions():
+    mask = causal_additive_mask(4, 4, torch.float32, torch.device("cpu"))[0, 0]
+    assert (mask.triu(1) < -1e30).sum() == 6 and (mask.tril() == 0).all()
