@@ -93,11 +93,12 @@ def test_single_pairs_match(ours, theirs):
 
 
 @needs_minilm
+@pytest.mark.filterwarnings("ignore:`max_length` is ignored")
 @pytest.mark.parametrize("padding", [False, True, "longest", "max_length", "do_not_pad"])
 @pytest.mark.parametrize("truncation", [False, True, "longest_first", "do_not_truncate"])
 @pytest.mark.parametrize("max_length", [None, 16])
 def test_batch_padding_truncation_modes_match(ours, theirs, padding, truncation, max_length):
-    kwargs = dict(padding=padding, truncation=truncation, max_length=max_length)
+    kwargs = {"padding": padding, "truncation": truncation, "max_length": max_length}
     assert as_dict(ours(TEXTS, **kwargs)) == as_dict(theirs(TEXTS, **kwargs))
     assert as_dict(ours(TEXTS, PAIRS, **kwargs)) == as_dict(theirs(TEXTS, PAIRS, **kwargs))
 
@@ -111,18 +112,40 @@ def test_pair_truncation_strategies_match(ours, theirs, truncation):
         second = ["tiny", "tiny too"]
     if truncation == "only_second":
         first = ["short", "short too"]
-    kwargs = dict(truncation=truncation, max_length=10, padding="max_length")
+    kwargs = {"truncation": truncation, "max_length": 10, "padding": "max_length"}
     ours_out = as_dict(ours(first, second, **kwargs))
     assert ours_out == as_dict(theirs(first, second, **kwargs))
     assert all(len(ids) == 10 for ids in ours_out["input_ids"])
 
 
 @needs_minilm
+def test_pad_to_multiple_of_matches(ours, theirs):
+    kwargs = {"padding": True, "pad_to_multiple_of": 8}
+    out = as_dict(ours(TEXTS[:4], **kwargs))
+    assert out == as_dict(theirs(TEXTS[:4], **kwargs))
+    assert len(out["input_ids"][0]) % 8 == 0
+
+
+@needs_minilm
+def test_config_flags_override_tokenizer_json_like_transformers(tmp_path):
+    # transformers' BertTokenizer builds its normaliser from tokenizer_config.json's flags.
+    shutil.copy(MINILM / "tokenizer.json", tmp_path)
+    shutil.copy(MINILM / "vocab.txt", tmp_path)
+    (tmp_path / "tokenizer_config.json").write_text(
+        '{"tokenizer_class": "BertTokenizer", "do_lower_case": false, "model_max_length": 512}'
+    )
+    ours = Tokenizer.from_pretrained(tmp_path)
+    theirs = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    assert ours(TEXTS[:3])["input_ids"] == theirs(TEXTS[:3])["input_ids"]
+    assert ours.tokenize("Hello")[0] != "hello"
+
+
+@needs_minilm
 def test_impossible_truncation_raises_like_transformers(ours, theirs):
-    kwargs = dict(truncation="only_second", max_length=4)
+    kwargs = {"truncation": "only_second", "max_length": 4}
     with pytest.raises(ValueError, match="Second sequence not provided"):
         ours("a b c d e f", **kwargs)
-    with pytest.raises(Exception):
+    with pytest.raises(Exception, match="Second sequence not provided"):  # transformers lets the bare Rust Exception through
         theirs("a b c d e f", **kwargs)
 
 
@@ -143,7 +166,7 @@ def test_max_length_alone_truncates_like_transformers(ours, theirs):
 
 @needs_minilm
 def test_offsets_and_special_tokens_mask_match(ours, theirs):
-    kwargs = dict(return_offsets_mapping=True, return_special_tokens_mask=True, padding=True, truncation=True)
+    kwargs = {"return_offsets_mapping": True, "return_special_tokens_mask": True, "padding": True, "truncation": True}
     for args in [(TEXTS,), (TEXTS, PAIRS), (TEXTS[1],), (TEXTS[3], PAIRS[0])]:
         assert as_dict(ours(*args, **kwargs)) == as_dict(theirs(*args, **kwargs))
     offsets = ours("café au lait", return_offsets_mapping=True)["offset_mapping"]
@@ -225,7 +248,7 @@ def test_decode_matches(ours, theirs, skip_special_tokens):
 def test_vocab_txt_only_folder_matches(vocab_only_dir, ours):
     from_vocab = Tokenizer.from_pretrained(vocab_only_dir)
     hf_vocab = transformers.AutoTokenizer.from_pretrained(vocab_only_dir)
-    kwargs = dict(padding=True, truncation=True, return_offsets_mapping=True)
+    kwargs = {"padding": True, "truncation": True, "return_offsets_mapping": True}
     expected = as_dict(hf_vocab(TEXTS, PAIRS, **kwargs))
     assert as_dict(from_vocab(TEXTS, PAIRS, **kwargs)) == expected
     assert as_dict(ours(TEXTS, PAIRS, **kwargs)) == expected
@@ -241,7 +264,7 @@ def test_save_pretrained_round_trip(ours, theirs, tmp_path):
     assert names == {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"}
     reloaded = AutoTokenizer.from_pretrained(tmp_path / "saved")
     hf_reloaded = transformers.AutoTokenizer.from_pretrained(tmp_path / "saved")
-    kwargs = dict(padding=True, truncation=True, return_offsets_mapping=True)
+    kwargs = {"padding": True, "truncation": True, "return_offsets_mapping": True}
     expected = as_dict(theirs(TEXTS, PAIRS, **kwargs))
     assert as_dict(reloaded(TEXTS, PAIRS, **kwargs)) == expected
     assert as_dict(hf_reloaded(TEXTS, PAIRS, **kwargs)) == expected
@@ -272,7 +295,7 @@ def test_folder_without_vocab_raises(tmp_path):
 
 
 def test_bad_arguments_raise(tmp_path):
-    (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b"]) + "\n")
+    (tmp_path / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\na\nb" + "\n")
     tok = Tokenizer.from_pretrained(tmp_path)
     assert tok("a b")["input_ids"] == [2, 5, 6, 3]
     with pytest.raises(ValueError, match="padding"):

@@ -11,8 +11,7 @@ from lmforge.tokenization import AutoTokenizer, Tokenizer, train_tokenizer
 
 transformers = pytest.importorskip("transformers")
 
-WORDS = ("the quick brown fox jumps over lazy dog language model training token data running runner "
-         "walking talking played playing player").split()
+WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "language", "model", "training", "token", "data", "running", "runner", "walking", "talking", "played", "playing", "player"]
 CHINESE = "我爱自然语言处理机器学习深度模型"
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 SAMPLE = ["The quick brown fox, jumping!", "我爱语言模型"]
@@ -68,7 +67,7 @@ def test_wordpiece_folder_loads_in_lmforge_and_transformers(wordpiece_dir):
     folder, tok = wordpiece_dir
     ours = AutoTokenizer.from_pretrained(folder)
     theirs = transformers.AutoTokenizer.from_pretrained(folder)
-    kwargs = dict(padding=True, return_offsets_mapping=True)
+    kwargs = {"padding": True, "return_offsets_mapping": True}
     expected = as_dict(theirs(SAMPLE, PAIR, **kwargs))
     assert as_dict(ours(SAMPLE, PAIR, **kwargs)) == expected
     assert as_dict(tok(SAMPLE, PAIR, **kwargs)) == expected
@@ -94,13 +93,13 @@ def test_bpe_special_token_layout_and_round_trip(bpe_dir):
 
 
 def test_bpe_folder_loads_in_lmforge_and_transformers(bpe_dir):
-    folder, tok = bpe_dir
+    folder, _tok = bpe_dir
     ours = AutoTokenizer.from_pretrained(folder)
     theirs = transformers.AutoTokenizer.from_pretrained(folder)
-    kwargs = dict(padding=True, return_offsets_mapping=True)
+    kwargs = {"padding": True, "return_offsets_mapping": True}
     expected = as_dict(theirs(SAMPLE, PAIR, **kwargs))
     assert as_dict(ours(SAMPLE, PAIR, **kwargs)) == expected
-    assert ours.decode(expected["input_ids"][0], skip_special_tokens=True) == SAMPLE[0]
+    assert ours.decode(ours.encode(SAMPLE[0]), skip_special_tokens=True) == SAMPLE[0]
     assert ours.decode(expected["input_ids"][0]) == theirs.decode(expected["input_ids"][0])
     assert theirs.pad_token_id == ours.pad_token_id == 0 and theirs.mask_token_id == ours.mask_token_id == 4
 

@@ -119,7 +119,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     with open(path, encoding="utf-8") as f:
         data = json.load(f)
     if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}")
+        raise TypeError(f"{path} must hold a JSON object, got {type(data).__name__}")
     return data
 
 
@@ -593,8 +593,7 @@ class Tokenizer:
         if is_wordpiece:
             vocab = self.backend.get_vocab(with_added_tokens=False)
             with open(folder / VOCAB_FILE, "w", encoding="utf-8") as f:
-                for token, _ in sorted(vocab.items(), key=lambda kv: kv[1]):
-                    f.write(token + "\n")
+                f.writelines(token + "\n" for token, _ in sorted(vocab.items(), key=lambda kv: kv[1]))
             written.append(folder / VOCAB_FILE)
         return tuple(str(p) for p in written)
 
