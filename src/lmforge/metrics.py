@@ -20,16 +20,16 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "METRIC_TASKS",
     "accuracy",
+    "compute_metrics",
+    "entity_f1",
+    "get_entities",
     "macro_f1",
     "matthews_corrcoef",
+    "multilabel_f1",
     "pearson",
     "spearman",
-    "multilabel_f1",
-    "get_entities",
-    "entity_f1",
-    "compute_metrics",
-    "METRIC_TASKS",
 ]
 
 METRIC_TASKS = ("single_label", "multi_label", "regression", "token_classification")
@@ -55,16 +55,14 @@ def accuracy(predictions: Sequence[Any], references: Sequence[Any]) -> float:
     return float(np.mean(p == r))
 
 
-def _confusion(p: np.ndarray, r: np.ndarray, labels: Sequence[Any] | None) -> tuple[np.ndarray, np.ndarray]:
-    """Confusion matrix ``C[true, pred]`` over ``classes`` (rows/cols of unknown labels dropped)."""
-    classes = np.unique(np.concatenate([r.ravel(), p.ravel()])) if labels is None else np.asarray(labels)
+def _confusion(p: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Confusion matrix ``C[true, pred]`` over the classes seen in either array."""
+    classes = np.unique(np.concatenate([r.ravel(), p.ravel()]))
     index = {c: i for i, c in enumerate(classes.tolist())}
     k = len(classes)
     cm = np.zeros((k, k), dtype=np.int64)
     for t, q in zip(r.ravel().tolist(), p.ravel().tolist()):
-        ti, qi = index.get(t), index.get(q)
-        if ti is not None and qi is not None:
-            cm[ti, qi] += 1
+        cm[index[t], index[q]] += 1
     return cm, classes
 
 
@@ -74,7 +72,9 @@ def _f1_from_counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarra
     return np.divide(2 * tp, den, out=np.zeros(tp.shape, dtype=np.float64), where=den > 0)
 
 
-def macro_f1(predictions: Sequence[Any], references: Sequence[Any], labels: Sequence[Any] | None = None) -> float:
+def macro_f1(
+    predictions: Sequence[Any], references: Sequence[Any], labels: Sequence[Any] | None = None
+) -> float:
     """Unweighted mean of per-class F1 over ``labels`` (default: every class in refs or preds).
 
     A class never predicted (or never true) has F1 = 0 and still counts in the mean.
@@ -98,7 +98,7 @@ def matthews_corrcoef(predictions: Sequence[Any], references: Sequence[Any]) -> 
     (e.g. every prediction is the same class). Equals the phi coefficient for two classes.
     """
     p, r = _pair(predictions, references)
-    cm, _ = _confusion(p, r, None)
+    cm, _ = _confusion(p, r)
     cm = cm.astype(np.float64)
     t = cm.sum(axis=1)
     q = cm.sum(axis=0)
@@ -140,16 +140,30 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     return pearson(_average_ranks(a.astype(np.float64).ravel()), _average_ranks(b.astype(np.float64).ravel()))
 
 
-def _multi_hot(predictions: Any, references: Any, labels: Sequence[Hashable] | None) -> tuple[np.ndarray, ...]:
-    """Accept 2-D 0/1 arrays or sequences of label collections; return two bool arrays [n, k]."""
+def _multi_hot(
+    predictions: Any, references: Any, labels: Sequence[Hashable] | None
+) -> tuple[np.ndarray, ...]:
+    """Accept 0/1 matrices or sequences of label collections; return two bool arrays [n, k].
+
+    A 2-D array, or a list of equal-length, non-empty rows holding only 0/1 numbers, is a matrix;
+    anything else is a sequence of label collections (pass sets or label names to be unambiguous).
+    """
 
     def is_matrix(x: Any) -> bool:
         if isinstance(x, np.ndarray):
             return x.ndim == 2
-        return bool(len(x)) and all(
-            isinstance(row, (list, tuple, np.ndarray)) and all(isinstance(v, (int, float, np.number)) for v in row)
-            for row in x
-        ) and len({len(row) for row in x}) == 1 and any(len(row) for row in x)
+        rows = list(x)
+        return (
+            bool(rows)
+            and all(isinstance(row, (list, tuple, np.ndarray)) for row in rows)
+            and len({len(row) for row in rows}) == 1
+            and len(rows[0]) > 0
+            and all(
+                isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and v in (0, 1)
+                for row in rows
+                for v in row
+            )
+        )
 
     if is_matrix(predictions) and is_matrix(references):
         p = np.asarray(predictions) > 0.5
@@ -285,6 +299,10 @@ def entity_f1(
 # ----------------------------------------------------------------------------------- by task
 
 
+def _flatten(seqs: Iterable[Iterable[Any]]) -> list[Any]:
+    return [x for s in seqs for x in s]
+
+
 def compute_metrics(task: str, predictions: Any, references: Any) -> dict[str, float]:
     """The standard metrics of a task type, as a flat dict of floats.
 
@@ -317,12 +335,6 @@ def compute_metrics(task: str, predictions: Any, references: Any) -> dict[str, f
         }
     if task == "token_classification":
         out = entity_f1(references, predictions)
-        flat_p = [t for seq in predictions for t in seq]
-        flat_r = [t for seq in references for t in seq]
-        out["accuracy"] = accuracy(flat_p, flat_r)
+        out["accuracy"] = accuracy(_flatten(predictions), _flatten(references))
         return out
     raise ValueError(f"unknown task {task!r}; expected one of {METRIC_TASKS}")
-
-
-def _flatten(seqs: Iterable[Iterable[Any]]) -> list[Any]:
-    return [x for s in seqs for x in s]

@@ -27,31 +27,31 @@ import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import torch
 
 __all__ = [
+    "IGNORE_INDEX",
+    "TASK_TYPES",
     "DataError",
     "Example",
-    "TaggedSentence",
     "LabelMap",
-    "TASK_TYPES",
-    "IGNORE_INDEX",
-    "load_examples",
-    "split_examples",
-    "load_conll",
+    "TaggedSentence",
     "align_labels_to_subtokens",
     "encode_classification",
     "encode_token_classification",
-    "pad_collate",
     "length_grouped_order",
+    "load_conll",
+    "load_examples",
+    "pad_collate",
+    "split_examples",
 ]
 
 TASK_TYPES = ("single_label", "multi_label", "regression")
 IGNORE_INDEX = -100
 
-Label = Union[str, float, list[str], None]
+Label = str | float | list[str] | None
 
 
 class DataError(ValueError):
@@ -239,7 +239,9 @@ def _parse_label(value: Any, task: str, label_delimiter: str, source: str) -> La
         elif isinstance(value, list):
             parts = [p.strip() if isinstance(p, str) else _label_str(p, source) for p in value]
         else:
-            raise DataError(f"{source}: multi-label labels must be a list or a delimited string, got {value!r}")
+            raise DataError(
+                f"{source}: multi-label labels must be a list or a delimited string, got {value!r}"
+            )
         out_list: list[str] = []
         for p in parts:
             if p and p not in out_list:
@@ -375,7 +377,7 @@ def split_examples(
     groups: dict[str, list[Any]] = {}
     for ex in examples:
         if not isinstance(ex.label, str):
-            raise ValueError(f"stratify=True needs single-label examples; {ex.source} has label {ex.label!r}")
+            raise TypeError(f"stratify=True needs single-label examples; {ex.source} has label {ex.label!r}")
         groups.setdefault(ex.label, []).append(ex)
     parts = [[] for _ in fractions]
     for label in sorted(groups):
@@ -453,9 +455,7 @@ def align_labels_to_subtokens(
     out: list[int] = []
     prev: int | None = None
     for wid in word_ids:
-        if wid is None:
-            out.append(IGNORE_INDEX)
-        elif wid == prev:
+        if wid is None or wid == prev:
             out.append(IGNORE_INDEX)
         else:
             label = word_labels[wid]
