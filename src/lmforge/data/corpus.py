@@ -31,9 +31,9 @@ import re
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Literal, Union
+from typing import Literal
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 TxtFormat = Literal["bert", "document_per_line"]
 
 # Suffixes picked up when a directory is given; explicit files and glob matches are read whatever
