@@ -172,6 +172,7 @@ def load_pretrained(
     device=None,
     ignore_mismatched_sizes=False,
     output_loading_info=False,
+    attn_implementation="sdpa",
 ):
     folder = Path(path)
     if not folder.is_dir():
@@ -191,7 +192,7 @@ def load_pretrained(
         config = config.replace(**overrides)
     dtype = _resolve_dtype(torch_dtype, config)
 
-    model = cls(config)
+    model = cls(config).set_attn_implementation(attn_implementation)
     state, source = read_state_dict(folder)
     state = adapt_prefix(normalise_keys(state), model)
     info = _load_into(model, state, source, ignore_mismatched_sizes)

@@ -52,8 +52,17 @@ def attention_reference(
     return context, probs
 
 
+# "sdpa": padded batches, HF-identical outputs everywhere (padding positions included).
+# "unpadded": padding dropped before the layers; equal outputs at real tokens, zeros at padding.
+ATTN_IMPLEMENTATIONS = ("sdpa", "unpadded")
+
+
 class BertSelfAttention(nn.Module):
-    """Q/K/V projections. Attribute names follow HF's `attention.self.{query,key,value}`."""
+    """Q/K/V projections. Attribute names follow HF's `attention.self.{query,key,value}`.
+
+    Q, K and V come from one matmul over the concatenated weights (3 GEMMs -> 1): same numbers,
+    less dispatch and better cache use on CPU.
+    """
 
     def __init__(self, hidden_size: int, num_heads: int, dropout: float):
         super().__init__()
@@ -64,19 +73,56 @@ class BertSelfAttention(nn.Module):
         self.key = nn.Linear(hidden_size, hidden_size)
         self.value = nn.Linear(hidden_size, hidden_size)
 
-    def forward(
-        self, x: Tensor, mask: Tensor | None, output_attentions: bool = False
-    ) -> tuple[Tensor, Tensor | None]:
-        B, T, C = x.shape
+    def _qkv(self, x: Tensor) -> Tensor:
+        weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])  # (3C, C)
+        bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])  # (3C,)
+        return F.linear(x, weight, bias)  # (..., 3C)
+
+    def _attend(self, qkv: Tensor, mask: Tensor | None, output_attentions: bool) -> tuple[Tensor, Tensor | None]:
+        B, T, C3 = qkv.shape
         H, D = self.num_heads, self.head_dim
-        q = self.query(x).view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
-        k = self.key(x).view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
-        v = self.value(x).view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
+        q, k, v = qkv.view(B, T, 3, H, D).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, T, D)
         dropout_p = self.dropout_p if self.training else 0.0
         if output_attentions:
             context, probs = attention_reference(q, k, v, mask, dropout_p, self.training)
         else:
             context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
             probs = None
-        context = context.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
-        return context, probs
+        return context.transpose(1, 2).reshape(B, T, C3 // 3), probs  # (B, T, C)
+
+    def forward(
+        self, x: Tensor, mask: Tensor | None, output_attentions: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
+        """x: (B, T, C), mask: additive (B, 1, 1, T) or None."""
+        return self._attend(self._qkv(x), mask, output_attentions)
+
+    def forward_packed(self, x: Tensor, packing: Packing) -> Tensor:
+        """x: (N, C), the real tokens of a padded batch. Projections run on the N tokens only;
+        attention runs on a re-padded (B, T) view, which costs little next to the projections."""
+        qkv = packing.pad(self._qkv(x))  # (B, T, 3C)
+        context, _ = self._attend(qkv, packing.additive_mask, False)  # (B, T, C)
+        return packing.unpad(context)  # (N, C)
+
+
+class Packing:
+    """Where the real tokens of a right- or left-padded batch are, to drop padding and restore it.
+
+    `index` lists the flat positions b * T + t of the N real tokens; `pad`/`unpad` move a tensor
+    between the packed (N, ...) and padded (B, T, ...) layouts (padding positions become zero).
+    """
+
+    def __init__(self, attention_mask: Tensor, dtype: torch.dtype):
+        self.B, self.T = attention_mask.shape
+        self.index = attention_mask.reshape(-1).nonzero().squeeze(1)  # (N,)
+        self.additive_mask = padding_mask_to_additive(attention_mask, dtype)  # (B, 1, 1, T)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.index.numel()
+
+    def unpad(self, x: Tensor) -> Tensor:
+        return x.reshape(self.B * self.T, *x.shape[2:]).index_select(0, self.index)  # (N, ...)
+
+    def pad(self, x: Tensor) -> Tensor:
+        out = x.new_zeros(self.B * self.T, *x.shape[1:])
+        return out.index_copy(0, self.index, x).view(self.B, self.T, *x.shape[1:])  # (B, T, ...)

@@ -17,6 +17,8 @@ class PreTrainedModel(nn.Module):
     # target key -> source key, for parameters shared between modules (the MLM decoder and the
     # word embeddings). Tied targets are not written on save and need not be in a checkpoint.
     _tied_weights: ClassVar[dict[str, str]] = {}
+    # False where dropping padding would change a public output (see BertForQuestionAnswering).
+    supports_unpadding: ClassVar[bool] = True
 
     def __init__(self, config: BertConfig):
         super().__init__()
@@ -33,6 +35,19 @@ class PreTrainedModel(nn.Module):
 
     def tie_weights(self) -> None:
         """Share parameters listed in `_tied_weights`; models with tied heads override."""
+
+    def set_attn_implementation(self, name: str) -> PreTrainedModel:
+        """"sdpa" (padded, HF-identical) or "unpadded" (padding dropped before the layers)."""
+        from .attention import ATTN_IMPLEMENTATIONS
+
+        if name not in ATTN_IMPLEMENTATIONS:
+            raise ValueError(f"attn_implementation must be one of {ATTN_IMPLEMENTATIONS}, got {name!r}")
+        if name == "unpadded" and not self.supports_unpadding:
+            name = "sdpa"
+        for module in self.modules():
+            if hasattr(module, "attn_implementation"):
+                module.attn_implementation = name
+        return self
 
     @property
     def device(self) -> torch.device:
@@ -61,6 +76,7 @@ class PreTrainedModel(nn.Module):
         device: torch.device | str | None = None,
         ignore_mismatched_sizes: bool = False,
         output_loading_info: bool = False,
+        attn_implementation: str = "sdpa",
     ):
         """Load an HF-format folder (config.json + model.safetensors / pytorch_model.bin / shards).
 
@@ -73,6 +89,7 @@ class PreTrainedModel(nn.Module):
             cls, path, config=config, num_labels=num_labels, id2label=id2label, label2id=label2id,
             problem_type=problem_type, torch_dtype=dtype if dtype is not None else torch_dtype, device=device,
             ignore_mismatched_sizes=ignore_mismatched_sizes, output_loading_info=output_loading_info,
+            attn_implementation=attn_implementation,
         )
 
     def save_pretrained(

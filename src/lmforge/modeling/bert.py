@@ -24,7 +24,7 @@ from ..outputs import (
     SequenceClassifierOutput,
     TokenClassifierOutput,
 )
-from .attention import BertSelfAttention, padding_mask_to_additive
+from .attention import ATTN_IMPLEMENTATIONS, BertSelfAttention, Packing, padding_mask_to_additive
 from .base import PreTrainedModel
 
 
@@ -59,7 +59,11 @@ class BertEmbeddings(nn.Module):
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, input_ids: Tensor, token_type_ids: Tensor | None, position_ids: Tensor | None) -> Tensor:
+    def forward(
+        self, input_ids: Tensor, token_type_ids: Tensor | None, position_ids: Tensor | None,
+        packing: Packing | None = None,
+    ) -> Tensor:
+        """(B, T) ids -> (B, T, C); with `packing`, only the real tokens: (N, C)."""
         B, T = input_ids.shape
         if T > self.position_embeddings.num_embeddings:
             raise ValueError(
@@ -70,7 +74,11 @@ class BertEmbeddings(nn.Module):
             position_ids = torch.arange(T, device=input_ids.device)[None, :]  # (1, T)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)  # (B, T, C)
+        if packing is not None:
+            input_ids = packing.unpad(input_ids)  # (N,)
+            token_type_ids = packing.unpad(token_type_ids)
+            position_ids = packing.unpad(position_ids.expand(B, T))
+        x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)  # (B, T, C) or (N, C)
         x = x + self.position_embeddings(position_ids)
         return self.dropout(self.LayerNorm(x))
 
@@ -103,6 +111,9 @@ class BertAttention(nn.Module):
         context, probs = self.self(x, mask, output_attentions)
         return self.output(context, x), probs
 
+    def forward_packed(self, x: Tensor, packing: Packing) -> Tensor:
+        return self.output(self.self.forward_packed(x, packing), x)  # (N, C)
+
 
 class BertIntermediate(nn.Module):
     def __init__(self, config: BertConfig):
@@ -127,6 +138,11 @@ class BertLayer(nn.Module):
         x, probs = self.attention(x, mask, output_attentions)
         return self.output(self.intermediate(x), x), probs
 
+    def forward_packed(self, x: Tensor, packing: Packing) -> Tensor:
+        """x: (N, C) real tokens only; the feed-forward block never sees padding."""
+        x = self.attention.forward_packed(x, packing)
+        return self.output(self.intermediate(x), x)  # (N, C)
+
 
 class BertEncoder(nn.Module):
     def __init__(self, config: BertConfig):
@@ -149,6 +165,18 @@ class BertEncoder(nn.Module):
             tuple(hidden_states) if hidden_states is not None else None,
             tuple(attentions) if attentions is not None else None,
         )
+
+    def forward_packed(
+        self, x: Tensor, packing: Packing, output_hidden_states: bool
+    ) -> tuple[Tensor, tuple[Tensor, ...] | None]:
+        """x: (N, C). Returns the last layer re-padded to (B, T, C), and re-padded hidden states."""
+        hidden_states = [packing.pad(x)] if output_hidden_states else None
+        for layer in self.layer:
+            x = layer.forward_packed(x, packing)
+            if hidden_states is not None:
+                hidden_states.append(packing.pad(x))
+        last = hidden_states[-1] if hidden_states is not None else packing.pad(x)
+        return last, tuple(hidden_states) if hidden_states is not None else None
 
 
 class BertPooler(nn.Module):
@@ -186,13 +214,20 @@ class BertPreTrainedModel(PreTrainedModel):
 
 
 class BertModel(BertPreTrainedModel):
-    """The bare encoder: embeddings -> N encoder layers -> (optional) pooler."""
+    """The bare encoder: embeddings -> N encoder layers -> (optional) pooler.
+
+    `attn_implementation` (see `attention.ATTN_IMPLEMENTATIONS`): "sdpa" runs padded batches and
+    matches transformers at every position; "unpadded" drops padding tokens before the layers
+    (linear layers and feed-forward run on real tokens only) and re-pads the outputs, which are
+    equal at real tokens and zero at padding. Set it with `model.set_attn_implementation(...)`.
+    """
 
     def __init__(self, config: BertConfig, add_pooling_layer: bool = True):
         super().__init__(config)
         self.embeddings = BertEmbeddings(config)
         self.encoder = BertEncoder(config)
         self.pooler = BertPooler(config) if add_pooling_layer else None
+        self.attn_implementation = "sdpa"
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -207,11 +242,18 @@ class BertModel(BertPreTrainedModel):
         output_hidden_states: bool = False,
         output_attentions: bool = False,
     ) -> BaseModelOutput:
-        x = self.embeddings(input_ids, token_type_ids, position_ids)  # (B, T, C)
-        mask = None
-        if attention_mask is not None and not bool(attention_mask.all()):
-            mask = padding_mask_to_additive(attention_mask, x.dtype)  # (B, 1, 1, T)
-        x, hidden_states, attentions = self.encoder(x, mask, output_hidden_states, output_attentions)
+        padded = attention_mask is not None and not bool(attention_mask.all())
+        if padded and self.attn_implementation == "unpadded" and not output_attentions:
+            packing = Packing(attention_mask, self.embeddings.word_embeddings.weight.dtype)
+            if torch.is_autocast_enabled(input_ids.device.type):
+                packing.additive_mask = packing.additive_mask.to(torch.get_autocast_dtype(input_ids.device.type))
+            x = self.embeddings(input_ids, token_type_ids, position_ids, packing)  # (N, C)
+            x, hidden_states = self.encoder.forward_packed(x, packing, output_hidden_states)  # (B, T, C)
+            attentions = None
+        else:
+            x = self.embeddings(input_ids, token_type_ids, position_ids)  # (B, T, C)
+            mask = padding_mask_to_additive(attention_mask, x.dtype) if padded else None  # (B, 1, 1, T)
+            x, hidden_states, attentions = self.encoder(x, mask, output_hidden_states, output_attentions)
         pooled = self.pooler(x) if self.pooler is not None else None
         return BaseModelOutput(last_hidden_state=x, pooler_output=pooled, hidden_states=hidden_states, attentions=attentions)
 
@@ -455,7 +497,13 @@ class BertForTokenClassification(BertPreTrainedModel):
 
 
 class BertForQuestionAnswering(BertPreTrainedModel):
-    """Extractive QA: per-token start and end logits."""
+    """Extractive QA: per-token start and end logits.
+
+    Its loss is a softmax over every position, padding included (as in HF), so the logits at
+    padding positions matter and this head always runs padded (`supports_unpadding = False`).
+    """
+
+    supports_unpadding = False
 
     def __init__(self, config: BertConfig):
         super().__init__(config)

@@ -1,0 +1,125 @@
+"""attn_implementation="unpadded": equal outputs at real tokens, and equal gradients, for every head."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lmforge import BertConfig
+from lmforge.modeling import bert
+
+HEADS = ["BertModel", "BertForMaskedLM", "BertForPreTraining", "BertForNextSentencePrediction",
+         "BertForSequenceClassification", "BertForTokenClassification", "BertForQuestionAnswering",
+         "BertForMultipleChoice"]
+
+
+def config() -> BertConfig:
+    return BertConfig(vocab_size=60, hidden_size=24, num_hidden_layers=2, num_attention_heads=3,
+                      intermediate_size=40, max_position_embeddings=16, hidden_dropout_prob=0.0,
+                      attention_probs_dropout_prob=0.0, num_labels=3)
+
+
+def mixed_batch(T: int = 16) -> dict[str, torch.Tensor]:
+    """One-token, maximum-length and in-between sequence pairs, right-padded."""
+    g = torch.Generator().manual_seed(0)
+    lengths = [1, T, 5, T - 1]
+    input_ids = torch.randint(5, 60, (4, T), generator=g)
+    attention_mask = torch.zeros(4, T, dtype=torch.long)
+    token_type_ids = torch.zeros(4, T, dtype=torch.long)
+    for b, n in enumerate(lengths):
+        attention_mask[b, :n] = 1
+        token_type_ids[b, n // 2:n] = 1
+    return dict(input_ids=input_ids.masked_fill(attention_mask == 0, 0), attention_mask=attention_mask,
+                token_type_ids=token_type_ids)
+
+
+def labels_for(head: str, batch) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    B, T = batch["attention_mask"].shape
+    real = batch["attention_mask"] == 1
+    if head in ("BertForMaskedLM", "BertForPreTraining"):
+        labels = torch.randint(0, 60, (B, T), generator=g).masked_fill(~real, -100)
+        extra = {"next_sentence_label": torch.tensor([0, 1, 1, 0])} if head == "BertForPreTraining" else {}
+        return {"labels": labels, **extra}
+    if head == "BertForTokenClassification":
+        return {"labels": torch.randint(0, 3, (B, T), generator=g).masked_fill(~real, -100)}
+    if head == "BertForQuestionAnswering":
+        return {"start_positions": torch.tensor([0, 3, 2, 1]), "end_positions": torch.tensor([0, 9, 4, 7])}
+    if head == "BertForMultipleChoice":
+        return {"labels": torch.tensor([1, 0])}
+    if head in ("BertForSequenceClassification", "BertForNextSentencePrediction"):
+        return {"labels": torch.tensor([0, 1, 1, 0])}
+    return {}
+
+
+def prepare(head: str):
+    torch.manual_seed(0)
+    cfg = config().replace(num_labels=2) if head == "BertForQuestionAnswering" else config()
+    padded = getattr(bert, head)(cfg).train()  # dropout is 0: train mode, deterministic
+    unpadded = getattr(bert, head)(cfg).train()
+    unpadded.load_state_dict(padded.state_dict())
+    unpadded.set_attn_implementation("unpadded")
+    batch = mixed_batch()
+    labels = labels_for(head, batch)
+    if head == "BertForMultipleChoice":
+        batch = {k: v.view(2, 2, -1) for k, v in batch.items()}
+    return padded, unpadded, batch, labels
+
+
+def per_token_outputs(head: str, out) -> dict[str, torch.Tensor]:
+    if head == "BertModel":
+        return {"last_hidden_state": out.last_hidden_state, "pooler_output": out.pooler_output}
+    if head == "BertForPreTraining":
+        return {"prediction_logits": out.prediction_logits, "seq_relationship_logits": out.seq_relationship_logits,
+                "loss": out.loss}
+    if head == "BertForQuestionAnswering":
+        return {"start_logits": out.start_logits, "end_logits": out.end_logits, "loss": out.loss}
+    return {"logits": out.logits, **({"loss": out.loss} if out.loss is not None else {})}
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_unpadded_outputs_equal_padded_at_real_tokens(head):
+    padded, unpadded, batch, labels = prepare(head)
+    real = batch["attention_mask"].bool()
+    a = per_token_outputs(head, padded(**batch, **labels, output_hidden_states=True))
+    b = per_token_outputs(head, unpadded(**batch, **labels, output_hidden_states=True))
+    for name in a:
+        x, y = a[name], b[name]
+        if x.dim() >= 2 and x.shape[:2] == real.shape and head != "BertForMultipleChoice":
+            x, y = x[real], y[real]  # per-token outputs: compare real tokens only
+        torch.testing.assert_close(y, x, atol=1e-5, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_unpadded_gradients_equal_padded(head):
+    padded, unpadded, batch, labels = prepare(head)
+    for model in (padded, unpadded):
+        out = model(**batch, **labels)
+        loss = getattr(out, "loss", None)
+        if loss is None:  # the bare encoder: a loss over real tokens only
+            loss = out.last_hidden_state[batch["attention_mask"].bool()].pow(2).sum() + out.pooler_output.sum()
+        loss.backward()
+    grads_a = dict(padded.named_parameters())
+    for name, p in unpadded.named_parameters():
+        if p.grad is None:
+            assert grads_a[name].grad is None, name
+            continue
+        torch.testing.assert_close(p.grad, grads_a[name].grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_hidden_states_of_unpadded_model_are_zero_at_padding():
+    _, unpadded, batch, _ = prepare("BertModel")
+    out = unpadded(**batch, output_hidden_states=True)
+    pad = batch["attention_mask"] == 0
+    assert out.last_hidden_state[pad].abs().max() == 0
+    assert all(h[pad].abs().max() == 0 for h in out.hidden_states)
+
+
+def test_bf16_autocast_unpadded_close_to_fp32():
+    _, unpadded, batch, _ = prepare("BertModel")
+    real = batch["attention_mask"].bool()
+    with torch.no_grad():
+        ref = unpadded(**batch).last_hidden_state[real]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = unpadded(**batch).last_hidden_state[real].float()
+    assert (low - ref).abs().max() < 0.1
