@@ -1,0 +1,506 @@
+"""The one training loop, used by pretraining and fine-tuning alike.
+
+Everything it does is visible in `train()`; behaviour is chosen by the `TrainArgs` dataclass, not by
+callbacks. Per optimizer step:
+
+    grad_accum_steps x (forward [bf16 autocast] -> loss / grad_accum_steps -> backward)
+    -> check the loss is finite -> clip grad norm -> optimizer step -> scheduler step -> zero grad
+    -> log (metrics.jsonl, progress bar) -> evaluate (every eval_every) -> checkpoint (every save_every)
+
+The batch source is any iterable of batch dicts (HF argument names) with `state_dict()` /
+`load_state_dict()`; it is re-iterated when exhausted (the next epoch), and in distributed runs it
+is responsible for giving each rank its own shard.
+
+Resume (`resume=True`) restores weights, optimizer, scheduler, RNG states and the batch-source
+position from the latest checkpoint, so on CPU the resumed run's losses are bit-identical to an
+uninterrupted run's. Evaluation runs with the RNG states saved and restored around it, so whether
+and when it runs never changes the training random streams.
+
+Distributed: when `torch.distributed` is initialised (e.g. under `torchrun`), the model is wrapped in
+DistributedDataParallel; only rank 0 writes files and shows progress. Logged losses and token
+counts are averaged / summed over ranks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm.auto import tqdm
+
+from .optim import build_optimizer, build_scheduler
+from .state import (
+    CHECKPOINTS_DIR,
+    capture_rng_state,
+    checkpoint_dir_name,
+    list_checkpoints,
+    load_latest_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+
+METRICS_NAME = "metrics.jsonl"
+# Optional detached parts of the loss that models expose for logging (BERT pretraining).
+LOSS_PARTS = ("mlm_loss", "nsp_loss")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot continue (e.g. a non-finite loss); the last checkpoint is left as it was."""
+
+
+@dataclass
+class TrainArgs:
+    output_dir: str | Path
+    max_steps: int  # optimizer steps; training stops when the global step reaches it
+    # Wall-clock budget of this call in seconds: the step that exceeds it is the last one (logged,
+    # evaluated and checkpointed like the final step), so a later resume=True call continues.
+    max_time: float | None = None
+    learning_rate: float = 5e-5  # peak learning rate
+    weight_decay: float = 0.01
+    warmup_steps: int = 0  # wins over warmup_ratio when > 0
+    warmup_ratio: float = 0.0  # fraction of schedule_steps
+    schedule: str = "linear"  # "linear" | "cosine" | "constant"
+    # Length of the lr schedule; defaults to max_steps. Set it when a run is deliberately stopped
+    # early and resumed with a larger max_steps, so both parts follow the same schedule.
+    schedule_steps: int | None = None
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    grad_accum_steps: int = 1
+    max_grad_norm: float = 1.0  # <= 0: no clipping (the norm is still logged)
+    bf16: bool = False  # torch.autocast(bfloat16) on the model's device type
+    eval_every: int = 0  # 0: evaluate only at the end (when an evaluate function is given)
+    save_every: int = 0  # 0: no checkpoints; otherwise every save_every steps and at the end
+    keep_last: int = 2  # checkpoints kept; <= 0 keeps all
+    log_every: int = 10  # metrics.jsonl training records (losses are recorded every step anyway)
+    seed: int = 0  # rank r seeds with seed + r
+    resume: bool = False  # continue from output_dir's latest checkpoint if there is one
+    overwrite: bool = False  # with resume=False: delete checkpoints of an earlier run in output_dir
+    progress: bool = True  # tqdm progress bar (rank 0)
+    # DDP: needed when some parameters get no gradient in a step (e.g. an unused pooler).
+    ddp_find_unused_parameters: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_steps <= 0:
+            raise ValueError(f"max_steps must be positive, got {self.max_steps}")
+        if self.grad_accum_steps < 1:
+            raise ValueError(f"grad_accum_steps must be >= 1, got {self.grad_accum_steps}")
+        if not 0.0 <= self.warmup_ratio <= 1.0:
+            raise ValueError(f"warmup_ratio must be in [0, 1], got {self.warmup_ratio}")
+        if min(self.eval_every, self.save_every, self.log_every) < 0:
+            raise ValueError("eval_every, save_every and log_every must be >= 0")
+        if self.max_time is not None and self.max_time <= 0:
+            raise ValueError(f"max_time must be positive seconds, got {self.max_time}")
+
+    @property
+    def total_schedule_steps(self) -> int:
+        return self.schedule_steps if self.schedule_steps is not None else self.max_steps
+
+    @property
+    def num_warmup_steps(self) -> int:
+        if self.warmup_steps > 0:
+            return self.warmup_steps
+        return math.ceil(self.warmup_ratio * self.total_schedule_steps)
+
+
+@dataclass
+class TrainResult:
+    step: int  # global step reached
+    start_step: int  # global step this call started from (> 0 after a resume)
+    losses: list[float] = field(default_factory=list)  # loss of steps start_step+1 .. step
+    eval_history: list[dict[str, float]] = field(default_factory=list)  # each has "step"
+    final_eval: dict[str, float] | None = None  # metrics of the evaluation at the end
+    last_checkpoint: Path | None = None
+    tokens: int = 0  # tokens trained on in this call, all ranks
+    elapsed: float = 0.0  # seconds spent in this call
+
+
+# --------------------------------------------------------------------------------------- helpers
+@dataclass
+class _Dist:
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def gather(self, obj: Any) -> list[Any]:
+        if not self.enabled:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+
+def _dist_info() -> _Dist:
+    if dist.is_available() and dist.is_initialized():
+        return _Dist(rank=dist.get_rank(), world_size=dist.get_world_size())
+    return _Dist()
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+class _BatchStream:
+    """Endless `next()` over a batch source: a new pass (epoch) starts when one is exhausted."""
+
+    def __init__(self, source: Iterable[Mapping[str, Any]]):
+        self.source = source
+        self._it: Iterator | None = None
+
+    def next(self) -> Mapping[str, Any]:
+        if self._it is None:
+            self._it = iter(self.source)
+        try:
+            return next(self._it)
+        except StopIteration:
+            self._it = iter(self.source)
+            try:
+                return next(self._it)
+            except StopIteration:
+                raise TrainingError("the batch source yielded no batches") from None
+
+
+def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _count_tokens(batch: Mapping[str, Any]) -> torch.Tensor | int:
+    mask = batch.get("attention_mask")
+    if isinstance(mask, torch.Tensor):
+        return mask.sum()
+    ids = batch.get("input_ids")
+    return ids.numel() if isinstance(ids, torch.Tensor) else 0
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def _rng_preserved() -> Iterator[None]:
+    """Run a block (evaluation) without consuming or changing any training random stream."""
+    state = capture_rng_state()
+    try:
+        yield
+    finally:
+        restore_rng_state(state)
+
+
+def _plain(value: Any) -> Any:
+    """TrainArgs values as weights_only-loadable primitives (Paths become strings)."""
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return str(value)
+
+
+class _MetricsLog:
+    """Append-only JSONL log written by rank 0."""
+
+    def __init__(self, path: Path, enabled: bool):
+        self.path = path
+        self.enabled = enabled
+
+    def start(self, resume_step: int | None) -> None:
+        """Fresh run: empty the file. Resume: drop records past the checkpoint (the crashed run
+        logged steps that will now be trained again)."""
+        if not self.enabled:
+            return
+        kept: list[str] = []
+        if resume_step is not None and self.path.is_file():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:  # a line cut short by the crash
+                    continue
+                if record.get("step", 0) <= resume_step:
+                    kept.append(line)
+        self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.enabled:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def _evaluate(
+    evaluate: Callable[[nn.Module], Mapping[str, float]], model: nn.Module, step: int
+) -> dict[str, float]:
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), _rng_preserved():
+            metrics = evaluate(model)
+    finally:
+        model.train(was_training)
+    record: dict[str, float] = {"step": step}
+    for key, value in dict(metrics).items():
+        name = key if key.startswith("eval_") else f"eval_{key}"
+        record[name] = float(value)
+    return record
+
+
+# ------------------------------------------------------------------------------------------ train
+def train(
+    model: nn.Module,
+    batches: Any,
+    args: TrainArgs,
+    evaluate: Callable[[nn.Module], Mapping[str, float]] | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+) -> TrainResult:
+    """Train `model` for `args.max_steps` optimizer steps on `batches`.
+
+    `model(**batch)` must return an object with `.loss`. `evaluate(model) -> {name: value}` is
+    called (model in eval mode, no grad) every `eval_every` steps and at the end. `optimizer` /
+    `scheduler` default to `build_optimizer` / `build_scheduler` from `args`.
+    """
+    ddp = _dist_info()
+    output_dir = Path(args.output_dir)
+    device = _model_device(model)
+    if ddp.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    metrics = _MetricsLog(output_dir / METRICS_NAME, enabled=ddp.is_main)
+
+    _seed_everything(args.seed + ddp.rank)
+    if optimizer is None:
+        optimizer = build_optimizer(
+            model, args.learning_rate, args.weight_decay, betas=args.adam_betas, eps=args.adam_eps
+        )
+    if scheduler is None:
+        scheduler = build_scheduler(optimizer, args.schedule, args.num_warmup_steps, args.total_schedule_steps)
+
+    # ---- resume, or make sure a fresh run does not mix with an earlier run's checkpoints
+    start_step, elapsed_before, checkpoint_path = 0, 0.0, None
+    checkpoint = load_latest_checkpoint(output_dir) if args.resume else None
+    if checkpoint is not None:
+        if checkpoint.world_size != ddp.world_size:
+            raise TrainingError(
+                f"{checkpoint.path} was saved by {checkpoint.world_size} processes, this run has "
+                f"{ddp.world_size}; exact resume needs the same number"
+            )
+        checkpoint.restore(model, optimizer, scheduler, batches, rank=ddp.rank)
+        start_step, checkpoint_path = checkpoint.step, checkpoint.path
+        loop_state = checkpoint.extra.get("loop", {})
+        elapsed_before = float(loop_state.get("elapsed", 0.0))
+        saved_schedule = loop_state.get("schedule_steps")
+        if ddp.is_main and saved_schedule is not None and saved_schedule != args.total_schedule_steps:
+            tqdm.write(
+                f"warning: resuming a run whose lr schedule spanned {saved_schedule} steps with "
+                f"{args.total_schedule_steps}; the lr curve changes from step {start_step} on "
+                "(set schedule_steps to keep it)"
+            )
+    elif list_checkpoints(output_dir):
+        if not args.overwrite:
+            raise TrainingError(
+                f"{output_dir / CHECKPOINTS_DIR} holds checkpoints of an earlier run; pass resume=True "
+                "to continue it, overwrite=True to discard them, or another output_dir"
+            )
+        if ddp.is_main:
+            shutil.rmtree(output_dir / CHECKPOINTS_DIR)
+    ddp.barrier()
+    metrics.start(resume_step=start_step if checkpoint is not None else None)
+
+    result = TrainResult(step=start_step, start_step=start_step, last_checkpoint=checkpoint_path)
+    if start_step >= args.max_steps:
+        return result
+
+    # Wrap after restoring: DDP broadcasts rank 0's (restored) weights to the other ranks.
+    raw_model = model
+    if ddp.enabled:
+        device_ids = [device.index] if device.type == "cuda" else None
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=device_ids, find_unused_parameters=args.ddp_find_unused_parameters
+        )
+
+    stream = _BatchStream(batches)
+    accum = args.grad_accum_steps
+    max_norm = args.max_grad_norm if args.max_grad_norm > 0 else float("inf")
+    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=args.bf16)
+    # Per step: [loss, tokens, out of time, *loss parts], all-reduced once across ranks (so all
+    # ranks agree on the loss check and on stopping for max_time).
+    n_stats = 3 + len(LOSS_PARTS)
+    parts_seen: set[str] = set()
+
+    step = start_step
+    t_start = time.perf_counter()
+    t_log, tokens_since_log, loss_since_log, steps_since_log = t_start, 0, 0.0, 0
+    parts_since_log = [0.0] * len(LOSS_PARTS)
+    last_eval_step = -1
+    pbar = tqdm(
+        total=args.max_steps,
+        initial=start_step,
+        desc="train",
+        disable=not (args.progress and ddp.is_main),
+        dynamic_ncols=True,
+    )
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    try:
+        while step < args.max_steps:
+            lr = optimizer.param_groups[0]["lr"]  # the lr this step uses
+            stats = torch.zeros(n_stats, device=device, dtype=torch.float32)
+            for micro in range(accum):
+                batch = _to_device(stream.next(), device)
+                # DDP: all-reduce gradients only on the last micro-batch of the step.
+                sync = model.no_sync() if ddp.enabled and micro < accum - 1 else contextlib.nullcontext()
+                with sync:
+                    with autocast:
+                        outputs = model(**batch)
+                    loss = outputs.loss
+                    (loss / accum).backward()
+                stats[0] += loss.detach().float() / accum
+                stats[1] += _count_tokens(batch)
+                for i, name in enumerate(LOSS_PARTS):
+                    part = getattr(outputs, name, None)
+                    if part is not None:
+                        parts_seen.add(name)
+                        stats[3 + i] += part.detach().float() / accum
+            if args.max_time is not None and time.perf_counter() - t_start >= args.max_time:
+                stats[2] = 1.0
+            if ddp.enabled:
+                dist.all_reduce(stats)
+                stats[0] /= ddp.world_size
+                stats[3:] /= ddp.world_size
+            values = stats.tolist()  # one device sync per step
+            step_loss, step_tokens, out_of_time = values[0], int(values[1]), values[2] > 0
+            if not math.isfinite(step_loss):
+                # Every rank sees the same all-reduced value, so all stop together. Nothing is
+                # saved: the last checkpoint stays the one to resume from.
+                raise TrainingError(
+                    f"non-finite loss {step_loss} at step {step + 1}; last checkpoint: {checkpoint_path}"
+                )
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
+            if not math.isfinite(grad_norm):
+                raise TrainingError(
+                    f"non-finite gradient norm {grad_norm} at step {step + 1} (loss {step_loss}); "
+                    f"last checkpoint: {checkpoint_path}"
+                )
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            last = step == args.max_steps or out_of_time
+
+            result.losses.append(step_loss)
+            result.tokens += step_tokens
+            tokens_since_log += step_tokens
+            loss_since_log += step_loss
+            steps_since_log += 1
+            for i in range(len(LOSS_PARTS)):
+                parts_since_log[i] += values[3 + i]
+            now = time.perf_counter()
+
+            if args.log_every > 0 and (step % args.log_every == 0 or last):
+                interval = max(now - t_log, 1e-9)
+                record: dict[str, Any] = {
+                    "step": step,
+                    "loss": loss_since_log / steps_since_log,  # mean over the logging interval
+                    "lr": lr,
+                    "tokens_per_s": tokens_since_log / interval,
+                    "grad_norm": grad_norm,
+                    "elapsed": elapsed_before + now - t_start,
+                }
+                for i, name in enumerate(LOSS_PARTS):
+                    if name in parts_seen:
+                        record[name] = parts_since_log[i] / steps_since_log
+                metrics.write(record)
+                pbar.set_postfix(
+                    loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}", tok_s=f"{record['tokens_per_s']:.0f}",
+                    refresh=False,
+                )
+                t_log, tokens_since_log, loss_since_log, steps_since_log = now, 0, 0.0, 0
+                parts_since_log = [0.0] * len(LOSS_PARTS)
+            pbar.update(1)
+
+            if evaluate is not None and (
+                (args.eval_every > 0 and step % args.eval_every == 0) or last
+            ):
+                eval_record = _evaluate(evaluate, raw_model, step)
+                eval_record["elapsed"] = elapsed_before + time.perf_counter() - t_start
+                result.eval_history.append(eval_record)
+                last_eval_step = step
+                metrics.write(eval_record)
+                if ddp.is_main:
+                    shown = ", ".join(f"{k}={v:.4g}" for k, v in eval_record.items() if k.startswith("eval_"))
+                    tqdm.write(f"step {step}: {shown}")
+
+            if args.save_every > 0 and (step % args.save_every == 0 or last):
+                checkpoint_path = _save(
+                    output_dir, step, raw_model, optimizer, scheduler, batches, args, ddp,
+                    elapsed=elapsed_before + time.perf_counter() - t_start,
+                )
+                result.last_checkpoint = checkpoint_path
+            if last:
+                break
+    finally:
+        pbar.close()
+
+    result.step = step
+    result.elapsed = time.perf_counter() - t_start
+    if last_eval_step == step:
+        result.final_eval = {k: v for k, v in result.eval_history[-1].items() if k not in ("step", "elapsed")}
+    return result
+
+
+def _save(
+    output_dir: Path,
+    step: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    batches: Any,
+    args: TrainArgs,
+    ddp: _Dist,
+    elapsed: float,
+) -> Path:
+    """Checkpoint on rank 0 with every rank's batch position and RNG states (a collective call)."""
+    batches_states = ddp.gather(batches.state_dict())
+    rng_states = ddp.gather(capture_rng_state())
+    if ddp.is_main:
+        extra = {
+            "loop": {"elapsed": elapsed, "schedule_steps": args.total_schedule_steps},
+            "train_args": {k: _plain(v) for k, v in asdict(args).items()},
+        }
+        save_checkpoint(
+            output_dir,
+            step,
+            model,
+            optimizer,
+            scheduler,
+            batches_states if ddp.enabled else batches_states[0],
+            extra,
+            keep_last=args.keep_last,
+            rng_state=rng_states if ddp.enabled else rng_states[0],
+            world_size=ddp.world_size,
+        )
+    # No rank runs ahead (and could crash) before the checkpoint is in place.
+    ddp.barrier()
+    return output_dir / CHECKPOINTS_DIR / checkpoint_dir_name(step)

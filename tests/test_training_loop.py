@@ -1,0 +1,218 @@
+"""The training loop on a toy LM: learning, gradient accumulation, metrics, evaluation, failure."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmforge.training import TrainArgs, TrainingError, load_latest_checkpoint, train
+
+torch.set_num_threads(1)
+VOCAB = 16
+
+
+@dataclass
+class ToyOutput:
+    loss: torch.Tensor
+    logits: torch.Tensor
+    mlm_loss: torch.Tensor | None = None
+
+
+class ToyLM(nn.Module):
+    """Embedding -> LayerNorm -> dropout -> linear; learns labels = f(input_ids) per token."""
+
+    def __init__(self, dim: int = 16, dropout: float = 0.0):
+        super().__init__()
+        self.emb = nn.Embedding(VOCAB, dim)
+        self.norm = nn.LayerNorm(dim)
+        self.drop = nn.Dropout(dropout)
+        self.head = nn.Linear(dim, VOCAB)
+        self.nan_at_call: int | None = None  # make the loss NaN on this forward call (1-based)
+        self.calls = 0
+
+    def forward(self, input_ids, labels, attention_mask=None):
+        self.calls += 1
+        logits = self.head(self.drop(self.norm(self.emb(input_ids))))
+        loss = F.cross_entropy(logits.reshape(-1, VOCAB), labels.reshape(-1))
+        if self.calls == self.nan_at_call:
+            loss = loss * float("nan")
+        return ToyOutput(loss=loss, logits=logits, mlm_loss=loss.detach())
+
+
+class ToyBatches:
+    """Endless seeded batches; batch i depends only on (seed, i). Position = `index`."""
+
+    def __init__(self, seed: int = 0, batch_size: int = 4, seq_len: int = 8, pad: int = 0):
+        self.seed, self.batch_size, self.seq_len, self.pad = seed, batch_size, seq_len, pad
+        self.index = 0
+
+    def make(self, i: int) -> dict[str, torch.Tensor]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
+        ids = torch.randint(0, VOCAB, (self.batch_size, self.seq_len), generator=g)
+        mask = torch.ones_like(ids)
+        if self.pad:
+            mask[:, -self.pad :] = 0
+        return {"input_ids": ids, "attention_mask": mask, "labels": (ids * 3 + 1) % VOCAB}
+
+    def __iter__(self):
+        while True:
+            batch = self.make(self.index)
+            self.index += 1
+            yield batch
+
+    def state_dict(self):
+        return {"index": self.index}
+
+    def load_state_dict(self, state):
+        self.index = state["index"]
+
+
+class ListBatches:
+    """A finite list of batches (one pass = one epoch), resumable."""
+
+    def __init__(self, batches):
+        self.batches, self.index = batches, 0
+
+    def __iter__(self):
+        while self.index < len(self.batches):
+            self.index += 1
+            yield self.batches[self.index - 1]
+        self.index = 0  # the next pass starts over
+
+    def state_dict(self):
+        return {"index": self.index}
+
+    def load_state_dict(self, state):
+        self.index = state["index"]
+
+
+def _model(seed: int = 0, **kw) -> ToyLM:
+    torch.manual_seed(seed)
+    return ToyLM(**kw)
+
+
+def test_loss_decreases(tmp_path):
+    args = TrainArgs(tmp_path, max_steps=60, learning_rate=3e-2, schedule="constant", progress=False)
+    result = train(_model(), ToyBatches(), args)
+    assert len(result.losses) == 60 and result.step == 60 and result.start_step == 0
+    first, last = sum(result.losses[:5]) / 5, sum(result.losses[-5:]) / 5
+    assert last < 0.5 * first, (first, last)
+    assert result.tokens == 60 * 4 * 8
+
+
+def test_grad_accumulation_matches_bigger_batch(tmp_path):
+    source = ToyBatches(batch_size=4)
+    big = [source.make(i) for i in range(5)]
+    halves = [{k: v[sl] for k, v in b.items()} for b in big for sl in (slice(0, 2), slice(2, 4))]
+    common = {"max_steps": 5, "learning_rate": 1e-2, "warmup_steps": 2, "progress": False}
+
+    model_a, model_b = _model(), _model()
+    res_a = train(model_a, ListBatches(big), TrainArgs(tmp_path / "a", **common))
+    res_b = train(model_b, ListBatches(halves), TrainArgs(tmp_path / "b", grad_accum_steps=2, **common))
+    assert res_a.losses == pytest.approx(res_b.losses, rel=1e-5, abs=1e-6)
+    for pa, pb in zip(model_a.parameters(), model_b.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
+    assert res_a.tokens == res_b.tokens == 5 * 4 * 8
+
+
+def test_finite_source_is_reiterated(tmp_path):
+    source = ToyBatches()
+    data = ListBatches([source.make(i) for i in range(3)])
+    result = train(_model(), data, TrainArgs(tmp_path, max_steps=7, progress=False))
+    assert len(result.losses) == 7
+    assert result.losses[0] != result.losses[3]  # same batch, but the model has learned since
+
+
+def test_metrics_jsonl_and_evaluate(tmp_path):
+    seen = []
+
+    def evaluate(model):
+        # The loop puts the model in eval mode without grad, and back to train mode after.
+        seen.append((model.training, torch.is_grad_enabled()))
+        torch.rand(3)  # consuming randomness here must not disturb training
+        return {"acc": 0.5, "eval_loss": 1.25}
+
+    args = TrainArgs(tmp_path, max_steps=7, log_every=2, eval_every=3, progress=False, learning_rate=1e-3)
+    model = _model()
+    result = train(model, ToyBatches(pad=2), args, evaluate=evaluate)
+    assert model.training
+    assert seen == [(False, False)] * 3  # steps 3, 6 and the end (7)
+
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train_recs = [r for r in records if "loss" in r]
+    eval_recs = [r for r in records if "eval_acc" in r]
+    assert [r["step"] for r in train_recs] == [2, 4, 6, 7]
+    for r in train_recs:
+        assert {"step", "loss", "lr", "tokens_per_s", "grad_norm", "elapsed", "mlm_loss"} <= set(r)
+        assert r["tokens_per_s"] > 0 and r["grad_norm"] > 0
+    # loss is the mean over the logging interval
+    assert train_recs[0]["loss"] == pytest.approx(sum(result.losses[:2]) / 2)
+    assert train_recs[-1]["loss"] == pytest.approx(result.losses[6])
+    assert [r["step"] for r in eval_recs] == [3, 6, 7]
+    assert eval_recs[0]["eval_loss"] == 1.25 and eval_recs[0]["eval_acc"] == 0.5
+    assert result.final_eval == {"eval_acc": 0.5, "eval_loss": 1.25}
+    assert [r["step"] for r in result.eval_history] == [3, 6, 7]
+    # tokens counted from attention_mask: 6 of 8 positions per row
+    assert result.tokens == 7 * 4 * 6
+
+
+def test_bf16_autocast_runs(tmp_path):
+    args = TrainArgs(tmp_path, max_steps=3, bf16=True, progress=False)
+    result = train(_model(), ToyBatches(), args)
+    assert len(result.losses) == 3 and all(isinstance(x, float) for x in result.losses)
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path):
+    model = _model()
+    model.nan_at_call = 5  # the forward of step 5
+    args = TrainArgs(tmp_path, max_steps=8, save_every=2, progress=False)
+    with pytest.raises(TrainingError, match=r"non-finite loss nan at step 5"):
+        train(model, ToyBatches(), args)
+    ckpts = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert ckpts == ["latest", "step-000002", "step-000004"]
+    checkpoint = load_latest_checkpoint(tmp_path)
+    assert checkpoint.step == 4 and checkpoint.path.name == "step-000004"
+    fresh = _model(seed=1)
+    checkpoint.load_weights(fresh)
+    assert all(torch.isfinite(p).all() for p in fresh.parameters())
+    # and the run can be resumed from it
+    result = train(_model(seed=2), ToyBatches(), TrainArgs(tmp_path, max_steps=6, save_every=2, resume=True,
+                                                           progress=False))
+    assert result.start_step == 4 and len(result.losses) == 2
+
+
+def test_fresh_run_refuses_existing_checkpoints(tmp_path):
+    args = TrainArgs(tmp_path, max_steps=2, save_every=1, progress=False)
+    train(_model(), ToyBatches(), args)
+    with pytest.raises(TrainingError, match="resume=True"):
+        train(_model(), ToyBatches(), args)
+    args.overwrite = True
+    result = train(_model(), ToyBatches(), args)
+    assert result.start_step == 0 and result.last_checkpoint.name == "step-000002"
+
+
+def test_max_time_stops_with_a_checkpoint(tmp_path):
+    evals = []
+    args = TrainArgs(tmp_path, max_steps=50, max_time=1e-9, save_every=100, log_every=100, progress=False)
+    result = train(_model(), ToyBatches(), args, evaluate=lambda m: evals.append(1) or {"x": 1.0})
+    # The first step already exceeds the budget: it is treated as the final step.
+    assert result.step == 1 and len(result.losses) == 1 and evals == [1]
+    assert result.last_checkpoint.name == "step-000001" and load_latest_checkpoint(tmp_path).step == 1
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 1]  # the training record and the eval record
+    args.max_time, args.resume = None, True
+    assert train(_model(), ToyBatches(), args).step == 50
+
+
+def test_args_validation():
+    with pytest.raises(ValueError):
+        TrainArgs("x", max_steps=0)
+    with pytest.raises(ValueError):
+        TrainArgs("x", max_steps=1, grad_accum_steps=0)
+    assert TrainArgs("x", max_steps=100, warmup_ratio=0.1).num_warmup_steps == 10
+    assert TrainArgs("x", max_steps=100, warmup_ratio=0.1, warmup_steps=3).num_warmup_steps == 3
