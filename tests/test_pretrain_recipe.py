@@ -1,0 +1,95 @@
+"""`lmforge pretrain` end to end on a small synthetic corpus: tokenizer, cache, training, export."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+
+from lmforge import AutoModelForMaskedLM, AutoTokenizer
+from lmforge.cli import main
+from lmforge.recipes.common import build_options, read_config_file
+from lmforge.recipes.pretrain import PretrainOptions
+
+TINY = ["--preset", "bert-tiny", "--hidden-size", "32", "--num-hidden-layers", "1", "--num-attention-heads", "2",
+        "--intermediate-size", "64", "--vocab-size", "300", "--max-seq-length", "64", "--batch-size", "8",
+        "--eval-fraction", "0.1", "--eval-batches", "2", "--no-progress", "--threads", "1"]
+
+
+@pytest.fixture
+def corpus(tmp_path, monkeypatch):
+    monkeypatch.setenv("LMFORGE_CACHE", str(tmp_path / "cache"))
+    rng = random.Random(0)
+    words = "film movie actor plot scene story director music camera script ending drama".split()
+    docs = []
+    for d in range(60):
+        sentences = [" ".join(rng.choice(words) for _ in range(rng.randint(5, 12))) + " ." for _ in range(8)]
+        docs.append("\n".join(sentences))
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
+    return path
+
+
+def test_pretrain_exports_a_model_that_lmforge_and_transformers_load(tmp_path, corpus, capsys):
+    out = tmp_path / "run"
+    assert main(["pretrain", "--corpus", str(corpus), "-o", str(out), "--max-steps", "6", "--eval-every", "3",
+                 "--save-every", "3", *TINY]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 6 and "eval_nsp_accuracy" in summary["final_eval"]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any("eval_mlm_loss" in r for r in records)
+    model = AutoModelForMaskedLM.from_pretrained(out / "final")
+    tokenizer = AutoTokenizer.from_pretrained(out / "final")
+    transformers = pytest.importorskip("transformers")
+    theirs = transformers.AutoModelForMaskedLM.from_pretrained(out / "final").eval()
+    batch = tokenizer(["the film was [MASK] ."], return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch).logits, theirs(**batch).logits, atol=1e-5, rtol=0)
+
+
+def test_second_run_reuses_the_tokenizer_and_cache(tmp_path, corpus):
+    args = ["pretrain", "--corpus", str(corpus), "--max-steps", "2", "--eval-every", "0", *TINY]
+    assert main([*args, "-o", str(tmp_path / "a")]) == 0
+    tokenizer_dir = tmp_path / "a" / "tokenizer"
+    assert main([*args, "-o", str(tmp_path / "b"), "--tokenizer", str(tokenizer_dir)]) == 0
+    assert json.loads((tmp_path / "b" / "summary.json").read_text())["cache_hit"] is True
+
+
+def test_mlm_only_objective_trains_a_masked_lm(tmp_path, corpus):
+    out = tmp_path / "run"
+    assert main(["pretrain", "--corpus", str(corpus), "-o", str(out), "--objective", "mlm", "--max-steps", "2",
+                 *TINY]) == 0
+    config = json.loads((out / "final" / "config.json").read_text())
+    assert config["architectures"] == ["BertForMaskedLM"]
+
+
+def test_config_file_is_overridden_by_flags(tmp_path):
+    file = tmp_path / "opts.json"
+    file.write_text(json.dumps({"max-steps": 50, "learning_rate": 1e-3, "preset": "bert-small"}))
+    opts = build_options(PretrainOptions, read_config_file(file), {"max_steps": 7}, source=str(file))
+    assert (opts.max_steps, opts.learning_rate, opts.preset) == (7, 1e-3, "bert-small")
+
+
+def test_unknown_config_key_names_the_file(tmp_path):
+    file = tmp_path / "opts.json"
+    file.write_text(json.dumps({"max_stepz": 5}))
+    with pytest.raises(ValueError, match=r"opts.json.*max_stepz"):
+        build_options(PretrainOptions, read_config_file(file), source=str(file))
+
+
+def test_empty_corpus_is_a_clear_cli_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LMFORGE_CACHE", str(tmp_path / "cache"))
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n", encoding="utf-8")
+    assert main(["pretrain", "--corpus", str(empty), "-o", str(tmp_path / "run"), *TINY]) == 2
+    assert "empty.txt" in capsys.readouterr().err
+
+
+def test_help_documents_every_option(capsys):
+    with pytest.raises(SystemExit):
+        main(["pretrain", "--help"])
+    text = capsys.readouterr().out
+    for name in ("--max-minutes", "--whole-word-mask", "--objective", "--resume", "--preset", "--bf16"):
+        assert name in text
