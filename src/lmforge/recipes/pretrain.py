@@ -40,6 +40,9 @@ class PretrainOptions:
     hidden_size: int | None = option(None, "override the preset's hidden size")
     num_attention_heads: int | None = option(None, "override the preset's head count")
     intermediate_size: int | None = option(None, "override the preset's feed-forward size")
+    dropout: float = option(0.1, "hidden and attention dropout during pretraining (short budgets learn faster "
+                             "without; the exported config gets --export-dropout)")
+    export_dropout: float = option(0.1, "dropout written into the exported config, used by fine-tuning")
     tokenizer: str | None = option(None, "existing tokenizer folder; default: train one into <output_dir>/tokenizer")
     tokenizer_kind: str = option("wordpiece", "algorithm when training a tokenizer", choices=["wordpiece", "bpe"])
     vocab_size: int = option(8000, "vocabulary size when training a tokenizer")
@@ -86,7 +89,8 @@ def model_config(opts: PretrainOptions, vocab_size: int, pad_token_id: int):
         if getattr(opts, name) is not None:
             sizes[name] = getattr(opts, name)
     return BertConfig(vocab_size=vocab_size, pad_token_id=pad_token_id,
-                      max_position_embeddings=max(512, opts.max_seq_length), **sizes)
+                      max_position_embeddings=max(512, opts.max_seq_length), hidden_dropout_prob=opts.dropout,
+                      attention_probs_dropout_prob=opts.dropout, **sizes)
 
 
 def get_tokenizer(opts: PretrainOptions, corpus: list, is_main: bool):
@@ -221,6 +225,9 @@ def run(opts: PretrainOptions) -> dict[str, Any]:
 
     final = output_dir / "final"
     if rank == 0:
+        # Dropout is a training-time setting: the exported config carries the one fine-tuning should use.
+        model.config = model.config.replace(hidden_dropout_prob=opts.export_dropout,
+                                            attention_probs_dropout_prob=opts.export_dropout)
         model.save_pretrained(final)
         tokenizer.save_pretrained(final)
     _barrier()
