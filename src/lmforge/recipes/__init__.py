@@ -36,3 +36,6 @@ def _run_pretrain(args) -> int:
 
 def register_commands(sub) -> None:
     _pretrain_command(sub)
+    from .finetune import register as _register_finetune
+
+    _register_finetune(sub)
