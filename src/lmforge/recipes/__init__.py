@@ -34,8 +34,29 @@ def _run_pretrain(args) -> int:
     return 0
 
 
+def _demo_command(sub) -> None:
+    from .common import add_options
+    from .demo import DemoOptions
+    from .demo import __doc__ as doc
+
+    p = sub.add_parser("demo", help="the main job: pretrain, fine-tune three models, report with plots",
+                       description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_options(p, DemoOptions)
+    p.set_defaults(func=_run_demo)
+
+
+def _run_demo(args) -> int:
+    from .common import build_options
+    from .demo import DemoOptions, run
+
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "func")}
+    run(build_options(DemoOptions, flags, source="demo options"))
+    return 0
+
+
 def register_commands(sub) -> None:
     _pretrain_command(sub)
+    _demo_command(sub)
     from .finetune import register as _register_finetune
 
     _register_finetune(sub)
