@@ -47,6 +47,10 @@ def test_pretrain_exports_a_model_that_lmforge_and_transformers_load(tmp_path, c
     batch = tokenizer(["the film was [MASK] ."], return_tensors="pt")
     with torch.no_grad():
         torch.testing.assert_close(model(**batch).logits, theirs(**batch).logits, atol=1e-5, rtol=0)
+    capsys.readouterr()
+    assert main(["fill-mask", str(out / "final"), "the film was [MASK] .", "--top-k", "2", "--json"]) == 0
+    candidates = json.loads(capsys.readouterr().out)[0]
+    assert len(candidates) == 2 and "[MASK]" not in candidates[0]["sequence"]
 
 
 def test_second_run_reuses_the_tokenizer_and_cache(tmp_path, corpus):
