@@ -35,7 +35,7 @@ def labels_count(head: str) -> int:
     return 2 if head == "BertForQuestionAnswering" else 3  # QA needs exactly start + end
 
 
-def hf_config(name: str, **extra) -> "transformers.BertConfig":
+def hf_config(name: str, **extra) -> transformers.BertConfig:
     fields = dict(vocab_size=99, num_hidden_layers=2, intermediate_size=37, max_position_embeddings=64,
                   hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
     fields.update(CONFIGS[name])

@@ -43,7 +43,8 @@ def test_param_groups_split_decay_and_dedupe_tied():
     assert isinstance(opt, torch.optim.AdamW)
     decay, no_decay = opt.param_groups
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
-    ids = lambda ps: {id(p) for p in ps}
+    def ids(ps):
+        return {id(p) for p in ps}
     assert ids(decay["params"]) == ids([model.emb.weight, model.dense.weight])
     assert ids(no_decay["params"]) == ids(
         [model.LayerNorm.weight, model.LayerNorm.bias, model.dense.bias, model.custom_norm.weight, model.head.bias]

@@ -22,9 +22,9 @@ TINY = ["--preset", "bert-tiny", "--hidden-size", "32", "--num-hidden-layers", "
 def corpus(tmp_path, monkeypatch):
     monkeypatch.setenv("LMFORGE_CACHE", str(tmp_path / "cache"))
     rng = random.Random(0)
-    words = "film movie actor plot scene story director music camera script ending drama".split()
+    words = ["film", "movie", "actor", "plot", "scene", "story", "director", "music", "camera", "script", "ending", "drama"]
     docs = []
-    for d in range(60):
+    for _d in range(60):
         sentences = [" ".join(rng.choice(words) for _ in range(rng.randint(5, 12))) + " ." for _ in range(8)]
         docs.append("\n".join(sentences))
     path = tmp_path / "corpus.txt"

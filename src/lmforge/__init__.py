@@ -40,3 +40,12 @@ def __getattr__(name: str):
 
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "AutoConfig", "AutoModel", "AutoModelForMaskedLM", "AutoModelForMultipleChoice",
+    "AutoModelForNextSentencePrediction", "AutoModelForPreTraining", "AutoModelForQuestionAnswering",
+    "AutoModelForSequenceClassification", "AutoModelForTokenClassification", "AutoTokenizer", "BertConfig",
+    "BertForMaskedLM", "BertForMultipleChoice", "BertForNextSentencePrediction", "BertForPreTraining",
+    "BertForQuestionAnswering", "BertForSequenceClassification", "BertForTokenClassification", "BertModel",
+    "CheckpointError", "ConfigError", "Tokenizer", "pipeline", "register_model",
+]

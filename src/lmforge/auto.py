@@ -6,11 +6,9 @@ open: `register_model("gpt2", GPT2Config, {"causal-lm": GPT2LMHeadModel, ...})` 
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 
-from .config import CONFIG_NAME, BertConfig, ConfigError
+from .config import BertConfig, ConfigError, read_config_json
 from .modeling import bert
 
 CONFIG_CLASSES: dict[str, type] = {}
@@ -38,7 +36,7 @@ register_model(
 )
 
 
-def _model_type_of(data: dict, source: Path) -> str:
+def _model_type_of(data: dict, source: os.PathLike) -> str:
     model_type = data.get("model_type")
     if model_type is None:
         for arch in data.get("architectures") or []:
@@ -52,21 +50,10 @@ def _model_type_of(data: dict, source: Path) -> str:
     return model_type
 
 
-def _read_config_dict(path: Path) -> tuple[dict, Path]:
-    file = path / CONFIG_NAME if path.is_dir() else path
-    if not file.is_file():
-        raise FileNotFoundError(f"{file}: config file not found")
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{file}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
-    return data, file
-
-
 class AutoConfig:
     @staticmethod
     def from_pretrained(path: str | os.PathLike):
-        data, file = _read_config_dict(Path(path))
+        data, file = read_config_json(path)
         model_type = _model_type_of(data, file)
         data.setdefault("model_type", model_type)
         return CONFIG_CLASSES[model_type].from_dict(data, source=str(file))

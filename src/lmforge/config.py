@@ -25,6 +25,21 @@ class ConfigError(ValueError):
     """A config value is invalid; the message names the field (and the file when there is one)."""
 
 
+def read_config_json(path: str | os.PathLike) -> tuple[dict[str, Any], Path]:
+    """The JSON object of a config file (or of `<folder>/config.json`), and the file it came from."""
+    path = Path(path)
+    file = path / CONFIG_NAME if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: config file not found")
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{file}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{file}: expected a JSON object, got {type(data).__name__}")
+    return data, file
+
+
 @dataclass
 class BertConfig:
     model_type: ClassVar[str] = "bert"
@@ -145,21 +160,13 @@ class BertConfig:
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> BertConfig:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: config file not found")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a JSON object, got {type(data).__name__}")
-        return cls.from_dict(data, source=str(path))
+        data, file = read_config_json(path)
+        return cls.from_dict(data, source=str(file))
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike) -> BertConfig:
-        path = Path(path)
-        return cls.from_json_file(path / CONFIG_NAME if path.is_dir() else path)
+        """From a checkpoint folder (its config.json) or a config file."""
+        return cls.from_json_file(path)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = dict(self.extra)

@@ -24,7 +24,7 @@ from ..outputs import (
     SequenceClassifierOutput,
     TokenClassifierOutput,
 )
-from .attention import ATTN_IMPLEMENTATIONS, BertSelfAttention, Packing, padding_mask_to_additive
+from .attention import BertSelfAttention, Packing, padding_mask_to_additive
 from .base import PreTrainedModel
 
 
