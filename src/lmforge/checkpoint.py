@@ -242,7 +242,7 @@ def _report(name: str, source: Path, info: LoadingInfo) -> None:
         details = ", ".join(f"{k} {a}->{b}" for k, a, b in info.mismatched_keys)
         logger.warning("%s: re-initialized because shapes differ from %s: %s", name, source, details)
     if info.unexpected_keys:
-        logger.info("%s: unused weights in %s (expected when the checkpoint has another head): %s",
+        logger.debug("%s: unused weights in %s (expected when the checkpoint has another head): %s",
                     name, source, ", ".join(info.unexpected_keys))
 
 
