@@ -2,17 +2,23 @@
 
 One optimizer step = forward + backward + AdamW, MLM (15% of tokens predicted) + NSP.
 lmforge runs its sparse MLM head (only masked positions reach the vocabulary projection), as
-Google's BERT does; transformers computes logits for every position.
+Google's BERT does; transformers computes logits for every position. With `--rounds N` the two
+implementations alternate N times and the median is reported.
 
-    python bench/pretrain_throughput.py [--steps 8] [--threads 2]
+    python bench/pretrain_throughput.py [--steps 8] [--threads 2] [--rounds 1]
 """
 
 from __future__ import annotations
 
-import argparse
 import time
+from dataclasses import dataclass
 
 import torch
+from common import arg_parser, median, set_threads
+
+# BERT 4x256 (4 heads), BERT's vocabulary.
+SHAPE = dict(vocab_size=30522, hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
+             intermediate_size=1024, max_position_embeddings=512)
 
 
 def make_batch(vocab_size: int, batch_size: int, seq_len: int, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -45,39 +51,64 @@ def time_steps(model, batch, steps: int, warmup: int, extra: dict) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--seq-len", type=int, default=128)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-
+def build_models(shape: dict = SHAPE):
+    """(transformers model, lmforge model) with the same weights."""
     import transformers
 
     import lmforge
 
-    shape = dict(vocab_size=30522, hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
-                 intermediate_size=1024, max_position_embeddings=512)
     torch.manual_seed(0)
     theirs = transformers.BertForPreTraining(transformers.BertConfig(**shape, attn_implementation="sdpa"))
     ours = lmforge.BertForPreTraining(lmforge.BertConfig(**shape))
     ours.load_state_dict(theirs.state_dict(), strict=False)
-    batch = make_batch(shape["vocab_size"], args.batch_size, args.seq_len)
-    tokens = args.batch_size * args.seq_len * args.steps
+    return theirs, ours
 
-    results = {}
+
+@dataclass
+class PretrainResult:
+    tokens_per_s: dict[str, float]  # median over rounds
+    seconds: dict[str, list[float]]  # of `steps` steps, each round
+    batch_size: int
+    seq_len: int
+    masked_per_batch: int  # MLM positions predicted per batch
+
+
+def run(steps: int = 8, warmup: int = 2, threads: int = 2, batch_size: int = 32, seq_len: int = 128,
+        rounds: int = 1) -> PretrainResult:
+    set_threads(threads)
+    theirs, ours = build_models()
+    batch = make_batch(SHAPE["vocab_size"], batch_size, seq_len)
+    tokens = batch_size * seq_len * steps
+    seconds: dict[str, list[float]] = {"transformers": [], "lmforge": []}
     # Interleave to share any drift in machine load fairly.
-    for name, model, extra in [("transformers", theirs, {}), ("lmforge", ours, {"sparse_mlm": True})]:
-        results[name] = tokens / time_steps(model, batch, args.steps, args.warmup, extra)
-    ratio = results["lmforge"] / results["transformers"]
+    for _ in range(rounds):
+        for name, model, extra in [("transformers", theirs, {}), ("lmforge", ours, {"sparse_mlm": True})]:
+            seconds[name].append(time_steps(model, batch, steps, warmup, extra))
+    return PretrainResult(
+        tokens_per_s={k: tokens / median(v) for k, v in seconds.items()},
+        seconds=seconds, batch_size=batch_size, seq_len=seq_len,
+        masked_per_batch=int((batch["labels"] != -100).sum()),
+    )
+
+
+def main() -> None:
+    parser = arg_parser(__doc__)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=1, help="alternating timings of each (median)")
+    args = parser.parse_args()
+
+    import transformers
+
+    result = run(args.steps, args.warmup, args.threads, args.batch_size, args.seq_len, args.rounds)
+    ratio = result.tokens_per_s["lmforge"] / result.tokens_per_s["transformers"]
     print(f"pretraining BERT 4x256 (4 heads, vocab 30522), batch {args.batch_size} x {args.seq_len}, fp32, "
           f"{args.threads} threads, torch {torch.__version__}, transformers {transformers.__version__}")
     print("| implementation | tokens/s |")
     print("|---|---:|")
-    for name, value in results.items():
+    for name, value in result.tokens_per_s.items():
         print(f"| {name} | {value:,.0f} |")
     print(f"ratio lmforge / transformers: {ratio:.2f}x")
 

@@ -1,0 +1,176 @@
+"""Model-FLOPs utilisation (MFU) of BERT training and inference on this CPU, lmforge vs transformers.
+
+MFU = model FLOPs of the work done / seconds / peak FLOP/s. Peak is measured in the same run: the
+median FLOP/s of a square matmul (`--matmul-size` 2048, fp32 and bf16) at the benchmark's thread
+count. Model FLOPs count the matmuls a model needs on REAL tokens only (see `encoder_flops`), so
+the FLOPs an implementation spends on padding, or on MLM logits nobody asked for, lower its MFU.
+
+This script measures peak, runs small versions of the pretraining (`pretrain_throughput.py`) and
+inference (`inference.py`) benchmarks and prints the MFU of each; `run_all.py` reuses
+`matmul_peaks` and `mfu_rows` with the numbers of the full benchmarks.
+
+    python bench/mfu.py [--texts 128] [--steps 4] [--threads 2]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from common import (
+    arg_parser,
+    fmt,
+    fmt_pct,
+    fmt_ratio,
+    interleaved_times,
+    markdown_table,
+    median,
+    minilm_path,
+    set_threads,
+)
+
+
+def matmul_peaks(n: int = 2048, threads: int = 2, repeats: int = 7) -> dict[str, float]:
+    """{"fp32": FLOP/s, "bf16": FLOP/s}: median over `repeats` (n x n) @ (n x n) products, interleaved."""
+    set_threads(threads)
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
+    a16, b16 = a.bfloat16(), b.bfloat16()
+    products = {"fp32": lambda: a @ b, "bf16": lambda: a16 @ b16}
+    times, _ = interleaved_times(products, repeats=repeats, warmup=1)
+    return {k: 2 * n**3 / median(v) for k, v in times.items()}
+
+
+def describe_peaks(peaks: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v / 1e9:,.1f} GFLOP/s" for k, v in peaks.items())
+
+
+@dataclass
+class EncoderShape:
+    layers: int  # L
+    hidden: int  # C
+    intermediate: int  # I
+    vocab: int  # V
+
+    @classmethod
+    def of(cls, config) -> EncoderShape:
+        return cls(config.num_hidden_layers, config.hidden_size, config.intermediate_size, config.vocab_size)
+
+    @property
+    def layer_matmul_params(self) -> int:
+        """Non-embedding matmul parameters of the encoder layers: L * (4 C^2 + 2 C I)."""
+        return self.layers * (4 * self.hidden**2 + 2 * self.hidden * self.intermediate)
+
+
+def encoder_flops(shape: EncoderShape, lengths: Sequence[int], training: bool = False, mlm_positions: int = 0,
+                  pooler: bool = True) -> float:
+    """Model FLOPs of a BERT encoder over sequences of real lengths T_i (padding never counted).
+
+    A multiply-add is 2 FLOPs; only matmuls count (embedding lookups, LayerNorm, GELU, softmax and
+    biases are a few percent and left out). With P = L (4 C^2 + 2 C I) (Q, K, V, output, and the
+    two feed-forward matrices of each layer):
+
+        forward  = 2 P sum_i T_i                 every real token through the layers' matmuls
+                 + 4 L C sum_i T_i^2             Q K^T and attn @ V: each token against the T_i
+                                                 tokens of its own sequence (2 T_i C FLOPs each)
+                 + 2 C^2 n_sequences             the pooler, on [CLS] (when the model has one)
+                 + 2 (C^2 + C V) mlm_positions   MLM head (transform + decoder) on predicted tokens only
+        training = 3 forward                     backward = 2 x forward (grads of inputs and weights)
+
+    i.e. per token 6 P + 12 L C T in training: "6 x non-embedding parameters" plus the attention term.
+    Classifier / NSP heads (2 C x labels per sequence) are negligible and left out.
+    """
+    C = shape.hidden
+    forward = 2 * shape.layer_matmul_params * sum(lengths)
+    forward += 4 * shape.layers * C * sum(t * t for t in lengths)
+    if pooler:
+        forward += 2 * C * C * len(lengths)
+    forward += 2 * (C * C + C * shape.vocab) * mlm_positions
+    return float(3 * forward if training else forward)
+
+
+def mfu(flops: float, seconds: float, peak: float) -> float:
+    return flops / seconds / peak
+
+
+@dataclass
+class MFURow:
+    name: str
+    lmforge: float
+    transformers: float
+    peak: str  # which peak it is measured against
+
+    def cells(self) -> list[str]:
+        ratio = fmt_ratio(self.lmforge, self.transformers)
+        return [self.name, fmt_pct(self.lmforge), fmt_pct(self.transformers), ratio]
+
+
+LIBRARIES = ("lmforge", "transformers")
+
+
+def mfu_rows(peaks: dict[str, float], inference=None, pretrain=None, finetune=None) -> list[MFURow]:
+    """MFU rows from the results of inference.run / pretrain_throughput.run / finetune_vs_transformers.run
+    (any may be None). Each library's median seconds; model FLOPs are the same for both."""
+    rows = []
+    if pretrain is not None:
+        from pretrain_throughput import SHAPE
+
+        shape = EncoderShape(SHAPE["num_hidden_layers"], SHAPE["hidden_size"], SHAPE["intermediate_size"],
+                             SHAPE["vocab_size"])
+        per_batch = encoder_flops(shape, [pretrain.seq_len] * pretrain.batch_size, training=True,
+                                  mlm_positions=pretrain.masked_per_batch)
+        per_token = per_batch / (pretrain.batch_size * pretrain.seq_len)  # x tokens/s = FLOP/s
+        ours, theirs = (per_token * pretrain.tokens_per_s[k] / peaks["fp32"] for k in LIBRARIES)
+        rows.append(MFURow("MFU pretraining BERT 4x256 (fp32)", ours, theirs, "fp32"))
+    if finetune is not None:
+        shape = _minilm_shape()
+        flops = encoder_flops(shape, finetune.lengths, training=True)  # one epoch
+        ours, theirs = (mfu(flops, median(finetune.seconds[k]), peaks["fp32"]) for k in LIBRARIES)
+        rows.append(MFURow("MFU fine-tuning MiniLM (fp32)", ours, theirs, "fp32"))
+    if inference is not None:
+        shape = _minilm_shape()
+        flops = encoder_flops(shape, inference.lengths)
+        for dtype in ("fp32", "bf16"):
+            names = (f"lmforge {dtype}", f"transformers {dtype}")
+            if all(n in inference.times for n in names):
+                ours, theirs = (mfu(flops, median(inference.times[n]), peaks[dtype]) for n in names)
+                rows.append(MFURow(f"MFU inference MiniLM ({dtype})", ours, theirs, dtype))
+    return rows
+
+
+def padding_flops_ratio(inference) -> float:
+    """Model FLOPs of transformers' padded inference batches / those of the real tokens alone."""
+    shape = _minilm_shape()
+    return encoder_flops(shape, inference.padded_lengths) / encoder_flops(shape, inference.lengths)
+
+
+def _minilm_shape() -> EncoderShape:
+    from lmforge import AutoConfig
+
+    return EncoderShape.of(AutoConfig.from_pretrained(minilm_path()))
+
+
+def main() -> None:
+    parser = arg_parser(__doc__)
+    parser.add_argument("--matmul-size", type=int, default=2048)
+    parser.add_argument("--texts", type=int, default=128, help="inference texts")
+    parser.add_argument("--steps", type=int, default=4, help="pretraining steps per timing")
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds of each benchmark")
+    args = parser.parse_args()
+
+    import inference
+    import pretrain_throughput
+
+    peaks = matmul_peaks(args.matmul_size, args.threads)
+    pre = pretrain_throughput.run(steps=args.steps, warmup=1, threads=args.threads, rounds=args.repeats)
+    inf = inference.run(n_texts=args.texts, threads=args.threads, repeats=args.repeats)
+    print(f"matmul peak ({args.matmul_size}^3, {args.threads} threads): {describe_peaks(peaks)}")
+    rows = [r.cells() for r in mfu_rows(peaks, inference=inf, pretrain=pre)]
+    print(markdown_table(["metric", "lmforge", "transformers", "ratio"], rows))
+    print(f"(throughputs: pretraining tokens/s lmforge {fmt(pre.tokens_per_s['lmforge'], 0)}, "
+          f"transformers {fmt(pre.tokens_per_s['transformers'], 0)})")
+
+
+if __name__ == "__main__":
+    main()

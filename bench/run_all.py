@@ -1,0 +1,136 @@
+"""All benchmarks in one run, summarised as one markdown table: metric | lmforge | transformers | ratio.
+
+Runs, in one process and at equal threads:
+  inference.py                 MiniLM sentence embeddings, texts/s, fp32 and bf16 autocast
+  pretrain_throughput.py       BERT 4x256 pretraining tokens/s (fp32)
+  finetune_vs_transformers.py  MiniLM fine-tuning on movie-sentences: examples/s and test accuracy
+  mfu.py                       matmul peak of this machine -> model-FLOPs utilisation of the above
+Every throughput is a median of interleaved runs (see each script's docstring for what exactly is
+timed). Default sizes take several minutes on a 2-core machine; `--quick` runs tiny sizes (a smoke
+test: its numbers mean little). `--write` also writes the table to bench/results.md.
+
+    python bench/run_all.py [--quick] [--write] [--threads 2]      (or: make bench)
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+
+from common import BENCH_DIR, arg_parser, environment, fmt, fmt_ratio, markdown_table, median
+from mfu import LIBRARIES, describe_peaks, padding_flops_ratio
+
+
+@dataclass
+class Sizes:
+    texts: int = 512  # inference texts
+    inference_repeats: int = 3
+    pretrain_steps: int = 8
+    pretrain_warmup: int = 2
+    pretrain_rounds: int = 3
+    pretrain_batch: int = 32
+    pretrain_seq: int = 128
+    train_limit: int | None = None  # fine-tuning: all 3,200 training sentences
+    test_limit: int | None = None  # all 400 test sentences
+    finetune_rounds: int = 1
+    matmul_size: int = 2048
+    matmul_repeats: int = 7
+
+
+QUICK = Sizes(texts=32, inference_repeats=1, pretrain_steps=1, pretrain_warmup=1, pretrain_rounds=1,
+              pretrain_batch=4, pretrain_seq=64, train_limit=64, test_limit=32, matmul_size=512,
+              matmul_repeats=2)
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def run_benchmarks(sizes: Sizes, threads: int) -> dict:
+    import finetune_vs_transformers
+    import inference
+    import mfu
+    import pretrain_throughput
+
+    out: dict = {"sizes": sizes}
+    t0 = time.perf_counter()
+    log("matmul peak ...")
+    out["peaks"] = mfu.matmul_peaks(sizes.matmul_size, threads, sizes.matmul_repeats)
+    log(f"inference ({sizes.texts} texts) ...")
+    out["inference"] = inference.run(sizes.texts, threads=threads, repeats=sizes.inference_repeats)
+    log(f"pretraining ({sizes.pretrain_rounds} x {sizes.pretrain_steps} steps) ...")
+    out["pretrain"] = pretrain_throughput.run(sizes.pretrain_steps, sizes.pretrain_warmup, threads,
+                                              sizes.pretrain_batch, sizes.pretrain_seq, sizes.pretrain_rounds)
+    log(f"fine-tuning (train limit {sizes.train_limit}) ...")
+    out["finetune"] = finetune_vs_transformers.run(sizes.train_limit, sizes.test_limit, threads,
+                                                   sizes.finetune_rounds)
+    out["mfu"] = mfu.mfu_rows(out["peaks"], inference=out["inference"], pretrain=out["pretrain"],
+                              finetune=out["finetune"])
+    out["seconds"] = time.perf_counter() - t0
+    return out
+
+
+def summary(results: dict, threads: int, quick: bool) -> str:
+    inf, pre, ft, peaks = results["inference"], results["pretrain"], results["finetune"], results["peaks"]
+    ips = inf.texts_per_s
+
+    def row(metric, ours, theirs, digits=1):
+        return [metric, fmt(ours, digits), fmt(theirs, digits), fmt_ratio(ours, theirs)]
+
+    rows = [row("inference MiniLM fp32, texts/s", ips["lmforge fp32"], ips["transformers fp32"])]
+    if "lmforge bf16" in ips:
+        rows += [
+            row("inference MiniLM bf16 autocast, texts/s", ips["lmforge bf16"], ips["transformers bf16"]),
+            row("inference, lmforge bf16 vs transformers fp32, texts/s", ips["lmforge bf16"],
+                ips["transformers fp32"]),
+        ]
+    ft_sec = {k: median(v) for k, v in ft.seconds.items()}
+    acc = ft.test_accuracy
+    rows += [
+        row("pretraining BERT 4x256 fp32, tokens/s", *(pre.tokens_per_s[k] for k in LIBRARIES), 0),
+        row("fine-tuning MiniLM fp32, examples/s", *(ft.examples_per_s[k] for k in LIBRARIES)),
+        ["fine-tuning wall time, s", fmt(ft_sec["lmforge"]), fmt(ft_sec["transformers"]),
+         fmt_ratio(ft_sec["transformers"], ft_sec["lmforge"]) + " faster"],
+        ["fine-tuning test accuracy, %", fmt(100 * acc["lmforge"], 2), fmt(100 * acc["transformers"], 2),
+         f"{100 * (acc['lmforge'] - acc['transformers']):+.2f} points"],
+    ]
+    rows += [r.cells() for r in results["mfu"]]
+    env = environment(threads)
+    lines = [
+        "# lmforge benchmarks" + (" (--quick: smoke sizes, not meaningful)" if quick else ""),
+        "",
+        f"- date: {env['date']}; CPU: {env['cpu']}; threads: {threads}; torch {env['torch']}; "
+        f"transformers {env['transformers']}",
+        f"- matmul peak ({results['sizes'].matmul_size}^3): {describe_peaks(peaks)} "
+        "(MFU is against the peak of the same dtype)",
+        f"- inference: {len(inf.lengths)} texts of 5..120 words ({min(inf.lengths)}..{max(inf.lengths)} "
+        f"tokens), batch 32; transformers' batches (given order) hold {inf.real_token_fraction:.1%} real "
+        f"tokens, i.e. {padding_flops_ratio(inf):.2f}x the model FLOPs of the real tokens (the fp32 ratio's "
+        "ceiling at equal matmul speed); "
+        f"max |lmforge - transformers| of fp32 last hidden states: {inf.max_abs_diff:.1e}",
+        f"- pretraining: batch {pre.batch_size} x {pre.seq_len}; fine-tuning: {ft.train_examples} train / "
+        f"{ft.test_examples} test sentences, 1 epoch, batch 32, max_length 64",
+        f"- whole run: {results['seconds'] / 60:.1f} min",
+        "",
+        markdown_table(["metric", "lmforge", "transformers", "ratio"], rows),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = arg_parser(__doc__)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of the whole suite")
+    parser.add_argument("--write", action="store_true", help="also write the table to bench/results.md")
+    args = parser.parse_args()
+    sizes = QUICK if args.quick else Sizes()
+    results = run_benchmarks(sizes, args.threads)
+    text = summary(results, args.threads, args.quick)
+    print(text)
+    if args.write:
+        (BENCH_DIR / "results.md").write_text(text, encoding="utf-8")
+        log(f"written to {BENCH_DIR / 'results.md'}")
+
+
+if __name__ == "__main__":
+    main()

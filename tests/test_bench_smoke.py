@@ -1,0 +1,58 @@
+"""Smoke test of bench/: every benchmark module imports and runs its smallest configuration.
+
+Benchmarks are never timed tests: this checks only that each produces finite, positive numbers
+and that run_all assembles its table from them.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def _positive(values) -> bool:
+    return all(math.isfinite(v) and v > 0 for v in values)
+
+
+def test_benchmarks_run_at_smallest_sizes(minilm_path, monkeypatch):
+    pytest.importorskip("transformers")
+    from lmforge.data.datasets import DatasetFetchError, fetch_dataset_files
+
+    try:
+        fetch_dataset_files()
+    except DatasetFetchError as e:
+        pytest.skip(f"movie-review data unavailable: {e}")
+    monkeypatch.syspath_prepend(str(BENCH))  # the scripts import each other as siblings
+    for name in ("common", "inference", "pretrain_throughput", "finetune_vs_transformers", "mfu", "run_all"):
+        sys.modules.pop(name, None)
+    import finetune_vs_transformers
+    import inference
+    import mfu
+    import pretrain_throughput
+    import run_all
+
+    inf = inference.run(n_texts=3, batch_size=2, threads=2, repeats=1)
+    assert _positive(inf.texts_per_s.values())
+    assert set(inf.texts_per_s) >= {"lmforge fp32", "transformers bf16"}
+    assert inf.max_abs_diff <= inference.MAX_ABS_DIFF and 0 < inf.real_token_fraction <= 1
+
+    pre = pretrain_throughput.run(steps=1, warmup=0, threads=2, batch_size=2, seq_len=16)
+    assert _positive(pre.tokens_per_s.values())
+
+    ft = finetune_vs_transformers.run(train_limit=4, test_limit=2, threads=2)
+    assert _positive(ft.examples_per_s.values())
+    assert all(0.0 <= a <= 1.0 for a in ft.test_accuracy.values())
+
+    peaks = mfu.matmul_peaks(n=64, threads=2, repeats=1)
+    rows = mfu.mfu_rows(peaks, inference=inf, pretrain=pre, finetune=ft)
+    assert len(rows) == 4 and _positive(v for r in rows for v in (r.lmforge, r.transformers))
+
+    results = {"peaks": peaks, "inference": inf, "pretrain": pre, "finetune": ft, "mfu": rows, "seconds": 1.0,
+               "sizes": run_all.QUICK}
+    table = run_all.summary(results, threads=2, quick=True)
+    assert "| metric | lmforge | transformers | ratio |" in table and "MFU inference MiniLM (bf16)" in table
