@@ -52,9 +52,9 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
 
 
 def interleaved_times(
-    fns: Mapping[str, Callable[[], Any]], repeats: int, warmup: int = 1,
-    warmup_fns: Mapping[str, Callable[[], Any]] | None = None,
-) -> tuple[dict[str, list[float]], dict[str, Any]]:
+    fns: Mapping[Any, Callable[[], Any]], repeats: int, warmup: int = 1,
+    warmup_fns: Mapping[Any, Callable[[], Any]] | None = None,
+) -> tuple[dict[Any, list[float]], dict[Any, Any]]:
     """Run every function `warmup` times untimed (or, when given, its cheaper `warmup_fns[name]`),
     then `repeats` timed rounds, round-robin.
 

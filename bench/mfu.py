@@ -1,15 +1,17 @@
 """Model-FLOPs utilisation (MFU) of BERT training and inference on this CPU, lmforge vs transformers.
 
-MFU = model FLOPs of the work done / seconds / peak FLOP/s. Peak is measured in the same run: the
-median FLOP/s of a square matmul (`--matmul-size` 2048, fp32 and bf16) at the benchmark's thread
-count. Model FLOPs count the matmuls a model needs on REAL tokens only (see `encoder_flops`), so
-the FLOPs an implementation spends on padding, or on MLM logits nobody asked for, lower its MFU.
+MFU = model FLOPs of the work done / seconds / peak FLOP/s. Peak is measured in the same run, at
+the benchmark's thread count: for fp32 and bf16, the median FLOP/s of square matmuls of each of
+`--matmul-sizes` (1024 and 2048), the best size taken. Small BERT layers' own GEMM shapes can run
+~10% faster still on some CPUs, so treat MFU as approximate. Model FLOPs count the matmuls a model
+needs on REAL tokens only (see `encoder_flops`), so the FLOPs an implementation spends on padding,
+or on MLM logits nobody asked for, lower its MFU.
 
 This script measures peak, runs small versions of the pretraining (`pretrain_throughput.py`) and
 inference (`inference.py`) benchmarks and prints the MFU of each; `run_all.py` reuses
 `matmul_peaks` and `mfu_rows` with the numbers of the full benchmarks.
 
-    python bench/mfu.py [--texts 128] [--steps 4] [--threads 2]
+    python bench/mfu.py [--texts 128] [--steps 4] [--threads 2] [--matmul-sizes 1024 2048]
 """
 
 from __future__ import annotations
@@ -31,15 +33,20 @@ from common import (
 )
 
 
-def matmul_peaks(n: int = 2048, threads: int = 2, repeats: int = 7) -> dict[str, float]:
-    """{"fp32": FLOP/s, "bf16": FLOP/s}: median over `repeats` (n x n) @ (n x n) products, interleaved."""
+def matmul_peaks(sizes: Sequence[int] = (1024, 2048), threads: int = 2, repeats: int = 7) -> dict[str, float]:
+    """{"fp32": FLOP/s, "bf16": FLOP/s}: for each dtype the best over `sizes` of the median FLOP/s of
+    `repeats` (n x n) @ (n x n) products (all sizes and dtypes interleaved)."""
     set_threads(threads)
     g = torch.Generator().manual_seed(0)
-    a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
-    a16, b16 = a.bfloat16(), b.bfloat16()
-    products = {"fp32": lambda: a @ b, "bf16": lambda: a16 @ b16}
+    products, flops = {}, {}
+    for n in sizes:
+        a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
+        for dtype, x, y in [("fp32", a, b), ("bf16", a.bfloat16(), b.bfloat16())]:
+            products[dtype, n] = lambda x=x, y=y: x @ y
+            flops[dtype, n] = 2 * n**3
     times, _ = interleaved_times(products, repeats=repeats, warmup=1)
-    return {k: 2 * n**3 / median(v) for k, v in times.items()}
+    return {dtype: max(flops[dtype, n] / median(times[dtype, n]) for n in sizes)
+            for dtype in ("fp32", "bf16")}
 
 
 def describe_peaks(peaks: dict[str, float]) -> str:
@@ -153,7 +160,7 @@ def _minilm_shape() -> EncoderShape:
 
 def main() -> None:
     parser = arg_parser(__doc__)
-    parser.add_argument("--matmul-size", type=int, default=2048)
+    parser.add_argument("--matmul-sizes", type=int, nargs="+", default=[1024, 2048])
     parser.add_argument("--texts", type=int, default=128, help="inference texts")
     parser.add_argument("--steps", type=int, default=4, help="pretraining steps per timing")
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds of each benchmark")
@@ -162,10 +169,10 @@ def main() -> None:
     import inference
     import pretrain_throughput
 
-    peaks = matmul_peaks(args.matmul_size, args.threads)
+    peaks = matmul_peaks(args.matmul_sizes, args.threads)
     pre = pretrain_throughput.run(steps=args.steps, warmup=1, threads=args.threads, rounds=args.repeats)
     inf = inference.run(n_texts=args.texts, threads=args.threads, repeats=args.repeats)
-    print(f"matmul peak ({args.matmul_size}^3, {args.threads} threads): {describe_peaks(peaks)}")
+    print(f"matmul peak (best of {args.matmul_sizes}, {args.threads} threads): {describe_peaks(peaks)}")
     rows = [r.cells() for r in mfu_rows(peaks, inference=inf, pretrain=pre)]
     print(markdown_table(["metric", "lmforge", "transformers", "ratio"], rows))
     print(f"(throughputs: pretraining tokens/s lmforge {fmt(pre.tokens_per_s['lmforge'], 0)}, "

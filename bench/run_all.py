@@ -34,12 +34,12 @@ class Sizes:
     train_limit: int | None = None  # fine-tuning: all 3,200 training sentences
     test_limit: int | None = None  # all 400 test sentences
     finetune_rounds: int = 1
-    matmul_size: int = 2048
+    matmul_sizes: tuple[int, ...] = (1024, 2048)
     matmul_repeats: int = 7
 
 
 QUICK = Sizes(texts=32, inference_repeats=1, pretrain_steps=1, pretrain_warmup=1, pretrain_rounds=1,
-              pretrain_batch=4, pretrain_seq=64, train_limit=64, test_limit=32, matmul_size=512,
+              pretrain_batch=4, pretrain_seq=64, train_limit=64, test_limit=32, matmul_sizes=(256, 512),
               matmul_repeats=2)
 
 
@@ -56,7 +56,7 @@ def run_benchmarks(sizes: Sizes, threads: int) -> dict:
     out: dict = {"sizes": sizes}
     t0 = time.perf_counter()
     log("matmul peak ...")
-    out["peaks"] = mfu.matmul_peaks(sizes.matmul_size, threads, sizes.matmul_repeats)
+    out["peaks"] = mfu.matmul_peaks(sizes.matmul_sizes, threads, sizes.matmul_repeats)
     log(f"inference ({sizes.texts} texts) ...")
     out["inference"] = inference.run(sizes.texts, threads=threads, repeats=sizes.inference_repeats)
     log(f"pretraining ({sizes.pretrain_rounds} x {sizes.pretrain_steps} steps) ...")
@@ -102,7 +102,7 @@ def summary(results: dict, threads: int, quick: bool) -> str:
         "",
         f"- date: {env['date']}; CPU: {env['cpu']}; threads: {threads}; torch {env['torch']}; "
         f"transformers {env['transformers']}",
-        f"- matmul peak ({results['sizes'].matmul_size}^3): {describe_peaks(peaks)} "
+        f"- matmul peak (best n^3 of n in {list(results['sizes'].matmul_sizes)}): {describe_peaks(peaks)} "
         "(MFU is against the peak of the same dtype)",
         f"- inference: {len(inf.lengths)} texts of 5..120 words ({min(inf.lengths)}..{max(inf.lengths)} "
         f"tokens), batch 32; transformers' batches (given order) hold {inf.real_token_fraction:.1%} real "

@@ -48,7 +48,7 @@ def test_benchmarks_run_at_smallest_sizes(minilm_path, monkeypatch):
     assert _positive(ft.examples_per_s.values())
     assert all(0.0 <= a <= 1.0 for a in ft.test_accuracy.values())
 
-    peaks = mfu.matmul_peaks(n=64, threads=2, repeats=1)
+    peaks = mfu.matmul_peaks(sizes=(64,), threads=2, repeats=1)
     rows = mfu.mfu_rows(peaks, inference=inf, pretrain=pre, finetune=ft)
     assert len(rows) == 4 and _positive(v for r in rows for v in (r.lmforge, r.transformers))
 
