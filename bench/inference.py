@@ -11,7 +11,7 @@ mean-pooled over real tokens) and returns a (texts, 384) tensor in the caller's 
   length-sorted batches (`lmforge.pipelines.length_sorted_batches`); results are put back in order.
 
 Tokenization happens once, before timing, for both. Variants run round-robin (`--repeats` rounds
-after a warm-up on two batches each) and report the median texts/s: fp32, and under
+after a warm-up on two batches each) and report the median seq/s: fp32, and under
 `torch.autocast("cpu", dtype=torch.bfloat16)` for both libraries. "ratio" columns are against
 transformers fp32 (what a transformers user runs by default) and against transformers in the same
 dtype. The warm-up round also checks the outputs: lmforge fp32 last hidden states at real tokens
@@ -226,7 +226,7 @@ def report(result: InferenceResult, threads: int) -> str:
     lines = [
         f"MiniLM-L6 inference, {len(result.lengths)} texts "
         f"({min(result.lengths)}..{max(result.lengths)} tokens), {describe(threads)}",
-        markdown_table(["variant", "texts/s", "vs transformers fp32", "vs transformers, same dtype"], rows),
+        markdown_table(["variant", "seq/s", "vs transformers fp32", "vs transformers, same dtype"], rows),
         f"real tokens in transformers' batches (given order): {result.real_token_fraction:.1%}; "
         f"in lmforge's length-sorted batches before unpadding: {result.sorted_real_token_fraction:.1%}",
         f"transformers' padded batches cost {padding_flops_ratio(result):.2f}x the model FLOPs of the real "

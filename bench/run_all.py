@@ -1,7 +1,7 @@
 """All benchmarks in one run, summarised as one markdown table: metric | lmforge | transformers | ratio.
 
 Runs, in one process and at equal threads:
-  inference.py                 MiniLM sentence embeddings, texts/s, fp32 and bf16 autocast
+  inference.py                 MiniLM sentence embeddings, seq/s, fp32 and bf16 autocast
   pretrain_throughput.py       BERT 4x256 pretraining tokens/s (fp32)
   finetune_vs_transformers.py  MiniLM fine-tuning on movie-sentences: examples/s and test accuracy
   mfu.py                       matmul peak of this machine -> model-FLOPs utilisation of the above
@@ -78,11 +78,11 @@ def summary(results: dict, threads: int, quick: bool) -> str:
     def row(metric, ours, theirs, digits=1):
         return [metric, fmt(ours, digits), fmt(theirs, digits), fmt_ratio(ours, theirs)]
 
-    rows = [row("inference MiniLM fp32, texts/s", ips["lmforge fp32"], ips["transformers fp32"])]
+    rows = [row("inference MiniLM fp32, seq/s", ips["lmforge fp32"], ips["transformers fp32"])]
     if "lmforge bf16" in ips:
         rows += [
-            row("inference MiniLM bf16 autocast, texts/s", ips["lmforge bf16"], ips["transformers bf16"]),
-            row("inference, lmforge bf16 vs transformers fp32, texts/s", ips["lmforge bf16"],
+            row("inference MiniLM bf16 autocast, seq/s", ips["lmforge bf16"], ips["transformers bf16"]),
+            row("inference, lmforge bf16 vs transformers fp32, seq/s", ips["lmforge bf16"],
                 ips["transformers fp32"]),
         ]
     ft_sec = {k: median(v) for k, v in ft.seconds.items()}
