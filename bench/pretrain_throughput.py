@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 from common import arg_parser, median, set_threads
 
+from lmforge.training.optim import build_optimizer
+
 # BERT 4x256 (4 heads), BERT's vocabulary.
 SHAPE = dict(vocab_size=30522, hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
              intermediate_size=1024, max_position_embeddings=512)
@@ -38,9 +40,11 @@ def make_batch(vocab_size: int, batch_size: int, seq_len: int, seed: int = 0) ->
     }
 
 
-def time_steps(model, batch, steps: int, warmup: int, extra: dict) -> float:
+def time_steps(model, batch, steps: int, warmup: int, extra: dict, optimizer=None) -> float:
+    """Seconds for `steps` optimizer steps after `warmup` untimed ones. Default optimizer: torch
+    AdamW as transformers' Trainer builds it; lmforge passes its own (`build_optimizer`)."""
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optimizer = optimizer or torch.optim.AdamW(model.parameters(), lr=1e-4)
     for i in range(warmup + steps):
         if i == warmup:
             start = time.perf_counter()
@@ -83,7 +87,8 @@ def run(steps: int = 8, warmup: int = 2, threads: int = 2, batch_size: int = 32,
     # Interleave to share any drift in machine load fairly.
     for _ in range(rounds):
         for name, model, extra in [("transformers", theirs, {}), ("lmforge", ours, {"sparse_mlm": True})]:
-            seconds[name].append(time_steps(model, batch, steps, warmup, extra))
+            optimizer = build_optimizer(model, 1e-4, 0.0) if name == "lmforge" else None
+            seconds[name].append(time_steps(model, batch, steps, warmup, extra, optimizer))
     return PretrainResult(
         tokens_per_s={k: tokens / median(v) for k, v in seconds.items()},
         seconds=seconds, batch_size=batch_size, seq_len=seq_len,

@@ -123,3 +123,23 @@ def test_bf16_autocast_unpadded_close_to_fp32():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             low = unpadded(**batch).last_hidden_state[real].float()
     assert (low - ref).abs().max() < 0.1
+
+
+@pytest.mark.parametrize("head", ["BertForMaskedLM", "BertForPreTraining"])
+def test_sparse_mlm_loss_equals_dense_loss_and_gradients(head):
+    torch.manual_seed(0)
+    model = getattr(bert, head)(config()).eval()
+    batch = mixed_batch()
+    labels = labels_for(head, batch)
+    dense = model(**batch, **labels)
+    dense.loss.backward()
+    dense_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    sparse = model(**batch, **labels, sparse_mlm=True)
+    sparse.loss.backward()
+    torch.testing.assert_close(sparse.loss, dense.loss, atol=1e-6, rtol=0)
+    logits = sparse.logits if head == "BertForMaskedLM" else sparse.prediction_logits
+    assert logits.shape == ((labels["labels"] != -100).sum().item(), 60)  # (N, V): masked positions only
+    for name, p in model.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(p.grad, dense_grads[name], atol=1e-6, rtol=1e-5, msg=name)

@@ -117,3 +117,17 @@ def cache_root() -> Path:
     from ..data.datasets import cache_dir
 
     return cache_dir()
+
+
+def fast_bf16_available() -> bool:
+    """bf16 matmuls are native here: a GPU, or a CPU with AVX-512 BF16 / AMX (else bf16 is emulated
+    and slower than fp32)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return True
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags

