@@ -1,0 +1,31 @@
+"""`lmforge demo` end to end at the smallest size: pretrain, fine-tune, report with plots."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lmforge.cli import main
+
+
+def test_demo_writes_report_table_and_plots(tmp_path, monkeypatch):
+    from lmforge.data.datasets import DatasetFetchError, cache_dir, fetch_dataset_files
+
+    try:
+        fetch_dataset_files()
+    except DatasetFetchError as e:
+        pytest.skip(f"movie-review data unavailable: {e}")
+    # Reuse the fetched data, but keep this run's tokenized cache out of the user's cache.
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "datasets").symlink_to(cache_dir() / "datasets")
+    monkeypatch.setenv("LMFORGE_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "demo"
+    assert main(["demo", "-o", str(out), "--preset", "bert-tiny", "--pretrain-steps", "4", "--pretrain-minutes", "1",
+                 "--epochs", "1", "--fractions", "0.1", "--skip-minilm", "--threads", "1"]) == 0
+    report = (out / "report.md").read_text()
+    assert "| random init | 10% |" in report and "| lmforge pretrained | 10% |" in report
+    assert (out / "pretraining_loss.png").stat().st_size > 0 and (out / "accuracy_vs_labels.png").stat().st_size > 0
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert {r["model"] for r in rows} == {"random init", "lmforge pretrained"}
+    assert all(0.0 <= r["accuracy"] <= 1.0 for r in rows)
