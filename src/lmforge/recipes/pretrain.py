@@ -189,10 +189,12 @@ def run(opts: PretrainOptions) -> dict[str, Any]:
                           dupe_factor=opts.dupe_factor, eval_fraction=opts.eval_fraction, seed=opts.seed,
                           txt_format=opts.txt_format, text_field=opts.text_field, strict=opts.strict)
     cache = cache_dir() / "pretraining"
+    # Rank 0 tokenizes (once); the other ranks then open the finished cache.
     if rank == 0:
         train_set = build_or_load_cache(corpus, tokenizer, cache, split="train", **cache_settings)
     _barrier()
-    train_set = build_or_load_cache(corpus, tokenizer, cache, split="train", **cache_settings)
+    if rank != 0:
+        train_set = build_or_load_cache(corpus, tokenizer, cache, split="train", **cache_settings)
     eval_set = build_or_load_cache(corpus, tokenizer, cache, split="eval", **cache_settings)
 
     collator = MaskingCollator(tokenizer, mlm_probability=opts.mlm_probability,
