@@ -1,0 +1,79 @@
+"""Vocabulary projection + cross-entropy in one pass, without the (N, V) logits.
+
+Training a small BERT, the MLM decoder's logits are the largest tensor of a step: 600 masked
+tokens x 30,522 words = 74 MB in fp32, written by the projection, read and written again by
+log-softmax, its backward, and the zero-filled gradient of the loss. On a CPU those passes (and
+the page faults of allocations that large) cost as much as the projection's matmuls. Here the
+rows go through in chunks of ~8 MB, and each chunk's gradient is taken while it is still in cache:
+
+    logits = h W^T + b                   (n, V)
+    loss_i = -log_softmax(logits_i)[y_i]
+    dloss/dlogits = softmax(logits) - onehot(y)      -> dh = G W,  dW += G^T h,  db += sum(G)
+
+So the gradients are computed during the forward (only when autograd will ask for them), and the
+backward scales them by the incoming gradient. The result equals `F.cross_entropy(F.linear(h, W, b), y)`
+(mean over rows) in value and gradients; matmuls run in the autocast dtype when autocast is on,
+softmax and accumulation in fp32.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+CHUNK_BYTES = 8 * 2**20  # logits per chunk: stays below glibc's mmap threshold (32 MB) and near cache
+
+
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, dtype: torch.dtype):
+        # hidden: (N, C), weight: (V, C), bias: (V,), targets: (N,) in [0, V)
+        N, V = hidden.size(0), weight.size(0)
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        h, w = hidden.to(dtype), weight.to(dtype)
+        logits = F.linear(h, w, bias.to(dtype) if bias is not None else None)  # (N, V)
+        grad_logits = logits if logits.dtype == torch.float32 else torch.empty_like(logits, dtype=torch.float32)
+        loss = hidden.new_zeros((), dtype=torch.float32)
+        chunk = max(1, CHUNK_BYTES // (4 * V))
+        for start in range(0, N, chunk):
+            rows = slice(start, start + chunk)
+            log_probs = torch.log_softmax(logits[rows].float(), dim=-1)  # (n, V), a cache-sized temporary
+            picked = torch.arange(log_probs.size(0), device=log_probs.device), targets[rows]
+            loss -= log_probs[picked].sum()
+            # softmax - onehot, over N for the mean; written over the logits, which are not needed again.
+            g = log_probs.exp_()
+            g[picked] -= 1.0
+            torch.div(g, N, out=grad_logits[rows])
+        g = grad_logits.to(dtype)  # (N, V)
+        ctx.grads = (
+            (g @ w).to(hidden.dtype) if need_h else None,  # (N, C)
+            (g.t() @ h).to(weight.dtype) if need_w else None,  # (V, C)
+            grad_logits.sum(0).to(bias.dtype) if need_b else None,  # (V,)
+        )
+        return loss / N
+
+    @staticmethod
+    def backward(ctx, grad_loss: Tensor):
+        grads = ctx.grads
+        ctx.grads = None  # free them with the graph
+        if not torch.equal(grad_loss, torch.ones_like(grad_loss)):  # e.g. gradient accumulation's 1/k
+            grads = tuple(g * grad_loss.to(g.dtype) if g is not None else None for g in grads)
+        return (*grads, None, None)
+
+
+def linear_cross_entropy(hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor) -> Tensor:
+    """Mean cross-entropy of `F.linear(hidden, weight, bias)` against `targets`, chunked over rows.
+
+    hidden: (N, C), weight: (V, C), bias: (V,) or None, targets: (N,) class indices (no ignore index:
+    select the rows first). Returns a scalar fp32 loss (NaN when N == 0, as `F.cross_entropy`).
+    """
+    dtype = _compute_dtype(hidden)
+    with torch.autocast(hidden.device.type, enabled=False):
+        return _LinearCrossEntropy.apply(hidden, weight, bias, targets, dtype)
