@@ -6,9 +6,11 @@ import torch
 
 from lmforge.modeling.attention import (
     BertSelfAttention,
+    Packing,
     attention_reference,
     causal_additive_mask,
     padding_mask_to_additive,
+    varlen_attention,
 )
 
 
@@ -37,3 +39,27 @@ def test_reference_is_the_formula():
 def test_causal_mask_hides_future_positions():
     mask = causal_additive_mask(4, 4, torch.float32, torch.device("cpu"))[0, 0]
     assert (mask.triu(1) < -1e30).sum() == 6 and (mask.tril() == 0).all()
+
+
+def test_varlen_attention_on_packed_tokens_equals_padded_attention():
+    torch.manual_seed(0)
+    H, D = 3, 8
+    attention_mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3, [0] * 7, [1] + [0] * 6])  # an empty row too
+    packing = Packing(attention_mask, torch.float32)
+    assert packing.lengths == [7, 4, 1]
+    qkv = torch.randn(3, 7, 3 * H * D)  # (B, T, 3C)
+    q, k, v = qkv.view(3, 7, 3, H, D).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, T, D)
+    mask = padding_mask_to_additive(attention_mask[[0, 1, 3]], torch.float32)
+    padded, _ = attention_reference(q, k, v, mask)  # (B, H, T, D)
+    padded = padded.transpose(1, 2).reshape(3, 7, H * D)  # (B, T, C)
+    real = attention_mask[[0, 1, 3]].bool()
+    packed = varlen_attention(qkv[real], packing.lengths, num_heads=H)  # (N, C)
+    torch.testing.assert_close(packed, padded[real], atol=1e-6, rtol=0)
+
+
+def test_varlen_attention_dropout_drops_probabilities_in_training_only():
+    torch.manual_seed(0)
+    qkv = torch.randn(10, 3 * 16)
+    plain = varlen_attention(qkv, [6, 4], num_heads=2)
+    assert torch.equal(varlen_attention(qkv, [6, 4], num_heads=2, dropout_p=0.5, training=False), plain)
+    assert not torch.allclose(varlen_attention(qkv, [6, 4], num_heads=2, dropout_p=0.5, training=True), plain)

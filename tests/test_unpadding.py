@@ -104,7 +104,9 @@ def test_unpadded_gradients_equal_padded(head):
         if p.grad is None:
             assert grads_a[name].grad is None, name
             continue
-        torch.testing.assert_close(p.grad, grads_a[name].grad, atol=1e-5, rtol=1e-4, msg=name)
+        # fp32 summation-order noise grows with the gradient's size (embedding rows sum many tokens).
+        want = grads_a[name].grad
+        torch.testing.assert_close(p.grad, want, atol=1e-5 * max(1.0, want.abs().max().item()), rtol=1e-4, msg=name)
 
 
 def test_hidden_states_of_unpadded_model_are_zero_at_padding():
@@ -138,8 +140,13 @@ def test_sparse_mlm_loss_equals_dense_loss_and_gradients(head):
     sparse = model(**batch, **labels, sparse_mlm=True)
     sparse.loss.backward()
     torch.testing.assert_close(sparse.loss, dense.loss, atol=1e-6, rtol=0)
-    logits = sparse.logits if head == "BertForMaskedLM" else sparse.prediction_logits
+    # With gradients on, the fused projection + loss never builds the logits; without, (N, V).
+    assert (sparse.logits if head == "BertForMaskedLM" else sparse.prediction_logits) is None
+    with torch.no_grad():
+        scored = model(**batch, **labels, sparse_mlm=True)
+    logits = scored.logits if head == "BertForMaskedLM" else scored.prediction_logits
     assert logits.shape == ((labels["labels"] != -100).sum().item(), 60)  # (N, V): masked positions only
+    torch.testing.assert_close(scored.loss, dense.loss, atol=1e-6, rtol=0)
     for name, p in model.named_parameters():
         if p.grad is not None:
             torch.testing.assert_close(p.grad, dense_grads[name], atol=1e-6, rtol=1e-5, msg=name)

@@ -26,6 +26,8 @@ from ..outputs import (
 )
 from .attention import BertSelfAttention, Packing, padding_mask_to_additive
 from .base import PreTrainedModel
+from .dropout import Dropout
+from .losses import linear_cross_entropy
 
 
 def _gelu_new(x: Tensor) -> Tensor:
@@ -57,7 +59,7 @@ class BertEmbeddings(nn.Module):
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(
         self, input_ids: Tensor, token_type_ids: Tensor | None, position_ids: Tensor | None,
@@ -90,7 +92,7 @@ class BertSelfOutput(nn.Module):
         super().__init__()
         self.dense = nn.Linear(in_features, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(self, x: Tensor, residual: Tensor) -> Tensor:
         return self.LayerNorm(self.dropout(self.dense(x)) + residual)
@@ -305,7 +307,8 @@ class BertPreTrainingHeads(nn.Module):
 def _mlm_logits_and_loss(
     head: BertLMPredictionHead, sequence_output: Tensor, labels: Tensor | None, sparse: bool
 ) -> tuple[Tensor, Tensor | None]:
-    """Dense: logits for every position (B, T, V). Sparse: only where labels != -100, (N, V).
+    """Dense: logits for every position (B, T, V). Sparse: only where labels != -100, (N, V), and
+    with gradients enabled no logits at all (None): `linear_cross_entropy` gives the loss directly.
 
     The sparse path is Google BERT's gather of masked positions: with 15% masking it skips ~85%
     of the vocabulary projection, the largest matmul of a small BERT. The loss is the same.
@@ -315,7 +318,12 @@ def _mlm_logits_and_loss(
     if sparse:
         flat_labels = labels.reshape(-1)  # (B*T,)
         keep = flat_labels != -100
-        logits = head(sequence_output.reshape(-1, sequence_output.size(-1))[keep])  # (N, V)
+        masked = sequence_output.reshape(-1, sequence_output.size(-1))[keep]  # (N, C)
+        if torch.is_grad_enabled():
+            # Training: projection and loss fused; the (N, V) logits are never materialised.
+            loss = linear_cross_entropy(head.transform(masked), head.decoder.weight, head.bias, flat_labels[keep])
+            return None, loss
+        logits = head(masked)  # (N, V)
         return logits, F.cross_entropy(logits.float(), flat_labels[keep])
     logits = head(sequence_output)  # (B, T, V)
     return logits, F.cross_entropy(logits.float().view(-1, logits.size(-1)), labels.reshape(-1))
@@ -419,10 +427,10 @@ class BertForNextSentencePrediction(BertPreTrainedModel):
         return NextSentencePredictorOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
 
 
-def classifier_dropout(config: BertConfig) -> nn.Dropout:
+def classifier_dropout(config: BertConfig) -> Dropout:
     """Dropout before a task head: `classifier_dropout`, else the hidden dropout (as HF)."""
     p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
-    return nn.Dropout(p)
+    return Dropout(p)
 
 
 def sequence_classification_loss(logits: Tensor, labels: Tensor, num_labels: int, problem_type: str | None) -> Tensor:
