@@ -145,23 +145,27 @@ def varlen_attention(qkv: Tensor, lengths: list[int], num_heads: int, dropout_p:
     N, C3 = qkv.shape
     H, D = num_heads, C3 // 3 // num_heads
     scale = 1.0 / math.sqrt(D)
-    # One copy (and cast) for the whole batch, so that each sequence's q/k/v slice is a strided
-    # view that matmul takes as is.
-    q, k, v = _contiguous(qkv.view(N, 3, H, D).permute(1, 2, 0, 3), torch.float32).unbind(0)  # 3 x (H, N, D)
+    if N == 0:
+        return qkv.new_zeros(0, C3 // 3)
+    q, k, v = qkv.view(N, 3, H, D).permute(1, 2, 0, 3).unbind(0)  # 3 x (H, N, D), strided views
+    if qkv.dtype != torch.float32:
+        # One cast for the whole batch; contiguous, because a CPU's bf16 matmul copies strided inputs.
+        q, k, v = qkv.view(N, 3, H, D).permute(1, 2, 0, 3).to(torch.float32, memory_format=torch.contiguous_format)
     contexts = []
+    drop = training and dropout_p > 0.0
     with torch.autocast(qkv.device.type, enabled=False):
         for start, L in zip(itertools.accumulate([0, *lengths[:-1]]), lengths):
             end = start + L
             scores = (q[:, start:end] @ k[:, start:end].transpose(-1, -2)).mul_(scale)  # (H, L, L)
-            probs = dropout(scores.softmax(dim=-1), dropout_p, training)  # (H, L, L)
-            contexts.append(probs @ v[:, start:end])  # (H, L, D)
-    context = torch.cat(contexts, dim=1).transpose(0, 1)  # (N, H, D)
-    return _contiguous(context, qkv.dtype).view(N, C3 // 3)  # (N, C)
-
-
-def _contiguous(x: Tensor, dtype: torch.dtype) -> Tensor:
-    """x as a contiguous tensor of `dtype`, in one copy (`.to` alone keeps a view's strides)."""
-    return x.contiguous() if x.dtype == dtype else x.to(dtype, memory_format=torch.contiguous_format)
+            probs = scores.softmax(dim=-1)  # (H, L, L)
+            if drop:
+                probs = dropout(probs, dropout_p, training)
+            contexts.append((probs @ v[:, start:end]).transpose(0, 1))  # (L, H, D)
+    # Written straight into the (N, H, D) layout, and cast back to the input dtype.
+    if torch.is_grad_enabled() or qkv.dtype == torch.float32:
+        return torch.cat(contexts).to(qkv.dtype).view(N, C3 // 3)  # (N, C)
+    out = qkv.new_empty(N, H, D)  # without autograd, concatenation and cast are one pass
+    return torch.cat(contexts, out=out).view(N, C3 // 3)  # (N, C)
 
 
 class Packing:
