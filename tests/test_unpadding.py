@@ -77,12 +77,14 @@ def per_token_outputs(head: str, out) -> dict[str, torch.Tensor]:
     return {"logits": out.logits, **({"loss": out.loss} if out.loss is not None else {})}
 
 
+@pytest.mark.parametrize("grad", [True, False], ids=["autograd", "inference"])  # two attention paths on CPU
 @pytest.mark.parametrize("head", HEADS)
-def test_unpadded_outputs_equal_padded_at_real_tokens(head):
+def test_unpadded_outputs_equal_padded_at_real_tokens(head, grad):
     padded, unpadded, batch, labels = prepare(head)
     real = batch["attention_mask"].bool()
-    a = per_token_outputs(head, padded(**batch, **labels, output_hidden_states=True))
-    b = per_token_outputs(head, unpadded(**batch, **labels, output_hidden_states=True))
+    with torch.set_grad_enabled(grad):
+        a = per_token_outputs(head, padded(**batch, **labels, output_hidden_states=True))
+        b = per_token_outputs(head, unpadded(**batch, **labels, output_hidden_states=True))
     for name in a:
         x, y = a[name], b[name]
         if x.dim() >= 2 and x.shape[:2] == real.shape and head != "BertForMultipleChoice":
