@@ -63,3 +63,14 @@ def test_varlen_attention_dropout_drops_probabilities_in_training_only():
     plain = varlen_attention(qkv, [6, 4], num_heads=2)
     assert torch.equal(varlen_attention(qkv, [6, 4], num_heads=2, dropout_p=0.5, training=False), plain)
     assert not torch.allclose(varlen_attention(qkv, [6, 4], num_heads=2, dropout_p=0.5, training=True), plain)
+
+
+def test_varlen_attention_keeps_the_input_dtype_and_is_close_in_bf16():
+    torch.manual_seed(0)
+    qkv = torch.randn(10, 3 * 16)
+    ref = varlen_attention(qkv, [6, 4], num_heads=2)
+    for grad in (True, False):
+        with torch.set_grad_enabled(grad):
+            low = varlen_attention(qkv.bfloat16(), [6, 4], num_heads=2)
+        assert low.dtype == torch.bfloat16
+        assert (low.float() - ref).abs().max() < 0.05
