@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import cpu_bf16
 from .dropout import dropout
 
 
@@ -76,7 +77,10 @@ class BertSelfAttention(nn.Module):
         self.value = nn.Linear(hidden_size, hidden_size)
 
     def _qkv(self, x: Tensor) -> Tensor:
-        return F.linear(x, *self._fused_qkv_params(x))  # (..., 3C)
+        weight, bias = self._fused_qkv_params(x)
+        if cpu_bf16.active(x):
+            return cpu_bf16.linear(x, weight, bias)  # (..., 3C), oneDNN
+        return F.linear(x, weight, bias)  # (..., 3C)
 
     def _fused_qkv_params(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """The (3C, C) weight and (3C,) bias. Without autograd they are concatenated (and cast to the

@@ -24,6 +24,7 @@ from ..outputs import (
     SequenceClassifierOutput,
     TokenClassifierOutput,
 )
+from . import cpu_bf16
 from .attention import BertSelfAttention, Packing, padding_mask_to_additive
 from .base import PreTrainedModel
 from .dropout import Dropout
@@ -95,7 +96,8 @@ class BertSelfOutput(nn.Module):
         self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(self, x: Tensor, residual: Tensor) -> Tensor:
-        return self.LayerNorm(self.dropout(self.dense(x)) + residual)
+        projected = cpu_bf16.linear_module(x, self.dense) if cpu_bf16.active(x) else self.dense(x)
+        return self.LayerNorm(self.dropout(projected) + residual)
 
 
 # The feed-forward output block has the same shape as the attention output block; HF names it
@@ -122,8 +124,11 @@ class BertIntermediate(nn.Module):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
         self.act = ACTIVATIONS[config.hidden_act]
+        self.hidden_act = config.hidden_act
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.hidden_act in cpu_bf16.FUSED_ACTIVATIONS and cpu_bf16.active(x):
+            return cpu_bf16.linear_module(x, self.dense, self.hidden_act)  # activation fused into the matmul
         return self.act(self.dense(x))  # (B, T, I)
 
 
