@@ -76,3 +76,31 @@ def test_bert_layers_take_the_path_under_bf16_inference(monkeypatch):
     assert len(calls) == 2 * 4  # per layer: Q|K|V, attention output, feed-forward in (GELU fused), out
     real = mask.bool()
     assert (got[real].float() - want[real]).abs().max() < 0.1
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_inference_sees_weights_updated_by_a_fused_optimizer_step(bf16):
+    """Fused AdamW updates parameters in place without bumping version counters: nothing may cache them."""
+    from lmforge import BertConfig
+    from lmforge.modeling.bert import BertModel
+
+    config = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=16)
+    torch.manual_seed(0)
+    model = BertModel(config)
+    model.set_attn_implementation("unpadded")
+    ids = torch.randint(5, 50, (2, 7))
+    mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3])
+
+    def infer(m):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            return m.eval()(ids, mask).last_hidden_state.float()
+
+    infer(model)  # the first inference
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, fused=True)
+    model.train()(ids, mask).last_hidden_state.sum().backward()
+    optimizer.step()
+    fresh = BertModel(config)
+    fresh.set_attn_implementation("unpadded")
+    fresh.load_state_dict(model.state_dict())
+    torch.testing.assert_close(infer(model), infer(fresh), atol=1e-6, rtol=0)

@@ -83,21 +83,14 @@ class BertSelfAttention(nn.Module):
         return F.linear(x, weight, bias)  # (..., 3C)
 
     def _fused_qkv_params(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """The (3C, C) weight and (3C,) bias. Without autograd they are concatenated (and cast to the
-        autocast dtype) once and reused until a weight changes: per call, the copy and the cast
-        cost ~3% of bf16 inference."""
-        params = [p for m in (self.query, self.key, self.value) for p in (m.weight, m.bias)]
-        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
-            return torch.cat(params[0::2]), torch.cat(params[1::2])  # autograd must see the concatenation
-        device = x.device.type
-        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else params[0].dtype
-        key = (dtype, tuple((p.data_ptr(), p._version) for p in params))  # in-place updates bump _version
-        cache = getattr(self, "_qkv_cache", None)
-        if cache is None or cache[0] != key:
-            with torch.inference_mode(False), torch.no_grad():
-                cache = (key, torch.cat(params[0::2]).to(dtype), torch.cat(params[1::2]).to(dtype))
-            self._qkv_cache = cache
-        return cache[1], cache[2]
+        """The (3C, C) weight and (3C,) bias, in bf16 on the oneDNN path. Not cached across calls:
+        fused optimizers update weights in place without bumping their version counters, so a
+        cache could not tell that they changed."""
+        weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])  # (3C, C)
+        bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])  # (3C,)
+        if cpu_bf16.active(x):
+            return weight.to(torch.bfloat16), bias.to(torch.bfloat16)
+        return weight, bias
 
     def _attend(self, qkv: Tensor, mask: Tensor | None, output_attentions: bool) -> tuple[Tensor, Tensor | None]:
         B, T, C3 = qkv.shape
@@ -164,7 +157,7 @@ def varlen_attention(qkv: Tensor, lengths: list[int], num_heads: int, dropout_p:
             probs = torch.bmm(q_s, k_t).mul_(scale).softmax(dim=-1)  # (H, L, L)
             if drop:
                 probs = dropout(probs, dropout_p, training)
-            contexts.append((probs @ v_s).transpose(0, 1))  # (L, H, D)
+            contexts.append(torch.bmm(probs, v_s).transpose(0, 1))  # (L, H, D)
     # Written straight into the (N, H, D) layout, and cast back to the input dtype.
     if torch.is_grad_enabled() or qkv.dtype == torch.float32:
         return torch.cat(contexts).to(qkv.dtype).view(N, C3 // 3)  # (N, C)

@@ -8,9 +8,9 @@ matmul primitive is a few % faster than the ATen path for these shapes. The op i
 `torch.ops.mkldnn._linear_pointwise` (what `torch.compile` emits for CPU linears); when it is
 missing, or outside bf16 autocast inference, everything runs the plain way.
 
-Weights are cast to bf16 once per module and reused until the weight's version counter or storage
-changes (an optimizer step or `load_state_dict` bumps the version), as autocast's own cache would
-for a leaf tensor within one autocast region.
+Weights are cast to bf16 on every call (cheap next to the matmul). They are not cached across calls:
+fused optimizers (`torch.optim.AdamW(fused=True)`) update parameters in place without bumping their
+version counters, so a cache keyed on versions would serve stale weights after a training step.
 """
 
 from __future__ import annotations
@@ -43,28 +43,14 @@ def active(x: Tensor) -> bool:
     )
 
 
-def cached_bf16(owner: nn.Module, *params: Tensor) -> tuple[Tensor, ...]:
-    """`params` cast to bf16, cached on `owner` until one of them changes."""
-    key = tuple((p.data_ptr(), p._version, p.dtype) for p in params)
-    cache = owner.__dict__.get("_bf16_cache")
-    if cache is None or cache[0] != key:
-        with torch.inference_mode(False), torch.no_grad():
-            cache = (key, tuple(p.detach().to(torch.bfloat16) for p in params))
-        owner.__dict__["_bf16_cache"] = cache
-    return cache[1]
-
-
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None, activation: str | None = None) -> Tensor:
     """`activation(F.linear(x, weight, bias))` in bf16 through oneDNN. Call only when `active(x)`;
-    `weight`/`bias` already bf16 (see `cached_bf16`). activation: a key of FUSED_ACTIVATIONS or None."""
+    `weight`/`bias` already bf16. activation: a key of FUSED_ACTIVATIONS or None."""
     attr, algorithm = FUSED_ACTIVATIONS[activation] if activation else ("none", "")
     return torch.ops.mkldnn._linear_pointwise(x.to(torch.bfloat16), weight, bias, attr, [], algorithm)
 
 
 def linear_module(x: Tensor, module: nn.Linear, activation: str | None = None) -> Tensor:
-    """`linear` with the module's weights, cast once."""
-    if module.bias is None:
-        (weight,) = cached_bf16(module, module.weight)
-        return linear(x, weight, None, activation)
-    weight, bias = cached_bf16(module, module.weight, module.bias)
-    return linear(x, weight, bias, activation)
+    """`linear` with the module's weights, cast to bf16 on each call (see the module docstring)."""
+    bias = module.bias.to(torch.bfloat16) if module.bias is not None else None
+    return linear(x, module.weight.to(torch.bfloat16), bias, activation)
