@@ -54,7 +54,8 @@ def test_cast_weights_follow_in_place_updates():
     assert not torch.equal(before, after)
 
 
-def test_bert_layers_take_the_path_under_bf16_inference(monkeypatch):
+@pytest.mark.parametrize("attn", ["unpadded", "sdpa"])  # packed (N, C) and padded (B, T, C) activations
+def test_bert_layers_take_the_path_under_bf16_inference(monkeypatch, attn):
     from lmforge import BertConfig
     from lmforge.modeling.bert import BertModel
 
@@ -62,7 +63,7 @@ def test_bert_layers_take_the_path_under_bf16_inference(monkeypatch):
                         intermediate_size=64, max_position_embeddings=16)
     torch.manual_seed(0)
     model = BertModel(config).eval()
-    model.set_attn_implementation("unpadded")
+    model.set_attn_implementation(attn)
     ids = torch.randint(5, 50, (3, 9))
     mask = torch.ones_like(ids)
     mask[1, 4:] = 0
