@@ -1,19 +1,20 @@
-"""Vocabulary projection + cross-entropy in one pass, without the (N, V) logits.
+"""Vocabulary projection + cross-entropy in one autograd node, without returning the (N, V) logits.
 
 Training a small BERT, the MLM decoder's logits are the largest tensor of a step: 600 masked
-tokens x 30,522 words = 74 MB in fp32, written by the projection, read and written again by
-log-softmax, its backward, and the zero-filled gradient of the loss. On a CPU those passes (and
-the page faults of allocations that large) cost as much as the projection's matmuls. Here the
-rows go through in chunks of ~8 MB, and each chunk's gradient is taken while it is still in cache:
+tokens x 30,522 words = 74 MB in fp32. `F.cross_entropy(F.linear(...))` writes them, writes the
+log-probabilities (another 74 MB), zero-fills a gradient of the same size and writes the gradient
+of the logits; on a CPU those passes (and the page faults of fresh allocations that large) cost
+about as much as the projection's matmuls. Here the logits buffer is the only large tensor:
 
-    logits = h W^T + b                   (n, V)
-    loss_i = -log_softmax(logits_i)[y_i]
-    dloss/dlogits = softmax(logits) - onehot(y)      -> dh = G W,  dW += G^T h,  db += sum(G)
+    logits = h W^T + b                               (N, V), one allocation
+    per row chunk (~8 MB, in cache): log_softmax -> loss_i = -log p_i[y_i];
+                                     then softmax - onehot(y), over N, written over the logits
+    dh = G W,  dW = G^T h,  db = sum(G)              computed in the forward, kept for backward
 
-So the gradients are computed during the forward (only when autograd will ask for them), and the
+The gradients are computed during the forward (this node is only used with autograd on) and the
 backward scales them by the incoming gradient. The result equals `F.cross_entropy(F.linear(h, W, b), y)`
 (mean over rows) in value and gradients; matmuls run in the autocast dtype when autocast is on,
-softmax and accumulation in fp32.
+softmax and the gradient of the logits in fp32.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-CHUNK_BYTES = 8 * 2**20  # logits per chunk: stays below glibc's mmap threshold (32 MB) and near cache
+CHUNK_BYTES = 8 * 2**20  # rows per log-softmax chunk: its temporary stays small and near cache
 
 
 def _compute_dtype(x: Tensor) -> torch.dtype:
