@@ -8,7 +8,8 @@ mean-pooled over real tokens) and returns a (texts, 384) tensor in the caller's 
 * transformers: `AutoModel(attn_implementation="sdpa")`, batches in the given order, each padded
   to its longest text (the fraction of real tokens is printed).
 * lmforge: `set_attn_implementation("unpadded")` (padding dropped before the layers) and
-  length-sorted batches (`lmforge.pipelines.length_sorted_batches`); results are put back in order.
+  length-sorted batches (`lmforge.pipelines.length_sorted_batches`); results are put back in order;
+  like lmforge's pipelines it runs inside `cpu_bf16.frozen_weights()` (bf16 weight casts made once).
 
 Tokenization happens once, before timing, for both. Variants run round-robin (`--repeats` rounds
 after a warm-up on two batches each) and report the median seq/s: fp32, and under
@@ -26,6 +27,7 @@ the given order, to separate what sorting and unpadding each contribute.
 
 from __future__ import annotations
 
+import contextlib
 import random
 from dataclasses import dataclass, field
 
@@ -43,6 +45,8 @@ from common import (
     timed,
 )
 from mfu import padding_flops_ratio
+
+from lmforge.modeling.cpu_bf16 import frozen_weights
 
 MAX_ABS_DIFF = 1e-4
 Batches = list[tuple[torch.Tensor, dict[str, torch.Tensor]]]  # (indices into the texts, model inputs)
@@ -170,7 +174,9 @@ def run(n_texts: int = 512, batch_size: int = 32, threads: int = 2, repeats: int
         """(full run, warm-up on the first two batches); sets lmforge's attention path first."""
         def call(part: Batches):
             ours.set_attn_implementation(attn)
-            return embed(model, part, n_texts, use_bf16)
+            # lmforge's pipelines cast bf16 weights once per call (weights are frozen while they run).
+            with frozen_weights() if model is not theirs else contextlib.nullcontext():
+                return embed(model, part, n_texts, use_bf16)
 
         return (lambda: call(batches)), (lambda: call(batches[:2]))
 

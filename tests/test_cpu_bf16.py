@@ -105,3 +105,32 @@ def test_inference_sees_weights_updated_by_a_fused_optimizer_step(bf16):
     fresh.set_attn_implementation("unpadded")
     fresh.load_state_dict(model.state_dict())
     torch.testing.assert_close(infer(model), infer(fresh), atol=1e-6, rtol=0)
+
+
+def test_frozen_weights_casts_once_per_block_and_forgets_at_exit():
+    torch.manual_seed(0)
+    layer = nn.Linear(8, 8)
+    x = torch.randn(4, 8)
+    built = []
+
+    def build():
+        built.append(1)
+        return (layer.weight.to(torch.bfloat16),)
+
+    with cpu_bf16.frozen_weights():
+        first = cpu_bf16.cast_once(layer, build)
+        assert cpu_bf16.cast_once(layer, build) is first
+    assert len(built) == 1
+    cpu_bf16.cast_once(layer, build)  # outside a block: no cache
+    with cpu_bf16.frozen_weights():
+        cpu_bf16.cast_once(layer, build)  # a new block casts again
+    assert len(built) == 3
+    inference, autocast = bf16_inference()
+    with inference, autocast, cpu_bf16.frozen_weights():
+        before = cpu_bf16.linear_module(x, layer)
+    with torch.no_grad():
+        layer.weight.mul_(2.0)
+    inference, autocast = bf16_inference()
+    with inference, autocast, cpu_bf16.frozen_weights():
+        after = cpu_bf16.linear_module(x, layer)
+    assert not torch.equal(before, after)

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from .auto import AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoModelForTokenClassification
+from .modeling import cpu_bf16
 from .tokenization import AutoTokenizer
 
 
@@ -65,9 +66,10 @@ class Pipeline:
 
     def _run_batched(self, items: list[Any], lengths: list[int], run: Callable[[list[Any]], list[Any]]) -> list[Any]:
         results: list[Any] = [None] * len(items)
-        for indices in length_sorted_batches(lengths, self.batch_size):
-            for i, out in zip(indices, run([items[i] for i in indices])):
-                results[i] = out
+        with cpu_bf16.frozen_weights():  # the weights do not change during a call: cast them once
+            for indices in length_sorted_batches(lengths, self.batch_size):
+                for i, out in zip(indices, run([items[i] for i in indices])):
+                    results[i] = out
         return results
 
 

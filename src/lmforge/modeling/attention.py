@@ -83,14 +83,17 @@ class BertSelfAttention(nn.Module):
         return F.linear(x, weight, bias)  # (..., 3C)
 
     def _fused_qkv_params(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """The (3C, C) weight and (3C,) bias, in bf16 on the oneDNN path. Not cached across calls:
-        fused optimizers update weights in place without bumping their version counters, so a
-        cache could not tell that they changed."""
-        weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])  # (3C, C)
-        bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])  # (3C,)
+        """The (3C, C) weight and (3C,) bias; on the oneDNN path cast to bf16 (once per
+        `cpu_bf16.frozen_weights()` block, else on every call)."""
+
+        def build() -> tuple[Tensor, Tensor]:
+            weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])  # (3C, C)
+            bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])  # (3C,)
+            return weight, bias
+
         if cpu_bf16.active(x):
-            return weight.to(torch.bfloat16), bias.to(torch.bfloat16)
-        return weight, bias
+            return cpu_bf16.cast_once(self, lambda: tuple(t.to(torch.bfloat16) for t in build()))
+        return build()
 
     def _attend(self, qkv: Tensor, mask: Tensor | None, output_attentions: bool) -> tuple[Tensor, Tensor | None]:
         B, T, C3 = qkv.shape

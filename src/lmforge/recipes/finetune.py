@@ -49,6 +49,7 @@ from typing import Any
 
 import torch
 
+from ..modeling import cpu_bf16
 from .common import option
 
 TASKS = ("single_label", "multi_label", "regression", "token_classification")
@@ -387,17 +388,18 @@ def run_model(model, features: Sequence[dict[str, Any]], batch_size: int, pad_to
     outputs: list[torch.Tensor] = [torch.empty(0)] * len(features)
     loss_sum, counted = 0.0, 0
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
-    for indices in length_sorted_batches([len(f["input_ids"]) for f in features], batch_size):
-        batch = pad_collate([features[i] for i in indices], pad_token_id)
-        batch = {k: v.to(device) for k, v in batch.items()}
-        with torch.inference_mode(), autocast:
-            out = model(**batch)
-        if out.loss is not None:
-            loss_sum += float(out.loss) * len(indices)
-            counted += len(indices)
-        logits = out.logits.float().cpu()
-        for row, i in enumerate(indices):
-            outputs[i] = logits[row, : len(features[i]["input_ids"])] if logits.dim() == 3 else logits[row]
+    with cpu_bf16.frozen_weights():  # the weights do not change while scoring: cast them once
+        for indices in length_sorted_batches([len(f["input_ids"]) for f in features], batch_size):
+            batch = pad_collate([features[i] for i in indices], pad_token_id)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            with torch.inference_mode(), autocast:
+                out = model(**batch)
+            if out.loss is not None:
+                loss_sum += float(out.loss) * len(indices)
+                counted += len(indices)
+            logits = out.logits.float().cpu()
+            for row, i in enumerate(indices):
+                outputs[i] = logits[row, : len(features[i]["input_ids"])] if logits.dim() == 3 else logits[row]
     return outputs, (loss_sum / counted if counted else None)
 
 
