@@ -15,6 +15,7 @@ are requested, and the tests check the two agree.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -77,23 +78,15 @@ class BertSelfAttention(nn.Module):
         self.value = nn.Linear(hidden_size, hidden_size)
 
     def _qkv(self, x: Tensor) -> Tensor:
-        weight, bias = self._fused_qkv_params(x)
-        if cpu_bf16.active(x):
-            return cpu_bf16.linear(x, weight, bias)  # (..., 3C), oneDNN
-        return F.linear(x, weight, bias)  # (..., 3C)
+        if cpu_bf16.active(x):  # oneDNN, with the bf16 casts made once per `frozen_weights()` block
+            weight, bias = cpu_bf16.cast_once(self, lambda: tuple(t.to(torch.bfloat16) for t in self._fused_qkv_params()))
+            return cpu_bf16.linear(x, weight, bias)  # (..., 3C)
+        return F.linear(x, *self._fused_qkv_params())  # (..., 3C)
 
-    def _fused_qkv_params(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """The (3C, C) weight and (3C,) bias; on the oneDNN path cast to bf16 (once per
-        `cpu_bf16.frozen_weights()` block, else on every call)."""
-
-        def build() -> tuple[Tensor, Tensor]:
-            weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])  # (3C, C)
-            bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])  # (3C,)
-            return weight, bias
-
-        if cpu_bf16.active(x):
-            return cpu_bf16.cast_once(self, lambda: tuple(t.to(torch.bfloat16) for t in build()))
-        return build()
+    def _fused_qkv_params(self) -> tuple[Tensor, Tensor]:
+        weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])  # (3C, C)
+        bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])  # (3C,)
+        return weight, bias
 
     def _attend(self, qkv: Tensor, mask: Tensor | None, output_attentions: bool) -> tuple[Tensor, Tensor | None]:
         B, T, C3 = qkv.shape
@@ -178,9 +171,14 @@ class Packing:
     def __init__(self, attention_mask: Tensor, dtype: torch.dtype):
         self.B, self.T = attention_mask.shape
         self.index = attention_mask.reshape(-1).nonzero().squeeze(1)  # (N,)
-        # Tokens per row (rows with none skipped): the packed layout holds each row's tokens together.
-        self.lengths = [n for n in attention_mask.sum(1).tolist() if n > 0]
+        self.attention_mask = attention_mask
         self.additive_mask = padding_mask_to_additive(attention_mask, dtype)  # (B, 1, 1, T)
+
+    @functools.cached_property
+    def lengths(self) -> list[int]:
+        """Tokens per row (rows with none skipped): the packed layout holds each row's tokens together.
+        Computed on first use only: on a GPU `.tolist()` waits for the device, and only the CPU path needs it."""
+        return [n for n in self.attention_mask.sum(1).tolist() if n > 0]
 
     @property
     def num_tokens(self) -> int:
