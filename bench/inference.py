@@ -9,7 +9,7 @@ mean-pooled over real tokens) and returns a (texts, 384) tensor in the caller's 
   to its longest text (the fraction of real tokens is printed).
 * lmforge: `set_attn_implementation("unpadded")` (padding dropped before the layers) and
   length-sorted batches (`lmforge.pipelines.length_sorted_batches`); results are put back in order;
-  like lmforge's pipelines it runs inside `cpu_bf16.frozen_weights()` (bf16 weight casts made once).
+  like lmforge's pipelines it runs inside `onednn.frozen_weights()` (bf16 weight casts made once).
 
 Tokenization happens once, before timing, for both. Variants run round-robin (`--repeats` rounds
 after a warm-up on two batches each) and report the median seq/s: fp32, and under
@@ -46,7 +46,7 @@ from common import (
 )
 from mfu import padding_flops_ratio
 
-from lmforge.modeling.cpu_bf16 import frozen_weights
+from lmforge.modeling.onednn import frozen_weights
 
 MAX_ABS_DIFF = 1e-4
 Batches = list[tuple[torch.Tensor, dict[str, torch.Tensor]]]  # (indices into the texts, model inputs)

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from .auto import AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoModelForTokenClassification
-from .modeling import cpu_bf16
+from .modeling import onednn
 from .tokenization import AutoTokenizer
 
 
@@ -66,7 +66,7 @@ class Pipeline:
 
     def _run_batched(self, items: list[Any], lengths: list[int], run: Callable[[list[Any]], list[Any]]) -> list[Any]:
         results: list[Any] = [None] * len(items)
-        with cpu_bf16.frozen_weights():  # the weights do not change during a call: cast them once
+        with onednn.frozen_weights():  # the weights do not change during a call: prepare them once
             for indices in length_sorted_batches(lengths, self.batch_size):
                 for i, out in zip(indices, run([items[i] for i in indices])):
                     results[i] = out

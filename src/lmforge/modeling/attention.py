@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import cpu_bf16
+from . import onednn
 from .dropout import dropout
 
 
@@ -77,10 +77,11 @@ class BertSelfAttention(nn.Module):
         self.key = nn.Linear(hidden_size, hidden_size)
         self.value = nn.Linear(hidden_size, hidden_size)
 
-    def _qkv(self, x: Tensor) -> Tensor:
-        if cpu_bf16.active(x):  # oneDNN, with the bf16 casts made once per `frozen_weights()` block
-            weight, bias = cpu_bf16.cast_once(self, lambda: tuple(t.to(torch.bfloat16) for t in self._fused_qkv_params()))
-            return cpu_bf16.linear(x, weight, bias)  # (..., 3C)
+    def _qkv(self, x: Tensor, packed: bool = False) -> Tensor:
+        dtype = onednn.compute_dtype(x, self.query.weight, fp32=packed)
+        if dtype is not None:  # oneDNN; concatenation (and bf16 cast) made once per `frozen_weights()` block
+            weight, bias = onednn.made_once(self, dtype, lambda: onednn.weights_in(dtype, *self._fused_qkv_params()))
+            return onednn.linear(x, weight, bias)  # (..., 3C)
         return F.linear(x, *self._fused_qkv_params())  # (..., 3C)
 
     def _fused_qkv_params(self) -> tuple[Tensor, Tensor]:
@@ -116,7 +117,7 @@ class BertSelfAttention(nn.Module):
         kernel beats a loop of small launches, and in CPU training the loop's backward (32 small
         graphs per batch) is ~3% slower than the padded math on length-sorted or short batches.
         """
-        qkv = self._qkv(x)  # (N, 3C)
+        qkv = self._qkv(x, packed=True)  # (N, 3C)
         dropout_p = self.dropout_p if self.training else 0.0
         if x.device.type == "cpu" and not torch.is_grad_enabled():
             return varlen_attention(qkv, packing.lengths, self.num_heads, dropout_p, self.training)  # (N, C)

@@ -24,7 +24,7 @@ from ..outputs import (
     SequenceClassifierOutput,
     TokenClassifierOutput,
 )
-from . import cpu_bf16
+from . import onednn
 from .attention import BertSelfAttention, Packing, padding_mask_to_additive
 from .base import PreTrainedModel
 from .dropout import Dropout
@@ -95,8 +95,8 @@ class BertSelfOutput(nn.Module):
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = Dropout(config.hidden_dropout_prob)
 
-    def forward(self, x: Tensor, residual: Tensor) -> Tensor:
-        projected = cpu_bf16.linear_module(x, self.dense) if cpu_bf16.active(x) else self.dense(x)
+    def forward(self, x: Tensor, residual: Tensor, packed: bool = False) -> Tensor:
+        projected = onednn.linear_module(x, self.dense, fp32=packed)  # oneDNN in CPU inference, else ATen
         return self.LayerNorm(self.dropout(projected) + residual)
 
 
@@ -116,20 +116,28 @@ class BertAttention(nn.Module):
         return self.output(context, x), probs
 
     def forward_packed(self, x: Tensor, packing: Packing) -> Tensor:
-        return self.output(self.self.forward_packed(x, packing), x)  # (N, C)
+        return self.output(self.self.forward_packed(x, packing), x, packed=True)  # (N, C)
 
 
-class BertIntermediate(nn.Module):
-    def __init__(self, config: BertConfig):
+class DenseActivation(nn.Module):
+    """`act(dense(x))`; in CPU inference the activation is fused into the oneDNN matmul where it can be
+    (in fp32 on `packed` activations only: see `onednn.compute_dtype`)."""
+
+    def __init__(self, in_features: int, out_features: int, hidden_act: str):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
-        self.act = ACTIVATIONS[config.hidden_act]
-        self.hidden_act = config.hidden_act
+        self.dense = nn.Linear(in_features, out_features)
+        self.act = ACTIVATIONS[hidden_act]
+        self.hidden_act = hidden_act
 
-    def forward(self, x: Tensor) -> Tensor:
-        if self.hidden_act in cpu_bf16.FUSED_ACTIVATIONS and cpu_bf16.active(x):
-            return cpu_bf16.linear_module(x, self.dense, self.hidden_act)  # activation fused into the matmul
-        return self.act(self.dense(x))  # (B, T, I)
+    def forward(self, x: Tensor, packed: bool = False) -> Tensor:
+        if self.hidden_act in onednn.FUSED_ACTIVATIONS and onednn.active(x, self.dense.weight, fp32=packed):
+            return onednn.linear_module(x, self.dense, fp32=packed, activation=self.hidden_act)
+        return self.act(self.dense(x))
+
+
+class BertIntermediate(DenseActivation):
+    def __init__(self, config: BertConfig):
+        super().__init__(config.hidden_size, config.intermediate_size, config.hidden_act)  # (..., C) -> (..., I)
 
 
 class BertLayer(nn.Module):
@@ -148,7 +156,7 @@ class BertLayer(nn.Module):
     def forward_packed(self, x: Tensor, packing: Packing) -> Tensor:
         """x: (N, C) real tokens only; the feed-forward block never sees padding."""
         x = self.attention.forward_packed(x, packing)
-        return self.output(self.intermediate(x), x)  # (N, C)
+        return self.output(self.intermediate(x, packed=True), x, packed=True)  # (N, C)
 
 
 class BertEncoder(nn.Module):
@@ -266,15 +274,13 @@ class BertModel(BertPreTrainedModel):
 
 
 # ---------------------------------------------------------------------------------------------- heads
-class BertPredictionHeadTransform(nn.Module):
+class BertPredictionHeadTransform(DenseActivation):
     def __init__(self, config: BertConfig):
-        super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        self.act = ACTIVATIONS[config.hidden_act]
+        super().__init__(config.hidden_size, config.hidden_size, config.hidden_act)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.LayerNorm(self.act(self.dense(x)))
+        return self.LayerNorm(super().forward(x))
 
 
 class BertLMPredictionHead(nn.Module):

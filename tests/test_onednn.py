@@ -1,0 +1,172 @@
+"""The CPU inference path: oneDNN linear (+ fused GELU/ReLU) in fp32 and bf16, bf16 weights cast once per block."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmforge.modeling import onednn
+
+pytestmark = pytest.mark.skipif(not onednn._AVAILABLE, reason="torch built without oneDNN linear_pointwise")
+
+
+def bf16_inference():
+    return torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16)
+
+
+@pytest.mark.parametrize("activation, reference", [(None, lambda y: y), ("gelu", F.gelu), ("relu", F.relu)])
+def test_fused_linear_close_to_fp32(activation, reference):
+    torch.manual_seed(0)
+    layer = nn.Linear(64, 96)
+    x = torch.randn(37, 64)
+    want = reference(layer(x)).detach()
+    inference, autocast = bf16_inference()
+    with inference, autocast:
+        assert onednn.active(x, layer.weight, fp32=False)
+        got = onednn.linear_module(x, layer, fp32=False, activation=activation)
+    assert got.dtype == torch.bfloat16
+    assert (got.float() - want).abs().max() < 0.05 * want.abs().max()
+
+
+@pytest.mark.parametrize("activation, reference", [(None, lambda y: y), ("gelu", F.gelu), ("relu", F.relu)])
+def test_fp32_linear_equals_aten_on_request(activation, reference):
+    torch.manual_seed(0)
+    layer = nn.Linear(384, 1536)
+    x = torch.randn(300, 384)
+    with torch.inference_mode():
+        want = reference(layer(x))
+        assert onednn.active(x, layer.weight, fp32=True)
+        got = onednn.linear_module(x, layer, fp32=True, activation=activation)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)  # fp32 sums, in another order
+
+
+def test_where_the_path_applies():
+    x = torch.randn(3, 4)
+    w = torch.randn(5, 4)
+    assert onednn.compute_dtype(x, w, fp32=True) is None  # autograd on
+    with torch.no_grad():
+        assert onednn.compute_dtype(x, w, fp32=True) == torch.float32
+        assert onednn.compute_dtype(x, w, fp32=False) is None  # fp32 kept on ATen unless asked
+        assert onednn.compute_dtype(x.bfloat16(), w.bfloat16(), fp32=False) == torch.bfloat16  # a bf16 model
+        assert onednn.compute_dtype(x.double(), w.double(), fp32=True) is None
+        assert onednn.compute_dtype(x, w.bfloat16(), fp32=True) is None  # mixed dtypes: ATen's error
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert onednn.compute_dtype(x, w, fp32=False) == torch.bfloat16
+        with torch.autocast("cpu", dtype=torch.float16):
+            assert onednn.compute_dtype(x, w, fp32=True) is None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert onednn.compute_dtype(x, w, fp32=True) is None  # autograd on
+
+
+def test_falls_back_to_aten_with_the_same_activation():
+    torch.manual_seed(0)
+    layer = nn.Linear(8, 6)
+    x = torch.randn(4, 8)
+    for activation, reference in [(None, lambda y: y), ("gelu", F.gelu), ("relu", F.relu)]:
+        got = onednn.linear_module(x, layer, fp32=True, activation=activation)  # autograd on: ATen
+        assert got.requires_grad
+        torch.testing.assert_close(got, reference(layer(x)), atol=0, rtol=0)
+
+
+def test_cast_weights_follow_in_place_updates():
+    torch.manual_seed(0)
+    layer = nn.Linear(8, 8)
+    x = torch.randn(4, 8)
+    inference, autocast = bf16_inference()
+    with inference, autocast:
+        before = onednn.linear_module(x, layer, fp32=False)
+    with torch.no_grad():
+        layer.weight.mul_(2.0)  # an optimizer step, load_state_dict, ... change the weight in place
+    inference, autocast = bf16_inference()
+    with inference, autocast:
+        after = onednn.linear_module(x, layer, fp32=False)
+    want = layer(x).detach()
+    assert (after.float() - want).abs().max() < 0.05 * want.abs().max()
+    assert not torch.equal(before, after)
+
+
+# Packed (N, C) activations in "unpadded" mode, padded (B, T, C) ones in "sdpa" mode.
+@pytest.mark.parametrize("attn, bf16, expected_calls", [
+    ("unpadded", True, 2 * 4), ("sdpa", True, 2 * 4),  # per layer: Q|K|V, attention out, FFN in (GELU fused), out
+    ("unpadded", False, 2 * 4), ("sdpa", False, 0),  # fp32 "sdpa" keeps ATen: identical to transformers
+])
+def test_bert_layers_take_the_path_in_cpu_inference(monkeypatch, attn, bf16, expected_calls):
+    from lmforge import BertConfig
+    from lmforge.modeling.bert import BertModel
+
+    config = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=16)
+    torch.manual_seed(0)
+    model = BertModel(config).eval()
+    model.set_attn_implementation(attn)
+    ids = torch.randint(5, 50, (3, 9))
+    mask = torch.ones_like(ids)
+    mask[1, 4:] = 0
+    want = model(ids, mask).last_hidden_state.detach()  # autograd on: ATen
+    calls = []
+    real_linear = onednn.linear
+    monkeypatch.setattr(onednn, "linear", lambda *a, **k: calls.append(k) or real_linear(*a, **k))
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        got = model(ids, mask).last_hidden_state
+    assert len(calls) == expected_calls
+    real = mask.bool()
+    tolerance = 0.1 if bf16 else 1e-5
+    assert (got[real].float() - want[real]).abs().max() < tolerance
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_inference_sees_weights_updated_by_a_fused_optimizer_step(bf16):
+    """Fused AdamW updates parameters in place without bumping version counters: nothing may cache them."""
+    from lmforge import BertConfig
+    from lmforge.modeling.bert import BertModel
+
+    config = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=16)
+    torch.manual_seed(0)
+    model = BertModel(config)
+    model.set_attn_implementation("unpadded")
+    ids = torch.randint(5, 50, (2, 7))
+    mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3])
+
+    def infer(m):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            return m.eval()(ids, mask).last_hidden_state.float()
+
+    infer(model)  # the first inference
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, fused=True)
+    model.train()(ids, mask).last_hidden_state.sum().backward()
+    optimizer.step()
+    fresh = BertModel(config)
+    fresh.set_attn_implementation("unpadded")
+    fresh.load_state_dict(model.state_dict())
+    torch.testing.assert_close(infer(model), infer(fresh), atol=1e-6, rtol=0)
+
+
+def test_frozen_weights_casts_once_per_block_and_forgets_at_exit():
+    torch.manual_seed(0)
+    layer = nn.Linear(8, 8)
+    x = torch.randn(4, 8)
+    built = []
+
+    def build():
+        built.append(1)
+        return (layer.weight.to(torch.bfloat16),)
+
+    with onednn.frozen_weights():
+        first = onednn.made_once(layer, torch.bfloat16, build)
+        assert onednn.made_once(layer, torch.bfloat16, build) is first
+    assert len(built) == 1
+    onednn.made_once(layer, torch.bfloat16, build)  # outside a block: no cache
+    with onednn.frozen_weights():
+        onednn.made_once(layer, torch.bfloat16, build)  # a new block casts again
+    assert len(built) == 3
+    inference, autocast = bf16_inference()
+    with inference, autocast, onednn.frozen_weights():
+        before = onednn.linear_module(x, layer, fp32=False)
+    with torch.no_grad():
+        layer.weight.mul_(2.0)
+    inference, autocast = bf16_inference()
+    with inference, autocast, onednn.frozen_weights():
+        after = onednn.linear_module(x, layer, fp32=False)
+    assert not torch.equal(before, after)
