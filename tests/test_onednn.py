@@ -143,30 +143,46 @@ def test_inference_sees_weights_updated_by_a_fused_optimizer_step(bf16):
     torch.testing.assert_close(infer(model), infer(fresh), atol=1e-6, rtol=0)
 
 
-def test_frozen_weights_casts_once_per_block_and_forgets_at_exit():
+def test_frozen_weights_prepares_once_per_block_and_forgets_at_exit():
     torch.manual_seed(0)
     layer = nn.Linear(8, 8)
     x = torch.randn(4, 8)
     built = []
 
-    def build():
+    def params():
         built.append(1)
-        return (layer.weight.to(torch.bfloat16),)
+        return layer.weight, layer.bias
 
     with onednn.frozen_weights():
-        first = onednn.made_once(layer, torch.bfloat16, build)
-        assert onednn.made_once(layer, torch.bfloat16, build) is first
-    assert len(built) == 1
-    onednn.made_once(layer, torch.bfloat16, build)  # outside a block: no cache
+        first = onednn.prepared(layer, torch.bfloat16, params)
+        assert onednn.prepared(layer, torch.bfloat16, params) is first
+        assert first[0].is_mkldnn and first[0].dtype == torch.bfloat16  # cast and blocked
+        onednn.prepared(layer, torch.float32, params)  # another dtype: its own entry
+    assert len(built) == 2
+    plain = onednn.prepared(layer, torch.bfloat16, params)  # outside a block: no cache, plain layout
+    assert not plain[0].is_mkldnn
     with onednn.frozen_weights():
-        onednn.made_once(layer, torch.bfloat16, build)  # a new block casts again
-    assert len(built) == 3
-    inference, autocast = bf16_inference()
-    with inference, autocast, onednn.frozen_weights():
-        before = onednn.linear_module(x, layer, fp32=False)
-    with torch.no_grad():
-        layer.weight.mul_(2.0)
-    inference, autocast = bf16_inference()
-    with inference, autocast, onednn.frozen_weights():
-        after = onednn.linear_module(x, layer, fp32=False)
-    assert not torch.equal(before, after)
+        onednn.prepared(layer, torch.bfloat16, params)  # a new block prepares again
+    assert len(built) == 4
+    for bf16 in (True, False):
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            with onednn.frozen_weights():
+                before = onednn.linear_module(x, layer, fp32=True)
+            with torch.no_grad():
+                layer.weight.mul_(2.0)
+            with onednn.frozen_weights():
+                after = onednn.linear_module(x, layer, fp32=True)
+        assert not torch.equal(before, after)
+        torch.testing.assert_close(after.float(), layer(x).float(), atol=0.05 if bf16 else 1e-5, rtol=0)
+
+
+def test_blocked_weights_give_the_same_results():
+    torch.manual_seed(0)
+    layer = nn.Linear(384, 1536)
+    x = torch.randn(100, 384)
+    for bf16 in (False, True):
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            plain = onednn.linear_module(x, layer, fp32=True, activation="gelu")
+            with onednn.frozen_weights():
+                blocked = onednn.linear_module(x, layer, fp32=True, activation="gelu")
+        torch.testing.assert_close(blocked, plain, atol=1e-6, rtol=1e-6)

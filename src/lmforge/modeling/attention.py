@@ -80,7 +80,7 @@ class BertSelfAttention(nn.Module):
     def _qkv(self, x: Tensor, packed: bool = False) -> Tensor:
         dtype = onednn.compute_dtype(x, self.query.weight, fp32=packed)
         if dtype is not None:  # oneDNN; concatenation (and bf16 cast) made once per `frozen_weights()` block
-            weight, bias = onednn.made_once(self, dtype, lambda: onednn.weights_in(dtype, *self._fused_qkv_params()))
+            weight, bias = onednn.prepared(self, dtype, self._fused_qkv_params)
             return onednn.linear(x, weight, bias)  # (..., 3C)
         return F.linear(x, *self._fused_qkv_params())  # (..., 3C)
 
