@@ -81,3 +81,31 @@ def test_token_classification_groups_entities_with_offsets(tokenizer):
     entities = tag(text)
     assert all(text[e["start"]:e["end"]] == e["word"] for e in entities)
     assert entities and entities[0]["entity_group"] == "X"
+
+
+@pytest.mark.parametrize("task, cls", [("fill-mask", BertForMaskedLM), ("text-classification", BertForSequenceClassification),
+                                       ("token-classification", BertForTokenClassification)])
+def test_pipelines_unpad_by_default_with_the_same_results(tokenizer, task, cls):
+    model = tiny(cls, tokenizer, id2label={0: "O", 1: "B-X", 2: "I-X"})
+    texts = [t.replace("movie", "[MASK]") for t in TEXTS[:5]] + ["the [MASK] ."]
+    results = {}
+    for unpad in (True, False):
+        run = pipeline(task, model=model, tokenizer=tokenizer, batch_size=4, unpad=unpad)
+        assert model.bert.attn_implementation == ("unpadded" if unpad else "sdpa")
+        results[unpad] = list(_flatten(run(texts)))
+    floats = [isinstance(v, float) for v in results[False]]
+    assert [isinstance(v, float) for v in results[True]] == floats
+    assert [v for v, f in zip(results[True], floats) if not f] == [v for v, f in zip(results[False], floats) if not f]
+    assert [v for v, f in zip(results[True], floats) if f] == pytest.approx(
+        [v for v, f in zip(results[False], floats) if f], abs=1e-5)
+
+
+def _flatten(value):
+    if isinstance(value, dict):
+        for v in value.values():
+            yield from _flatten(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _flatten(v)
+    else:
+        yield value

@@ -33,7 +33,7 @@ class Pipeline:
     auto_model: Any = None
 
     def __init__(self, model, tokenizer=None, device: str | torch.device | None = None, batch_size: int = 32,
-                 max_length: int | None = None, bf16: bool = False):
+                 max_length: int | None = None, bf16: bool = False, unpad: bool = True):
         if isinstance(model, (str, os.PathLike)):
             path = model
             model = self.auto_model.from_pretrained(path)
@@ -42,7 +42,9 @@ class Pipeline:
             raise ValueError(f"{self.task}: pass a tokenizer together with a model object")
         elif isinstance(tokenizer, (str, os.PathLike)):
             tokenizer = AutoTokenizer.from_pretrained(tokenizer)
-        self.model = model.eval()
+        # Pipelines read outputs at real tokens only, where "unpadded" equals "sdpa" (within 1e-5)
+        # and runs faster: padding is dropped before the layers. unpad=False keeps padded batches.
+        self.model = model.eval().set_attn_implementation("unpadded" if unpad else "sdpa")
         if device is not None:
             self.model.to(device)
         self.tokenizer = tokenizer
@@ -233,9 +235,10 @@ PIPELINES = {
 }
 
 
-def pipeline(task: str, model=None, tokenizer=None, device=None, batch_size: int = 32, bf16: bool = False) -> Pipeline:
+def pipeline(task: str, model=None, tokenizer=None, device=None, batch_size: int = 32, bf16: bool = False,
+             unpad: bool = True) -> Pipeline:
     if task not in PIPELINES:
         raise ValueError(f"unknown pipeline task {task!r}; available: {sorted(PIPELINES)}")
     if model is None:
         raise ValueError(f"pipeline({task!r}) needs model=<checkpoint folder>: nothing is downloaded from a hub")
-    return PIPELINES[task](model, tokenizer=tokenizer, device=device, batch_size=batch_size, bf16=bf16)
+    return PIPELINES[task](model, tokenizer=tokenizer, device=device, batch_size=batch_size, bf16=bf16, unpad=unpad)
