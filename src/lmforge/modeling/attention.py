@@ -141,10 +141,8 @@ def varlen_attention(qkv: Tensor, lengths: list[int], num_heads: int, dropout_p:
     scale = 1.0 / math.sqrt(D)
     if N == 0:
         return qkv.new_zeros(0, C3 // 3)
-    heads = qkv.view(N, 3, H, D).permute(1, 2, 0, 3)  # (3, H, N, D), a strided view
-    if heads.dtype != torch.float32:
-        # One cast for the whole batch; contiguous, because a CPU's bf16 matmul copies strided inputs.
-        heads = heads.to(torch.float32, memory_format=torch.contiguous_format)
+    # One cast for the whole batch (a plain elementwise pass), then strided views: fp32 bmm reads them in place.
+    heads = qkv.float().view(N, 3, H, D).permute(1, 2, 0, 3)  # (3, H, N, D)
     q, k, v = heads.unbind(0)  # 3 x (H, N, D)
     drop = training and dropout_p > 0.0
     contexts = []
