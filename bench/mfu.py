@@ -2,8 +2,10 @@
 
 MFU = model FLOPs of the work done / seconds / peak FLOP/s. Peak is measured in the same run, at
 the benchmark's thread count: for fp32 and bf16, the median FLOP/s of square matmuls of each of
-`--matmul-sizes` (1024 and 2048), the best size taken. Small BERT layers' own GEMM shapes can run
-~10% faster still on some CPUs, so treat MFU as approximate. Model FLOPs count the matmuls a model
+`--matmul-sizes` (1024 and 2048) through ATen and through oneDNN, the best taken; `run_all.py`
+measures it before and after its benchmarks and keeps the higher (this machine's speed drifts).
+Small BERT layers' own GEMM shapes can run ~10% faster still on some CPUs, so treat MFU as
+approximate. Model FLOPs count the matmuls a model
 needs on REAL tokens only (see `encoder_flops`), so the FLOPs an implementation spends on padding,
 or on MLM logits nobody asked for, lower its MFU.
 
@@ -34,18 +36,23 @@ from common import (
 
 
 def matmul_peaks(sizes: Sequence[int] = (1024, 2048), threads: int = 2, repeats: int = 7) -> dict[str, float]:
-    """{"fp32": FLOP/s, "bf16": FLOP/s}: for each dtype the best over `sizes` of the median FLOP/s of
-    `repeats` (n x n) @ (n x n) products (all sizes and dtypes interleaved)."""
+    """{"fp32": FLOP/s, "bf16": FLOP/s}: for each dtype the best, over `sizes` and over the two GEMM
+    libraries torch ships on CPU (ATen's `@`, and oneDNN, which lmforge's inference uses), of the
+    median FLOP/s of `repeats` (n x n) @ (n x n) products (everything interleaved)."""
     set_threads(threads)
     g = torch.Generator().manual_seed(0)
-    products, flops = {}, {}
+    products = {}
+    onednn = hasattr(torch.ops.mkldnn, "_linear_pointwise") and torch.backends.mkldnn.is_available()
     for n in sizes:
         a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
         for dtype, x, y in [("fp32", a, b), ("bf16", a.bfloat16(), b.bfloat16())]:
-            products[dtype, n] = lambda x=x, y=y: x @ y
-            flops[dtype, n] = 2 * n**3
-    times, _ = interleaved_times(products, repeats=repeats, warmup=1)
-    return {dtype: max(flops[dtype, n] / median(times[dtype, n]) for n in sizes)
+            products[dtype, n, "aten"] = lambda x=x, y=y: x @ y
+            if onednn:  # x @ y^T, the layout of a linear layer's weight
+                products[dtype, n, "onednn"] = lambda x=x, y=y: torch.ops.mkldnn._linear_pointwise(
+                    x, y, None, "none", [], "")
+    with torch.inference_mode():
+        times, _ = interleaved_times(products, repeats=repeats, warmup=1)
+    return {dtype: max(2 * key[1] ** 3 / median(t) for key, t in times.items() if key[0] == dtype)
             for dtype in ("fp32", "bf16")}
 
 

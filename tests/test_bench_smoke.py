@@ -52,7 +52,8 @@ def test_benchmarks_run_at_smallest_sizes(minilm_path, monkeypatch):
     rows = mfu.mfu_rows(peaks, inference=inf, pretrain=pre, finetune=ft)
     assert len(rows) == 4 and _positive(v for r in rows for v in (r.lmforge, r.transformers))
 
-    results = {"peaks": peaks, "inference": inf, "pretrain": pre, "finetune": ft, "mfu": rows, "seconds": 1.0,
+    results = {"peaks": peaks, "peak_runs": (peaks, peaks), "inference": inf, "pretrain": pre, "finetune": ft,
+               "mfu": rows, "seconds": 1.0,
                "sizes": run_all.QUICK}
     table = run_all.summary(results, threads=2, quick=True)
     assert "| metric | lmforge | transformers | ratio |" in table and "MFU inference MiniLM (bf16)" in table
