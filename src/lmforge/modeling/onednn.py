@@ -12,9 +12,10 @@ CPU linears); when it is missing, or with autograd on, everything runs the plain
 Under bf16 autocast the weights are cast to bf16 on every call (as autocast itself does under
 `inference_mode`), except inside `frozen_weights()`: a block whose caller promises not to change the
 weights (pipelines, `predict`, `evaluate`), where each cast (and the Q|K|V concatenation) is made
-once and the weight is reordered into oneDNN's blocked layout. There is no cache outside such a block: fused optimizers (`torch.optim.AdamW(fused=True)`) update
-parameters in place without bumping their version counters, so a cache keyed on versions would
-serve stale weights after a training step.
+once and the weight is reordered into oneDNN's blocked layout. There is no cache outside such a
+block: fused optimizers (`torch.optim.AdamW(fused=True)`) update parameters in place without
+bumping their version counters, so a cache keyed on versions would serve stale weights after a
+training step.
 """
 
 from __future__ import annotations
