@@ -9,7 +9,7 @@ mean-pooled over real tokens) and returns a (texts, 384) tensor in the caller's 
   to its longest text (the fraction of real tokens is printed).
 * lmforge: `set_attn_implementation("unpadded")` (padding dropped before the layers) and
   length-sorted batches (`lmforge.pipelines.length_sorted_batches`); results are put back in order;
-  like lmforge's pipelines it runs inside `onednn.frozen_weights()` (bf16 weight casts made once).
+  like lmforge's pipelines it runs inside `onednn.frozen_weights()` (weights cast/blocked once).
 
 Tokenization happens once, before timing, for both. Variants run round-robin (`--repeats` rounds
 after a warm-up on two batches each) and report the median seq/s: fp32, and under
@@ -174,7 +174,7 @@ def run(n_texts: int = 512, batch_size: int = 32, threads: int = 2, repeats: int
         """(full run, warm-up on the first two batches); sets lmforge's attention path first."""
         def call(part: Batches):
             ours.set_attn_implementation(attn)
-            # lmforge's pipelines cast bf16 weights once per call (weights are frozen while they run).
+            # lmforge's pipelines prepare oneDNN weights once per call (weights are frozen while they run).
             with frozen_weights() if model is not theirs else contextlib.nullcontext():
                 return embed(model, part, n_texts, use_bf16)
 

@@ -5,8 +5,7 @@ the benchmark's thread count: for fp32 and bf16, the median FLOP/s of square mat
 `--matmul-sizes` (1024 and 2048) through ATen and through oneDNN, the best taken; `run_all.py`
 measures it before and after its benchmarks and keeps the higher (this machine's speed drifts).
 Small BERT layers' own GEMM shapes can run ~10% faster still on some CPUs, so treat MFU as
-approximate. Model FLOPs count the matmuls a model
-needs on REAL tokens only (see `encoder_flops`), so the FLOPs an implementation spends on padding,
+approximate. Model FLOPs count the matmuls a model needs on REAL tokens only (see `encoder_flops`), so the FLOPs an implementation spends on padding,
 or on MLM logits nobody asked for, lower its MFU.
 
 This script measures peak, runs small versions of the pretraining (`pretrain_throughput.py`) and
@@ -34,6 +33,8 @@ from common import (
     set_threads,
 )
 
+from lmforge.modeling import onednn
+
 
 def matmul_peaks(sizes: Sequence[int] = (1024, 2048), threads: int = 2, repeats: int = 7) -> dict[str, float]:
     """{"fp32": FLOP/s, "bf16": FLOP/s}: for each dtype the best, over `sizes` and over the two GEMM
@@ -42,14 +43,12 @@ def matmul_peaks(sizes: Sequence[int] = (1024, 2048), threads: int = 2, repeats:
     set_threads(threads)
     g = torch.Generator().manual_seed(0)
     products = {}
-    onednn = hasattr(torch.ops.mkldnn, "_linear_pointwise") and torch.backends.mkldnn.is_available()
     for n in sizes:
         a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
         for dtype, x, y in [("fp32", a, b), ("bf16", a.bfloat16(), b.bfloat16())]:
             products[dtype, n, "aten"] = lambda x=x, y=y: x @ y
-            if onednn:  # x @ y^T, the layout of a linear layer's weight
-                products[dtype, n, "onednn"] = lambda x=x, y=y: torch.ops.mkldnn._linear_pointwise(
-                    x, y, None, "none", [], "")
+            if onednn.AVAILABLE:  # x @ y^T, the layout of a linear layer's weight
+                products[dtype, n, "onednn"] = lambda x=x, y=y: onednn.linear(x, y, None)
     with torch.inference_mode():
         times, _ = interleaved_times(products, repeats=repeats, warmup=1)
     return {dtype: max(2 * key[1] ** 3 / median(t) for key, t in times.items() if key[0] == dtype)

@@ -7,7 +7,7 @@ from torch import nn
 
 from lmforge.modeling import onednn
 
-pytestmark = pytest.mark.skipif(not onednn._AVAILABLE, reason="torch built without oneDNN linear_pointwise")
+pytestmark = pytest.mark.skipif(not onednn.AVAILABLE, reason="torch built without oneDNN linear_pointwise")
 
 
 def bf16_inference():

@@ -25,10 +25,12 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-# hidden_act -> (oneDNN post-op, its algorithm). Exact-erf GELU only: the approximations differ.
-FUSED_ACTIVATIONS = {"gelu": ("gelu", "none"), "relu": ("relu", "")}
+# hidden_act -> (oneDNN post-op, its algorithm, the same function in torch for the ATen path).
+# Exact-erf GELU only: the approximations differ.
+FUSED_ACTIVATIONS = {"gelu": ("gelu", "none", F.gelu), "relu": ("relu", "", F.relu)}
 
 
 def _linear_pointwise_available() -> bool:
@@ -40,7 +42,7 @@ def _linear_pointwise_available() -> bool:
         return False
 
 
-_AVAILABLE = _linear_pointwise_available()
+AVAILABLE = _linear_pointwise_available()
 
 
 def _bf16_autocast() -> bool:
@@ -54,7 +56,7 @@ def compute_dtype(x: Tensor, weight: Tensor, fp32: bool) -> torch.dtype | None:
     shares: lmforge's padded "sdpa" mode stays identical to transformers at every position (its
     padding rows are ill-conditioned: oneDNN's order moves them by up to ~1e-4 on MiniLM, and real
     tokens by ~5e-6)."""
-    if not (_AVAILABLE and x.device.type == "cpu" and not torch.is_grad_enabled()):
+    if not (AVAILABLE and x.device.type == "cpu" and not torch.is_grad_enabled()):
         return None
     if torch.is_autocast_enabled("cpu"):
         return torch.bfloat16 if _bf16_autocast() else None
@@ -101,7 +103,7 @@ def prepared(owner: object, dtype: torch.dtype, params: Callable[[], tuple[Tenso
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None, activation: str | None = None) -> Tensor:
     """`activation(F.linear(x, weight, bias))` through oneDNN, in `weight`'s dtype (x is cast to it).
     Call only where `active(x, weight, ...)`. activation: a key of FUSED_ACTIVATIONS or None."""
-    attr, algorithm = FUSED_ACTIVATIONS[activation] if activation else ("none", "")
+    attr, algorithm, _ = FUSED_ACTIVATIONS[activation] if activation else ("none", "", None)
     return torch.ops.mkldnn._linear_pointwise(x.to(weight.dtype), weight, bias, attr, [], algorithm)
 
 
@@ -114,9 +116,6 @@ def linear_module(x: Tensor, module: nn.Linear, fp32: bool, activation: str | No
     ATen. Weights prepared (cast, blocked) once per `frozen_weights()` block."""
     dtype = compute_dtype(x, module.weight, fp32)
     if dtype is None:
-        y = module(x)
-        if activation == "gelu":
-            return torch.nn.functional.gelu(y)
-        return torch.relu(y) if activation == "relu" else y
+        return FUSED_ACTIVATIONS[activation][2](module(x)) if activation else module(x)
     weight, bias = prepared(module, dtype, lambda: (module.weight, module.bias))
     return linear(x, weight, bias, activation)
