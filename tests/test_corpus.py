@@ -80,11 +80,11 @@ def test_utf8_bom_is_stripped(tmp_path):
     assert list(read_documents([txt, jsonl])) == [["Hello."], ["Hi."]]
 
 
-def test_undecodable_bytes_warn_once_with_first_line_and_count(tmp_path):
+def test_lenient_mode_replaces_undecodable_bytes_and_warns_once(tmp_path):
     corpus = write(tmp_path / "bad.txt", b"ok.\nok.\nbad \xff.\nok.\nbad \xfe\xfd.\n")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        docs = list(read_documents(corpus))
+        docs = list(read_documents(corpus, strict=False))
     assert docs == [["ok.", "ok.", "bad \ufffd.", "ok.", "bad \ufffd\ufffd."]]
     ours = [w for w in caught if issubclass(w.category, CorpusWarning)]
     assert len(ours) == 1
@@ -92,10 +92,16 @@ def test_undecodable_bytes_warn_once_with_first_line_and_count(tmp_path):
     assert "2 line(s)" in str(ours[0].message)
 
 
-def test_strict_mode_raises_on_undecodable_bytes(tmp_path):
-    corpus = write(tmp_path / "bad.txt", b"ok.\nbad \xff.\n")
-    with pytest.raises(CorpusError, match=r"bad\.txt:2: invalid UTF-8"):
-        list(read_documents(corpus, strict=True))
+@pytest.mark.parametrize("name, line, column", [("bad.txt", "the café \xff.", 10),
+                                                ("bad.jsonl", '{"text": "the café \xff."}', 20)])
+def test_bytes_that_are_not_utf8_name_file_line_and_column(tmp_path, name, line, column):
+    # Line 2 holds a latin-1 byte (0xff) after a UTF-8 "é": two bytes, one column.
+    first = '{"text": "ok."}' if name.endswith(".jsonl") else "ok."
+    corpus = write(tmp_path / name, f"{first}\n{line}\n".encode().replace(b"\xc3\xbf", b"\xff"))
+    with pytest.raises(CorpusError) as info:
+        list(read_documents(corpus))
+    assert str(info.value).startswith(f"{corpus}:2: not valid UTF-8 (byte 0xff at column {column}); re-save")
+    assert "--no-strict" in str(info.value)
 
 
 def test_directory_without_corpus_files_is_an_error(tmp_path):

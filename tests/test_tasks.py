@@ -110,6 +110,26 @@ def test_loader_errors_name_file_and_line(tmp_path, name, content, kwargs, piece
         assert piece in msg, (piece, msg)
 
 
+@pytest.mark.parametrize("name, header, row, load", [
+    ("data.csv", "text,label", "{text},pos", load_examples),
+    ("data.tsv", "text\tlabel", "{text}\tpos", load_examples),
+    ("data.jsonl", None, '{{"text": "{text}", "label": "pos"}}', load_examples),
+    ("data.conll", None, "{text} O\n", load_conll),
+])
+def test_bytes_that_are_not_utf8_name_file_line_and_column(tmp_path, name, header, row, load):
+    # 400 good lines (more than one 8 KB decoding chunk) then a latin-1 "\xff" after a UTF-8 "é".
+    lines = ([header] if header else []) + [row.format(text=f"café{i}") for i in range(400)]
+    bad_line = row.format(text="café\xff")
+    lines.append(bad_line)
+    path = tmp_path / name
+    path.write_bytes("\n".join(lines).encode("utf-8").replace(b"\xc3\xbf", b"\xff") + b"\n")
+    lineno = sum(line.count("\n") + 1 for line in lines[:-1]) + 1
+    column = bad_line.index("\xff") + 1  # characters, not bytes
+    with pytest.raises(DataError) as info:
+        load(path)
+    assert str(info.value) == f"{path}:{lineno}: not valid UTF-8 (byte 0xff at column {column}); re-save the file as UTF-8"
+
+
 def test_loader_bad_format_and_missing_file(tmp_path):
     with pytest.raises(DataError, match="no such file"):
         load_examples(tmp_path / "missing.csv")

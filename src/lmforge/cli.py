@@ -34,23 +34,27 @@ def _add_tokenizer_commands(sub) -> None:
     train.add_argument("--strip-accents", choices=["auto", "yes", "no"], default="auto",
                        help="strip accents (auto: when lowercasing, as BERT)")
     train.add_argument("--text-field", default="text", help="field holding the text in .jsonl files")
-    train.add_argument("--doc-per-line", action="store_true",
-                       help="each line of a .txt file is one document (default: BERT format)")
+    train.add_argument("--txt-format", choices=["bert", "document_per_line"], default="bert",
+                       help="layout of .txt files: a sentence per line and a blank line between documents "
+                            "(bert), or a document per line")
+    train.add_argument("--strict", action=argparse.BooleanOptionalAction, default=True,
+                       help="fail on bytes that are not UTF-8 (--no-strict: replace them and warn)")
     train.set_defaults(func=cmd_tokenizer_train)
 
 
 def cmd_tokenizer_train(args) -> int:
-    from .data.corpus import iter_documents
+    from .data.corpus import read_documents
     from .recipes.common import resolve_corpus
     from .tokenization import train_tokenizer
 
     paths = resolve_corpus(args.corpus)
-    texts = (sentence for doc in iter_documents(paths, doc_per_line=args.doc_per_line, text_field=args.text_field)
+    texts = (sentence for doc in read_documents(paths, txt_format=args.txt_format, text_field=args.text_field,
+                                                strict=args.strict)
              for sentence in doc)
     strip = {"auto": None, "yes": True, "no": False}[args.strip_accents]
     tokenizer = train_tokenizer(texts, args.output, kind=args.kind, vocab_size=args.vocab_size,
                                 min_frequency=args.min_frequency, lowercase=args.lowercase, strip_accents=strip)
-    print(f"tokenizer with {tokenizer.vocab_size} tokens written to {args.output}")
+    print(f"{args.kind} tokenizer with {tokenizer.vocab_size} tokens written to {args.output}")
     return 0
 
 

@@ -18,6 +18,7 @@ kinds start with BERT's special tokens `[PAD] [UNK] [CLS] [SEP] [MASK]` (ids 0-4
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -735,20 +736,23 @@ def train_tokenizer(
         raise ValueError(f"vocab_size must exceed the {len(special)} special tokens, got {vocab_size}")
     pad, unk, cls_token, sep, mask = special
 
+    if length is None and hasattr(texts, "__len__"):
+        length = len(texts)  # type: ignore[arg-type]
     backend: BackendTokenizer
-    trainer: trainers.Trainer
     if kind == "wordpiece":
-        backend = BackendTokenizer(WordPiece(unk_token=unk, continuing_subword_prefix="##",
-                                             max_input_chars_per_word=100))
-        backend.normalizer = _bert_normalizer(lowercase, strip_accents, tokenize_chinese_chars)
-        backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        backend.decoder = decoders.WordPiece(prefix="##")
-        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
-                                            special_tokens=special, continuing_subword_prefix="##",
-                                            show_progress=show_progress)
+        normalizer = _bert_normalizer(lowercase, strip_accents, tokenize_chinese_chars)
+        vocab = _train_wordpiece_vocab(_iter_texts(texts), normalizer, vocab_size=vocab_size,
+                                       min_frequency=min_frequency, special=special, show_progress=show_progress,
+                                       length=length)
+        config = {"do_lower_case": lowercase, "strip_accents": strip_accents,
+                  "tokenize_chinese_chars": tokenize_chinese_chars}
+        backend = _build_bert_backend(vocab, config, {"unk_token": unk, "sep_token": sep, "pad_token": pad,
+                                                      "cls_token": cls_token, "mask_token": mask})
     else:
         # Byte-level BPE never needs [UNK] (every byte is in the alphabet); [UNK] still gets id 1 so the
-        # special-token layout is the same for both kinds.
+        # special-token layout is the same for both kinds. Every symbol is in the trainer's alphabet from
+        # the start (the 256 byte characters, sorted), so its tie-breaking by symbol id is the same in
+        # every process (see _train_wordpiece_vocab for the case where it is not).
         backend = BackendTokenizer(BPE())
         steps: list[normalizers.Normalizer] = []
         if strip_accents or (strip_accents is None and lowercase):
@@ -769,10 +773,7 @@ def train_tokenizer(
         trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=special,
                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                       show_progress=show_progress)
-
-    if length is None and hasattr(texts, "__len__"):
-        length = len(texts)  # type: ignore[arg-type]
-    backend.train_from_iterator(_iter_texts(texts), trainer=trainer, length=length)
+        backend.train_from_iterator(_iter_texts(texts), trainer=trainer, length=length)
 
     ids = [backend.token_to_id(t) for t in special]
     if ids != list(range(len(special))):
@@ -803,3 +804,92 @@ def _iter_texts(texts: Iterable[str]) -> Iterator[str]:
         if not isinstance(text, str):
             raise TypeError(f"train_tokenizer expects str texts, got {type(text).__name__}")
         yield text
+
+
+# Stand-in characters for training (_train_wordpiece_vocab): Unicode's supplementary private-use planes.
+_STAND_IN_CODES = (range(0xF0000, 0xFFFFE), range(0x100000, 0x10FFFE))
+
+
+class _StandIns:
+    """Names every character of the training words with a private-use stand-in, a different one for its
+    word-initial and its continuing ("##") occurrences, numbered in order of first appearance."""
+
+    def __init__(self) -> None:
+        self._codes = itertools.chain(*_STAND_IN_CODES)
+        self.initial: dict[str, str] = {}
+        self.continuing: dict[str, str] = {}
+        self._words: dict[str, str] = {}  # word -> its stand-in spelling (each word is spelled once)
+
+    def _name(self, table: dict[str, str], char: str) -> str:
+        if char not in table:
+            code = next(self._codes, None)
+            if code is None:
+                raise ValueError("the corpus has more distinct characters than WordPiece training can name")
+            table[char] = chr(code)
+        return table[char]
+
+    def spell(self, word: str) -> str:
+        spelled = self._words.get(word)
+        if spelled is None:
+            spelled = self._name(self.initial, word[0]) + "".join(self._name(self.continuing, c) for c in word[1:])
+            self._words[word] = spelled
+        return spelled
+
+    def restore(self, tokens: Iterable[str]) -> list[str]:
+        """The WordPiece tokens that learned stand-in tokens stand for ("##" marks a continuing piece)."""
+        initial = {v: k for k, v in self.initial.items()}
+        continuing = {v: k for k, v in self.continuing.items()}
+        restored = []
+        for token in tokens:
+            rest = "".join(continuing[c] for c in token[1:])  # only a word's first symbol is initial
+            head = initial.get(token[0])
+            restored.append(head + rest if head is not None else "##" + continuing[token[0]] + rest)
+        return restored
+
+
+def _train_wordpiece_vocab(
+    texts: Iterator[str],
+    normalizer: normalizers.Normalizer,
+    *,
+    vocab_size: int,
+    min_frequency: int,
+    special: list[str],
+    show_progress: bool,
+    length: int | None,
+) -> dict[str, int]:
+    """A WordPiece vocabulary learned as `tokenizers`' WordPieceTrainer does, but the same in every process.
+
+    WordPieceTrainer is a BPE trainer with a "##" prefix. Among pairs of equal count it merges the one
+    with the smallest symbol ids; the characters of its alphabet get ids in sorted order, but each "##c"
+    gets the next free id when first met while walking the corpus's word counts, a hash map whose order
+    changes from process to process (Rust's random hash seeds; neither PYTHONHASHSEED nor
+    RAYON_RS_NUM_THREADS / TOKENIZERS_PARALLELISM fix it). So two runs on the same corpus tie-break
+    differently and learn different vocabularies. Here every character of the normalised, BERT-split
+    words is renamed to a private-use stand-in (word-initial and continuing occurrences to different ones,
+    numbered in order of first appearance in the stream), and plain BPE, with no prefix, learns on those
+    words: every symbol is then in the sorted alphabet before the first merge, so ids and ties are the
+    same in every process. The merges are the ones WordPieceTrainer makes, up to the order of ties.
+    """
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    stand_ins = _StandIns()
+
+    def spelled_texts() -> Iterator[str]:
+        for text in texts:
+            words = pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))
+            yield " ".join(stand_ins.spell(word) for word, _ in words if word)
+
+    learner = BackendTokenizer(BPE())
+    learner.pre_tokenizer = pre_tokenizers.WhitespaceSplit()  # stand-ins are never whitespace
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=special,
+                                  show_progress=show_progress)
+    learner.train_from_iterator(spelled_texts(), trainer=trainer, length=length)
+
+    learned = [t for t, _ in sorted(learner.get_vocab().items(), key=lambda item: item[1]) if t not in special]
+    characters = sorted(stand_ins.restore(t for t in learned if len(t) == 1))
+    merged = stand_ins.restore(t for t in learned if len(t) > 1)  # in the order learned
+    # BERT's layout: special tokens, characters, "##" characters, then the merges.
+    tokens = special + sorted(characters, key=lambda t: t.startswith("##")) + merged
+    vocab = {token: i for i, token in enumerate(tokens)}
+    if len(vocab) != len(tokens):
+        raise RuntimeError("WordPiece training produced the same token twice")
+    return vocab

@@ -16,10 +16,10 @@ File formats, chosen by suffix:
 
   The end of a file always ends a document.
 
-Robustness: a UTF-8 byte-order mark is stripped. Undecodable bytes are replaced by U+FFFD and
-reported by one `CorpusWarning` per file naming the first bad line and the number of bad lines;
-with `strict=True` they raise `CorpusError` instead. A corpus with no files, or no non-blank text,
-raises `CorpusError` naming the paths.
+Robustness: a UTF-8 byte-order mark is stripped. Bytes that are not UTF-8 raise `CorpusError` naming
+the file, line and column; with `strict=False` they are replaced by U+FFFD instead and reported by one
+`CorpusWarning` per file naming the first bad line and the number of bad lines. A corpus with no
+files, or no non-blank text, raises `CorpusError` naming the paths.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Literal
 
+from ..utils import UTF8_BOM, invalid_utf8_message
+
 PathLike = str | os.PathLike
 TxtFormat = Literal["bert", "document_per_line"]
 
@@ -40,7 +42,6 @@ TxtFormat = Literal["bert", "document_per_line"]
 # their suffix (as plain text unless `.jsonl`).
 CORPUS_SUFFIXES = (".txt", ".jsonl")
 _GLOB_CHARS = re.compile(r"[*?\[]")
-_BOM = b"\xef\xbb\xbf"
 
 # Sentence boundary: `.`, `!` or `?` (optionally followed by closing quotes/brackets), then
 # whitespace, then an ASCII capital letter, a digit or an opening quote/bracket. Deliberately simple:
@@ -50,7 +51,7 @@ _SENTENCE_END = re.compile(r"[.!?][\"'\u201d\u2019)\]]*(?=\s+[\"'\u201c\u2018(\[
 
 
 class CorpusError(ValueError):
-    """The corpus cannot be read: no files, no text, bad JSON or (strict mode) bad bytes."""
+    """The corpus cannot be read: no files, no text, bad JSON or (strict mode) bytes that are not UTF-8."""
 
 
 class CorpusWarning(UserWarning):
@@ -98,7 +99,7 @@ def read_documents(
     *,
     txt_format: TxtFormat = "bert",
     text_field: str = "text",
-    strict: bool = False,
+    strict: bool = True,
 ) -> Iterator[list[str]]:
     """Yield every document of the corpus, in file order, as a list of sentences."""
     if txt_format not in ("bert", "document_per_line"):
@@ -163,13 +164,14 @@ def _decoded_lines(file: Path, strict: bool) -> Iterator[tuple[int, str]]:
     first_bad = 0
     with open(file, "rb") as handle:
         for lineno, raw in enumerate(handle, start=1):
-            if lineno == 1 and raw.startswith(_BOM):
-                raw = raw[len(_BOM) :]
+            if lineno == 1 and raw.startswith(UTF8_BOM):
+                raw = raw[len(UTF8_BOM) :]
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as err:
                 if strict:
-                    raise CorpusError(f"{file}:{lineno}: invalid UTF-8 ({err.reason})") from None
+                    message = invalid_utf8_message(file, lineno, raw, err)
+                    raise CorpusError(f"{message}, or pass --no-strict to replace undecodable bytes") from None
                 bad_lines += 1
                 first_bad = first_bad or lineno
                 text = raw.decode("utf-8", errors="replace")

@@ -534,7 +534,7 @@ def build_or_load_cache(
     seed: int = 12345,
     txt_format: TxtFormat = "bert",
     text_field: str = "text",
-    strict: bool = False,
+    strict: bool = True,
     split: Split = "train",
 ) -> PretrainingDataset:
     """Return the `split` ("train" or "eval") of the cache for these inputs, building it if needed.

@@ -8,7 +8,8 @@ Everything here is plain Python until :func:`pad_collate`, which builds the tens
 * :func:`load_examples` reads CSV / TSV (delimited, with a header row) and JSONL files for
   ``single_label`` classification (label: ``str``), ``multi_label`` classification (label:
   ``list[str]``; a JSON list or a ``label_delimiter``-separated string such as ``"a|b"``) and
-  ``regression`` (label: ``float``). Malformed input raises :class:`DataError` naming file and line.
+  ``regression`` (label: ``float``). Malformed input raises :class:`DataError` naming file and line (a file
+  that is not UTF-8 too, with the column of the first bad byte).
 * :class:`LabelMap` maps label names to ids (sorted names -> ``0..n-1``) and round-trips through the
   ``id2label`` / ``label2id`` dicts of a model config.
 * :func:`load_conll` reads token-classification data (token first, tag in the last column);
@@ -20,16 +21,19 @@ Everything here is plain Python until :func:`pad_collate`, which builds the tens
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from ..utils import find_invalid_utf8
 
 __all__ = [
     "IGNORE_INDEX",
@@ -132,8 +136,8 @@ def load_examples(
 
     Raises:
         DataError: naming file and line, for a missing file or column (listing the columns that
-            exist), a row with the wrong number of fields, invalid JSON, an empty text, or a label
-            that does not fit the task.
+            exist), a row with the wrong number of fields, invalid JSON, an empty text, a label
+            that does not fit the task, or bytes that are not UTF-8 (with their column).
     """
     if task not in TASK_TYPES:
         raise ValueError(f"task must be one of {TASK_TYPES}, got {task!r}")
@@ -147,17 +151,28 @@ def load_examples(
     else:
         rows = _iter_delimited(path, delim, columns)
     examples = []
-    for line, record in rows:
-        source = f"{path}:{line}"
-        text = _text_value(record[text_column], text_column, source)
-        pair = None
-        if text_pair_column is not None:
-            pair = _text_value(record[text_pair_column], text_pair_column, source)
-        label = None
-        if label_column is not None:
-            label = _parse_label(record[label_column], task, label_delimiter, source)
-        examples.append(Example(text=text, text_pair=pair, label=label, source=source))
+    with _utf8_errors_named(path):
+        for line, record in rows:
+            source = f"{path}:{line}"
+            text = _text_value(record[text_column], text_column, source)
+            pair = None
+            if text_pair_column is not None:
+                pair = _text_value(record[text_pair_column], text_pair_column, source)
+            label = None
+            if label_column is not None:
+                label = _parse_label(record[label_column], task, label_delimiter, source)
+            examples.append(Example(text=text, text_pair=pair, label=label, source=source))
     return examples
+
+
+@contextlib.contextmanager
+def _utf8_errors_named(path: Path) -> Iterator[None]:
+    """Turn a UnicodeDecodeError while reading `path` (in text mode, which cannot tell the line) into a
+    DataError naming the line and column of the first byte that is not UTF-8."""
+    try:
+        yield
+    except UnicodeDecodeError as e:
+        raise DataError(find_invalid_utf8(path) or f"{path}: not valid UTF-8 ({e.reason})") from None
 
 
 def _iter_delimited(path: Path, delim: str, columns: Sequence[str | None]) -> Iterable[tuple[int, dict]]:
@@ -416,7 +431,7 @@ def load_conll(path: str | Path) -> list[TaggedSentence]:
             tokens.clear()
             tags.clear()
 
-    with open(path, encoding="utf-8-sig") as f:
+    with _utf8_errors_named(path), open(path, encoding="utf-8-sig") as f:
         for line_no, line in enumerate(f, start=1):
             cols = line.split()
             if not cols:

@@ -53,7 +53,8 @@ class PretrainOptions:
     dupe_factor: int = option(1, "times each document is cut into instances (different random cuts)")
     txt_format: str = option("bert", "layout of .txt files", choices=["bert", "document_per_line"])
     text_field: str = option("text", "field holding the text in .jsonl files")
-    strict: bool = option(False, "fail on undecodable bytes instead of warning")
+    strict: bool = option(True, "fail on bytes that are not UTF-8 (--no-strict: replace them with U+FFFD, one warning "
+                                "per file)")
     mlm_probability: float = option(0.15, "fraction of tokens predicted")
     max_predictions_per_seq: int = option(20, "cap on predicted tokens per sequence")
     whole_word_mask: bool = option(False, "mask all pieces of a word together")
