@@ -11,7 +11,8 @@ Folder format (read and written): `tokenizer.json` (preferred) or `vocab.txt` (B
 
 `train_tokenizer` trains a WordPiece (BERT) or byte-level BPE vocabulary from a stream of texts. Both
 kinds start with BERT's special tokens `[PAD] [UNK] [CLS] [SEP] [MASK]` (ids 0-4) and use BERT's
-`[CLS] A [SEP] B [SEP]` template, so every BERT head (MLM included) works with either.
+`[CLS] A [SEP] B [SEP]` template, so every BERT head (MLM included) works with either. The same texts
+and options give byte-identical files in every process (see `_train_wordpiece_vocab`).
 
 `transformers` is never imported here; the tests compare against it.
 """
