@@ -1,6 +1,6 @@
 """What this CPU offers lmforge's fast paths: one probe, from torch's own reports, once per process.
 
-Three answers, each with an ATen fallback that gives the same results:
+Three answers; where one is no, lmforge takes ATen's path instead, with the same results:
 
 - `onednn_linear`: oneDNN's fused linear (`torch.ops.mkldnn._linear_pointwise`, and
   `_reorder_linear_weight` for blocked weights) is in this torch build and oneDNN is enabled. Without
@@ -90,7 +90,7 @@ def _mkldnn_bf16_supported() -> bool:
 
 
 def _cpu_features() -> dict:
-    get_capabilities = getattr(torch.cpu, "get_capabilities", None)  # torch >= 2.10
+    get_capabilities = getattr(torch.cpu, "get_capabilities", None)  # recent torch; older ones: one private check
     if get_capabilities is not None:
         return dict(get_capabilities())
     is_avx512_bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
@@ -135,11 +135,14 @@ def restricted(caps: CpuCaps, capability: str | None = None, disable_onednn: boo
         lost += ("onednn_linear", "onednn_bf16")
     lost = tuple(f for f in lost if getattr(caps, f))
     reasons = dict(caps.reasons) | {f: f"{f} switched off by {source}" for f in lost}
-    level = caps.capability
-    if capability is not None and not (level in _LEVEL_ORDER
-                                       and _LEVEL_ORDER.index(level) <= _LEVEL_ORDER.index(capability.upper())):
-        level = capability.upper()  # never report a higher level than torch did
+    level = caps.capability  # the simulated level where it is lower than torch's
+    if capability is not None and _rank(capability.upper()) < _rank(level):
+        level = capability.upper()
     return replace(caps, capability=level, reasons=reasons, **{f: False for f in lost})
+
+
+def _rank(level: str) -> int:
+    return _LEVEL_ORDER.index(level) if level in _LEVEL_ORDER else len(_LEVEL_ORDER)  # other ISAs: above
 
 
 def _env_flag(name: str) -> bool:
