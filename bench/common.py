@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib.util
-import platform
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -19,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from lmforge.modeling import cpu_caps
 
 BENCH_DIR = Path(__file__).resolve().parent
 
@@ -80,13 +81,8 @@ def median(values: Sequence[float]) -> float:
 
 
 def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """The CPU as torch reports it, with what lmforge's fast paths can use on it (`cpu_caps`)."""
+    return cpu_caps.get().summary()
 
 
 def environment(threads: int) -> dict[str, str]:

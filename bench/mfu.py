@@ -2,8 +2,9 @@
 
 MFU = model FLOPs of the work done / seconds / peak FLOP/s. Peak is measured in the same run, at
 the benchmark's thread count: for fp32 and bf16, the median FLOP/s of square matmuls of each of
-`--matmul-sizes` (1024 and 2048) through ATen and through oneDNN, the best taken; `run_all.py`
-measures it before and after its benchmarks and keeps the higher (this machine's speed drifts).
+`--matmul-sizes` (1024 and 2048) through ATen and (where `cpu_caps` allows) oneDNN, the best
+taken; `run_all.py` measures it before and after its benchmarks and keeps the higher (this
+machine's speed drifts).
 Small BERT layers' own GEMM shapes can run ~10% faster still on some CPUs, so treat MFU as
 approximate. Model FLOPs count the matmuls a model needs on REAL tokens only (see `encoder_flops`), so the FLOPs an implementation spends on padding,
 or on MLM logits nobody asked for, lower its MFU.
@@ -43,13 +44,13 @@ def matmul_peaks(sizes: Sequence[int] = (1024, 2048), threads: int = 2, repeats:
     set_threads(threads)
     g = torch.Generator().manual_seed(0)
     products = {}
-    for n in sizes:
-        a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
-        for dtype, x, y in [("fp32", a, b), ("bf16", a.bfloat16(), b.bfloat16())]:
-            products[dtype, n, "aten"] = lambda x=x, y=y: x @ y
-            if onednn.AVAILABLE:  # x @ y^T, the layout of a linear layer's weight
-                products[dtype, n, "onednn"] = lambda x=x, y=y: onednn.linear(x, y, None)
     with torch.inference_mode():
+        for n in sizes:
+            a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
+            for dtype, x, y in [("fp32", a, b), ("bf16", a.bfloat16(), b.bfloat16())]:
+                products[dtype, n, "aten"] = lambda x=x, y=y: x @ y
+                if onednn.active(x, y, fp32=True):  # where cpu_caps allows oneDNN in this dtype (no bf16 on AVX2)
+                    products[dtype, n, "onednn"] = lambda x=x, y=y: onednn.linear(x, y, None)  # x @ y^T
         times, _ = interleaved_times(products, repeats=repeats, warmup=1)
     return {dtype: max(2 * key[1] ** 3 / median(t) for key, t in times.items() if key[0] == dtype)
             for dtype in ("fp32", "bf16")}

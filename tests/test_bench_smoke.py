@@ -57,3 +57,27 @@ def test_benchmarks_run_at_smallest_sizes(minilm_path, monkeypatch):
                "sizes": run_all.QUICK}
     table = run_all.summary(results, threads=2, quick=True)
     assert "| metric | lmforge | transformers | ratio |" in table and "MFU inference MiniLM (bf16)" in table
+
+
+def test_benchmarks_run_on_the_aten_fallback(minilm_path, monkeypatch):
+    """Where cpu_caps says oneDNN (or its bf16, as on AVX2) is absent, the oneDNN users among the
+    benchmarks (matmul peaks, lmforge's inference) run on ATen."""
+    pytest.importorskip("transformers")
+    from lmforge.modeling import cpu_caps, onednn
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    for name in ("common", "inference", "mfu"):
+        sys.modules.pop(name, None)
+    import inference
+    import mfu
+
+    calls = []
+    real_linear = onednn.linear
+    monkeypatch.setattr(onednn, "linear", lambda *a, **k: calls.append(1) or real_linear(*a, **k))
+    with cpu_caps.forced(capability="avx2", disable_onednn=True):
+        peaks = mfu.matmul_peaks(sizes=(64,), threads=2, repeats=1)
+        inf = inference.run(n_texts=3, batch_size=2, threads=2, repeats=1)
+    assert calls == []
+    assert set(peaks) == {"fp32", "bf16"} and _positive(peaks.values())
+    assert _positive(inf.texts_per_s.values()) and "lmforge bf16" in inf.texts_per_s
+    assert inf.max_abs_diff <= inference.MAX_ABS_DIFF

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmforge.modeling import losses
+from lmforge.modeling import losses, onednn
 from lmforge.modeling.losses import linear_cross_entropy
 
 
@@ -30,13 +30,22 @@ def reference(hidden, weight, bias, targets):
     return F.cross_entropy(F.linear(hidden, weight, bias), targets)
 
 
+def count_onednn_calls(monkeypatch) -> list:
+    calls = []
+    real_linear = onednn.linear
+    monkeypatch.setattr(onednn, "linear", lambda *a, **k: calls.append(1) or real_linear(*a, **k))
+    return calls
+
+
 @pytest.mark.parametrize("chunk_rows", [1, 8, 10_000])  # many chunks (last one short), one chunk
 @pytest.mark.parametrize("scale", [1.0, 0.25])  # 0.25: a gradient-accumulation step
-def test_loss_and_gradients_equal_cross_entropy(monkeypatch, chunk_rows, scale):
+def test_loss_and_gradients_equal_cross_entropy(monkeypatch, cpu_path, chunk_rows, scale):
     monkeypatch.setattr(losses, "CHUNK_BYTES", chunk_rows * 4 * 50)
     args = inputs()
     ref_loss, ref_grads = loss_and_grads(reference, *args, scale=scale)
+    calls = count_onednn_calls(monkeypatch)
     loss, grads = loss_and_grads(linear_cross_entropy, *args, scale=scale)
+    assert len(calls) == cpu_path.uses("onednn_linear")  # the logits through oneDNN, or ATen's addmm
     torch.testing.assert_close(loss, ref_loss, atol=1e-6, rtol=0)
     for got, want in zip(grads, ref_grads):
         torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
@@ -53,11 +62,13 @@ def test_without_bias_and_frozen_weight():
     assert weight.grad is None
 
 
-def test_bf16_autocast_close_to_fp32():
+def test_bf16_autocast_close_to_fp32(monkeypatch, cpu_path):
     args = inputs(N=64, C=32, V=100)
     ref_loss, ref_grads = loss_and_grads(reference, *args)
+    calls = count_onednn_calls(monkeypatch)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss, grads = loss_and_grads(linear_cross_entropy, *args)
+    assert len(calls) == cpu_path.uses("onednn_bf16")  # AVX2: no oneDNN bf16, ATen's matmul instead
     assert loss.dtype == torch.float32 and all(g.dtype == torch.float32 for g in grads)
     assert abs(loss - ref_loss) < 0.05
     for got, want in zip(grads, ref_grads):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
@@ -109,3 +111,17 @@ def _flatten(value):
             yield from _flatten(v)
     else:
         yield value
+
+
+def test_bf16_on_a_cpu_without_native_bf16_warns_once_and_stays_close_to_fp32(tokenizer, monkeypatch, caplog):
+    from lmforge.modeling import cpu_caps
+
+    monkeypatch.setattr(cpu_caps, "_bf16_warned", False)
+    model = tiny(BertForSequenceClassification, tokenizer, id2label={0: "neg", 1: "pos"})
+    fp32 = pipeline("text-classification", model=model, tokenizer=tokenizer)(TEXTS[:6], top_k=None)
+    with cpu_caps.forced(capability="avx2"), caplog.at_level(logging.WARNING, logger="lmforge"):
+        for _ in range(2):
+            bf16 = pipeline("text-classification", model=model, tokenizer=tokenizer, bf16=True)(TEXTS[:6], top_k=None)
+    assert len([r for r in caplog.records if "slower than fp32" in r.getMessage()]) == 1
+    for want, got in zip(fp32, bf16):
+        assert got[0]["score"] == pytest.approx(want[0]["score"], abs=0.02)

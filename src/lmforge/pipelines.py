@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from .auto import AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoModelForTokenClassification
-from .modeling import onednn
+from .modeling import cpu_caps, onednn
 from .tokenization import AutoTokenizer
 
 
@@ -51,6 +51,8 @@ class Pipeline:
         self.batch_size = batch_size
         self.max_length = max_length or min(tokenizer.model_max_length, model.config.max_position_embeddings)
         self.bf16 = bf16
+        if bf16:
+            cpu_caps.warn_if_bf16_slow(self.device)
 
     @property
     def device(self) -> torch.device:

@@ -43,7 +43,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
         h, w = hidden.to(dtype), weight.to(dtype)
         b = bias.to(dtype) if bias is not None else None
         # No autograd in here, so oneDNN's matmul can serve on CPU: for (600 x 256) @ (256 x 30522) it
-        # runs ~1.6x faster than ATen's addmm (which sits near 80 GFLOP/s on this shape).
+        # runs ~1.6x faster than ATen's addmm (which sits near 80 GFLOP/s on this shape). `active` asks
+        # cpu_caps: ATen where oneDNN (or, for bf16, oneDNN bf16: not on AVX2) is unavailable.
         logits = onednn.linear(h, w, b) if onednn.active(h, w, fp32=True) else F.linear(h, w, b)  # (N, V)
         grad_logits = logits if logits.dtype == torch.float32 else torch.empty_like(logits, dtype=torch.float32)
         loss = hidden.new_zeros((), dtype=torch.float32)

@@ -7,7 +7,9 @@ applies the GELU to the accumulators in the same kernel (before any rounding to 
 matmul primitive is also 3-15% faster than ATen's for these shapes (measured for M = 600..3000
 tokens, K/N = 384/1536). fp32 results are fp32 matmuls too, only summed in another order
 (~1e-6 relative). The op is `torch.ops.mkldnn._linear_pointwise` (what `torch.compile` emits for
-CPU linears); when it is missing, or with autograd on, everything runs the plain ATen way.
+CPU linears); where `cpu_caps` says it is missing (or bf16 is asked for and oneDNN cannot run bf16
+on this CPU, e.g. AVX2), or with autograd on, everything runs the plain ATen way (same results, up
+to summation order).
 
 Under bf16 autocast the weights are cast to bf16 on every call (as autocast itself does under
 `inference_mode`), except inside `frozen_weights()`: a block whose caller promises not to change the
@@ -28,21 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import cpu_caps
+
 # hidden_act -> (oneDNN post-op, its algorithm, the same function in torch for the ATen path).
 # Exact-erf GELU only: the approximations differ.
 FUSED_ACTIVATIONS = {"gelu": ("gelu", "none", F.gelu), "relu": ("relu", "", F.relu)}
-
-
-def _linear_pointwise_available() -> bool:
-    try:
-        ops = torch.ops.mkldnn
-        return torch.backends.mkldnn.is_available() and all(
-            hasattr(ops, name) for name in ("_linear_pointwise", "_reorder_linear_weight"))
-    except (AttributeError, RuntimeError):
-        return False
-
-
-AVAILABLE = _linear_pointwise_available()
 
 
 def _bf16_autocast() -> bool:
@@ -51,18 +43,23 @@ def _bf16_autocast() -> bool:
 
 def compute_dtype(x: Tensor, weight: Tensor, fp32: bool) -> torch.dtype | None:
     """The dtype the oneDNN path computes `x @ weight^T` in, or None where it does not apply: it needs
-    a CPU, no autograd, and bf16 autocast, or no autocast with bf16 (or, if `fp32`, fp32) activations
-    and weights alike. `fp32=False` keeps fp32 on ATen's matmul, whose summation order transformers
-    shares: lmforge's padded "sdpa" mode stays identical to transformers at every position (its
+    a CPU, no autograd, oneDNN's linear (`cpu_caps`), and bf16 autocast, or no autocast with bf16 (or,
+    if `fp32`, fp32) activations and weights alike; bf16 also needs oneDNN bf16 on this CPU (not on
+    AVX2). `fp32=False` keeps fp32 on ATen's matmul, whose summation order transformers shares: lmforge's padded "sdpa" mode stays identical to transformers at every position (its
     padding rows are ill-conditioned: oneDNN's order moves them by up to ~1e-4 on MiniLM, and real
     tokens by ~5e-6)."""
-    if not (AVAILABLE and x.device.type == "cpu" and not torch.is_grad_enabled()):
+    if x.device.type != "cpu" or torch.is_grad_enabled():
+        return None
+    caps = cpu_caps.get()
+    if not caps.onednn_linear:
         return None
     if torch.is_autocast_enabled("cpu"):
-        return torch.bfloat16 if _bf16_autocast() else None
+        return torch.bfloat16 if _bf16_autocast() and caps.onednn_bf16 else None
     if x.dtype != weight.dtype:
         return None
-    return x.dtype if x.dtype == torch.bfloat16 or (fp32 and x.dtype == torch.float32) else None
+    if x.dtype == torch.bfloat16:
+        return x.dtype if caps.onednn_bf16 else None
+    return x.dtype if fp32 and x.dtype == torch.float32 else None
 
 
 def active(x: Tensor, weight: Tensor, fp32: bool) -> bool:

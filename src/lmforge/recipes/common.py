@@ -120,14 +120,10 @@ def cache_root() -> Path:
 
 
 def fast_bf16_available() -> bool:
-    """bf16 matmuls are native here: a GPU, or a CPU with AVX-512 BF16 / AMX (else bf16 is emulated
-    and slower than fp32)."""
+    """bf16 matmuls are native here: a GPU, or a CPU with native bf16 as `cpu_caps` probes it (AVX-512
+    BF16 / AMX; else bf16 is emulated and slower than fp32)."""
     import torch
 
-    if torch.cuda.is_available():
-        return True
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    from ..modeling import cpu_caps
+
+    return torch.cuda.is_available() or cpu_caps.get().native_bf16

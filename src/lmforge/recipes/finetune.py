@@ -49,7 +49,7 @@ from typing import Any
 
 import torch
 
-from ..modeling import onednn
+from ..modeling import cpu_caps, onednn
 from .common import option
 
 TASKS = ("single_label", "multi_label", "regression", "token_classification")
@@ -388,6 +388,8 @@ def run_model(model, features: Sequence[dict[str, Any]], batch_size: int, pad_to
     outputs: list[torch.Tensor] = [torch.empty(0)] * len(features)
     loss_sum, counted = 0.0, 0
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    if bf16:
+        cpu_caps.warn_if_bf16_slow(device)
     with onednn.frozen_weights():  # the weights do not change while scoring: prepare them once
         for indices in length_sorted_batches([len(f["input_ids"]) for f in features], batch_size):
             batch = pad_collate([features[i] for i in indices], pad_token_id)

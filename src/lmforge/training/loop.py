@@ -40,6 +40,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..modeling import cpu_caps
 from .optim import build_optimizer, build_scheduler
 from .state import (
     CHECKPOINTS_DIR,
@@ -344,6 +345,8 @@ def train(
     accum = args.grad_accum_steps
     max_norm = args.max_grad_norm if args.max_grad_norm > 0 else float("inf")
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=args.bf16)
+    if args.bf16:
+        cpu_caps.warn_if_bf16_slow(device)
     # Per step: [loss, tokens, out of time, *loss parts], all-reduced once across ranks (so all
     # ranks agree on the loss check and on stopping for max_time).
     n_stats = 3 + len(LOSS_PARTS)
