@@ -56,9 +56,11 @@ def attention_reference(
     return context, probs
 
 
-# "sdpa": padded batches, HF-identical outputs everywhere (padding positions included).
-# "unpadded": padding dropped before the layers; equal outputs at real tokens, zeros at padding.
-ATTN_IMPLEMENTATIONS = ("sdpa", "unpadded")
+# "unpadded" (the default): padding dropped before the layers; outputs equal transformers' at real
+#   tokens (fp32, within 1e-5) and are zero at padding positions.
+# "sdpa": padded batches, transformers-identical outputs everywhere (padding positions included).
+ATTN_IMPLEMENTATIONS = ("unpadded", "sdpa")
+DEFAULT_ATTN_IMPLEMENTATION = "unpadded"
 
 
 class BertSelfAttention(nn.Module):
@@ -112,14 +114,15 @@ class BertSelfAttention(nn.Module):
     def forward_packed(self, x: Tensor, packing: Packing) -> Tensor:
         """x: (N, C), the real tokens of a padded batch. Projections run on the N tokens only.
 
-        For CPU inference, attention runs one sequence at a time on the packed tokens
-        (`varlen_attention`). Otherwise it runs on a re-padded (B, T) view: on a GPU one fused SDPA
-        kernel beats a loop of small launches, and in CPU training the loop's backward (32 small
-        graphs per batch) is ~3% slower than the padded math on length-sorted or short batches.
+        On a CPU outside training (no autograd, or eval mode: `model(**batch)` without `no_grad`),
+        attention runs one sequence at a time on the packed tokens (`varlen_attention`). In training
+        it runs on a re-padded (B, T) view, as on a GPU: there one fused SDPA kernel beats a loop of
+        small launches, and in CPU training the loop's backward (32 small graphs per batch) is ~3%
+        slower than the padded math on length-sorted or short batches.
         """
         qkv = self._qkv(x, packed=True)  # (N, 3C)
         dropout_p = self.dropout_p if self.training else 0.0
-        if x.device.type == "cpu" and not torch.is_grad_enabled():
+        if x.device.type == "cpu" and not (self.training and torch.is_grad_enabled()):
             return varlen_attention(qkv, packing.lengths, self.num_heads, dropout_p, self.training)  # (N, C)
         context, _ = self._attend(packing.pad(qkv), packing.additive_mask, False)  # (B, T, C)
         return packing.unpad(context)  # (N, C)
