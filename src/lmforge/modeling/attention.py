@@ -84,6 +84,8 @@ class BertSelfAttention(nn.Module):
         if dtype is not None:  # oneDNN; concatenation (and bf16 cast) made once per `frozen_weights()` block
             weight, bias = onednn.prepared(self, dtype, self._fused_qkv_params)
             return onednn.linear(x, weight, bias)  # (..., 3C)
+        if onednn.eval_with_grad(x, self.query.weight, self.training, fp32=packed):
+            return onednn.linear_with_grad(x, *self._fused_qkv_params())  # (..., 3C)
         return F.linear(x, *self._fused_qkv_params())  # (..., 3C)
 
     def _fused_qkv_params(self) -> tuple[Tensor, Tensor]:

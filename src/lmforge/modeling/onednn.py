@@ -112,10 +112,57 @@ def weights_in(dtype: torch.dtype, weight: Tensor, bias: Tensor | None) -> tuple
 
 
 def linear_module(x: Tensor, module: nn.Linear, fp32: bool, activation: str | None = None) -> Tensor:
-    """`activation(module(x))`, through oneDNN where `active(x, module.weight, fp32)`, else through
-    ATen. Weights prepared (cast, blocked) once per `frozen_weights()` block."""
+    """`activation(module(x))`, through oneDNN where `active(x, module.weight, fp32)` (or, with autograd
+    on, `eval_with_grad`), else through ATen. Weights prepared (cast, blocked) once per
+    `frozen_weights()` block."""
     dtype = compute_dtype(x, module.weight, fp32)
     if dtype is None:
+        if eval_with_grad(x, module.weight, module.training, fp32):
+            return linear_with_grad(x, module.weight, module.bias, activation)
         return FUSED_ACTIVATIONS[activation][2](module(x)) if activation else module(x)
     weight, bias = prepared(module, dtype, lambda: (module.weight, module.bias))
     return linear(x, weight, bias, activation)
+
+
+# ------------------------------------------------------------------------ autograd on, eval mode
+# `outputs = model(**inputs)` without `torch.no_grad()` (the usual transformers example) runs with autograd
+# on; the model is in eval mode. There the fp32 forward takes the same oneDNN matmuls (GELU fused) as
+# without autograd (ATen's matmul + separate GELU cost ~35% more on MiniLM), and a backward, if one runs,
+# is ATen's. Training (train mode) keeps ATen throughout: its backward would pay the recomputation below.
+
+
+def eval_with_grad(x: Tensor, weight: Tensor, training: bool, fp32: bool) -> bool:
+    """Whether `x @ weight^T` runs through `linear_with_grad`: autograd on, a module in eval mode, fp32
+    packed activations (`fp32`, as in `compute_dtype`) on a CPU, no autocast."""
+    return (AVAILABLE and fp32 and not training and torch.is_grad_enabled() and x.device.type == "cpu"
+            and not torch.is_autocast_enabled("cpu") and x.dtype == weight.dtype == torch.float32)
+
+
+def linear_with_grad(x: Tensor, weight: Tensor, bias: Tensor | None, activation: str | None = None) -> Tensor:
+    """`activation(F.linear(x, weight, bias))` with a oneDNN forward and an ATen backward (see `_Linear`)."""
+    return _Linear.apply(x, weight, bias, activation)
+
+
+class _Linear(torch.autograd.Function):
+    """oneDNN's fused matmul + activation forward; the backward is written out in ATen. oneDNN never returns
+    the pre-activation, so with an activation the backward recomputes it (one matmul more, paid only if a
+    backward runs) instead of the forward keeping an (N, I) tensor for it."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, activation: str | None) -> Tensor:
+        ctx.save_for_backward(x, weight, bias)
+        ctx.activation = activation
+        return linear(x, weight, bias, activation)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, weight, bias = ctx.saved_tensors
+        if ctx.activation is not None:
+            with torch.enable_grad():
+                pre = F.linear(x, weight, bias).detach().requires_grad_()  # (..., out)
+                (grad,) = torch.autograd.grad(FUSED_ACTIVATIONS[ctx.activation][2](pre), pre, grad)
+        flat = grad.reshape(-1, grad.size(-1))  # (M, out)
+        grad_x = grad @ weight if ctx.needs_input_grad[0] else None  # (..., in)
+        grad_weight = flat.T @ x.reshape(-1, x.size(-1)) if ctx.needs_input_grad[1] else None  # (out, in)
+        grad_bias = flat.sum(0) if bias is not None and ctx.needs_input_grad[2] else None  # (out,)
+        return grad_x, grad_weight, grad_bias, None
