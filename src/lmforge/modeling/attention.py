@@ -9,8 +9,9 @@ Dimension legend (used in every shape comment of lmforge's modeling code):
     Attention(Q, K, V) = softmax(Q K^T / sqrt(D) + mask) V
 
 `attention_reference` is the formula written out; the model runs
-`torch.nn.functional.scaled_dot_product_attention` (fused kernels) unless attention probabilities
-are requested, and the tests check the two agree.
+`torch.nn.functional.scaled_dot_product_attention` (fused kernels) on padded batches, or
+`varlen_attention` on the packed real tokens (the default "unpadded" mode, CPU outside training), and
+the written-out formula when attention probabilities are requested; the tests check they agree.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ applies the GELU to the accumulators in the same kernel (before any rounding to 
 matmul primitive is also 3-15% faster than ATen's for these shapes (measured for M = 600..3000
 tokens, K/N = 384/1536). fp32 results are fp32 matmuls too, only summed in another order
 (~1e-6 relative). The op is `torch.ops.mkldnn._linear_pointwise` (what `torch.compile` emits for
-CPU linears); when it is missing, or with autograd on, everything runs the plain ATen way.
+CPU linears); when it is missing, or with autograd on, everything runs the plain ATen way (except
+eval-mode fp32 packed activations: `eval_with_grad`, at the end).
 
 Under bf16 autocast the weights are cast to bf16 on every call (as autocast itself does under
 `inference_mode`), except inside `frozen_weights()`: a block whose caller promises not to change the
