@@ -7,9 +7,15 @@ mean-pooled over real tokens) and returns a (texts, 384) tensor in the caller's 
 
 * transformers: `AutoModel(attn_implementation="sdpa")`, batches in the given order, each padded
   to its longest text (the fraction of real tokens is printed).
-* lmforge: `set_attn_implementation("unpadded")` (padding dropped before the layers) and
+* lmforge: the default model (attention "unpadded": padding dropped before the layers) on
   length-sorted batches (`lmforge.pipelines.length_sorted_batches`); results are put back in order;
   like lmforge's pipelines it runs inside `onednn.frozen_weights()` (weights cast/blocked once).
+* lmforge, seed code: the program a transformers user copies, with only the import changed:
+  `AutoModel.from_pretrained(path)` with no other option, batches from `tokenizer(texts, padding=True,
+  return_tensors="pt")` in the given order (the same batches transformers gets), `model(**batch)`, fp32,
+  no `frozen_weights()`. Timed under `torch.inference_mode()` like the transformers row, and (`--autograd`)
+  with autograd on, as the seed example runs (`outputs = model(**inputs)`, no `no_grad`), against
+  transformers run the same way.
 
 Tokenization happens once, before timing, for both. Variants run round-robin (`--repeats` rounds
 after a warm-up on two batches each) and report the median seq/s: fp32, and under
@@ -18,7 +24,7 @@ transformers fp32 (what a transformers user runs by default) and against transfo
 dtype. The warm-up round also checks the outputs: lmforge fp32 last hidden states at real tokens
 must lie within 1e-4 of transformers'.
 
-    python bench/inference.py [--texts 512] [--repeats 3] [--compile] [--ablation]
+    python bench/inference.py [--texts 512] [--repeats 3] [--compile] [--ablation] [--autograd]
 
 `--compile` adds `torch.compile(dynamic=True)` variants of lmforge (compile time is excluded and
 printed); `--ablation` adds transformers on length-sorted batches and lmforge padded ("sdpa") on
@@ -105,6 +111,21 @@ def embed(model, batches: Batches, n: int, bf16: bool = False) -> torch.Tensor:
     return out
 
 
+def seed_program(model, batches: Batches, n: int, autograd: bool = False) -> torch.Tensor:
+    """The seed example's `model(**batch)` on each batch (autograd on or not), then the same pooling as `embed`."""
+    out = None
+    with torch.inference_mode(not autograd):
+        for index, inputs in batches:
+            hidden = model(**inputs).last_hidden_state  # (B, T, C)
+            with torch.no_grad():
+                mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+                pooled = (hidden * mask).sum(1) / mask.sum(1)  # (B, C)
+                if out is None:
+                    out = pooled.new_empty(n, pooled.size(-1))
+                out[index] = pooled
+    return out
+
+
 def hidden_at_real_tokens(model, batches: Batches, n: int) -> list[torch.Tensor]:
     """fp32 last hidden states of each text at its real tokens, (T_i, C), in the texts' order."""
     out: list[torch.Tensor] = [torch.empty(0)] * n
@@ -122,8 +143,7 @@ def load_models(path):
     import lmforge
 
     theirs = transformers.AutoModel.from_pretrained(path, attn_implementation="sdpa").eval()
-    ours = lmforge.AutoModel.from_pretrained(path).eval()
-    ours.set_attn_implementation("unpadded")
+    ours = lmforge.AutoModel.from_pretrained(path)  # the default: "unpadded", eval mode
     return theirs, ours
 
 
@@ -142,6 +162,7 @@ class InferenceResult:
     real_token_fraction: float  # of transformers' batches (given order, padded to the longest)
     sorted_real_token_fraction: float  # of lmforge's length-sorted batches (before unpadding)
     max_abs_diff: float  # lmforge vs transformers, fp32 last hidden states at real tokens
+    max_abs_diff_seed: float  # the same for the seed code (default model, transformers' batches)
     min_cosine_bf16: float  # lmforge bf16 vs transformers fp32 pooled embeddings, worst text
     lengths: list[int]  # tokens of each text (special tokens included)
     padded_lengths: list[int]  # length each text is padded to in transformers' batches
@@ -150,12 +171,15 @@ class InferenceResult:
 
 
 def run(n_texts: int = 512, batch_size: int = 32, threads: int = 2, repeats: int = 3, bf16: bool = True,
-        compile: bool = False, ablation: bool = False, seed: int = 0) -> InferenceResult:
+        compile: bool = False, ablation: bool = False, autograd: bool = False, seed: int = 0) -> InferenceResult:
+    import lmforge
+
     set_threads(threads)
     path = minilm_path()
     texts = build_texts(n_texts, seed=seed)
     hf_tok, lf_tok = load_tokenizers(path)
     theirs, ours = load_models(path)
+    seed_model = lmforge.AutoModel.from_pretrained(path)  # untouched by the variants below
 
     lengths = [len(ids) for ids in lf_tok(texts, truncation=True, max_length=512)["input_ids"]]
     hf_lengths = [len(ids) for ids in hf_tok(texts, truncation=True, max_length=512)["input_ids"]]
@@ -164,11 +188,14 @@ def run(n_texts: int = 512, batch_size: int = 32, threads: int = 2, repeats: int
 
     hf_batches = make_batches(hf_tok, texts, in_order(n_texts, batch_size))
     lf_batches = make_batches(lf_tok, texts, length_sorted_batches(lengths, batch_size))
+    lf_given = make_batches(lf_tok, texts, in_order(n_texts, batch_size))  # the seed code's batches
 
     # Outputs first (also the first warm-up of both models).
     ref = hidden_at_real_tokens(theirs, hf_batches, n_texts)
     got = hidden_at_real_tokens(ours, lf_batches, n_texts)
     max_abs_diff = max(float((a - b).abs().max()) for a, b in zip(ref, got))
+    got_seed = hidden_at_real_tokens(seed_model, lf_given, n_texts)
+    max_abs_diff_seed = max(float((a - b).abs().max()) for a, b in zip(ref, got_seed))
 
     def variant(model, batches: Batches, use_bf16: bool = False, attn: str = "unpadded"):
         """(full run, warm-up on the first two batches); sets lmforge's attention path first."""
@@ -180,10 +207,18 @@ def run(n_texts: int = 512, batch_size: int = 32, threads: int = 2, repeats: int
 
         return (lambda: call(batches)), (lambda: call(batches[:2]))
 
+    def seed_variant(model, batches: Batches, autograd: bool = False):
+        return ((lambda: seed_program(model, batches, n_texts, autograd)),
+                (lambda: seed_program(model, batches[:2], n_texts, autograd)))
+
     variants = {
         "transformers fp32": variant(theirs, hf_batches),
         "lmforge fp32": variant(ours, lf_batches),
+        "lmforge fp32, seed code": seed_variant(seed_model, lf_given),
     }
+    if autograd:
+        variants["transformers fp32, autograd on"] = seed_variant(theirs, hf_batches, autograd=True)
+        variants["lmforge fp32, seed code, autograd on"] = seed_variant(seed_model, lf_given, autograd=True)
     if bf16:
         variants["transformers bf16"] = variant(theirs, hf_batches, use_bf16=True)
         variants["lmforge bf16"] = variant(ours, lf_batches, use_bf16=True)
@@ -198,7 +233,6 @@ def run(n_texts: int = 512, batch_size: int = 32, threads: int = 2, repeats: int
         variants.update(compiled_variants)
     if ablation:
         hf_sorted = make_batches(hf_tok, texts, length_sorted_batches(lengths, batch_size))
-        lf_given = make_batches(lf_tok, texts, in_order(n_texts, batch_size))
         variants["transformers fp32, length-sorted batches"] = variant(theirs, hf_sorted)
         variants["lmforge fp32, padded (sdpa), given order"] = variant(ours, lf_given, attn="sdpa")
 
@@ -215,6 +249,7 @@ def run(n_texts: int = 512, batch_size: int = 32, threads: int = 2, repeats: int
         real_token_fraction=real_token_fraction(hf_batches),
         sorted_real_token_fraction=real_token_fraction(lf_batches),
         max_abs_diff=max_abs_diff,
+        max_abs_diff_seed=max_abs_diff_seed,
         min_cosine_bf16=min_cos,
         lengths=lengths,
         padded_lengths=[int(b["attention_mask"].size(1)) for index, b in hf_batches for _ in index],
@@ -223,22 +258,31 @@ def run(n_texts: int = 512, batch_size: int = 32, threads: int = 2, repeats: int
     )
 
 
+def same_kind_baseline(name: str) -> str:
+    """The transformers variant a row is compared with in the "same dtype" column."""
+    if "autograd on" in name:
+        return "transformers fp32, autograd on"
+    return "transformers bf16" if "bf16" in name else "transformers fp32"
+
+
 def report(result: InferenceResult, threads: int) -> str:
     base = result.texts_per_s["transformers fp32"]
     rows = []
     for name, value in result.texts_per_s.items():
-        same = "transformers bf16" if "bf16" in name else "transformers fp32"
-        rows.append([name, fmt(value), fmt_ratio(value, base), fmt_ratio(value, result.texts_per_s[same])])
+        same = result.texts_per_s[same_kind_baseline(name)]
+        rows.append([name, fmt(value), fmt_ratio(value, base), fmt_ratio(value, same)])
     lines = [
         f"MiniLM-L6 inference, {len(result.lengths)} texts "
         f"({min(result.lengths)}..{max(result.lengths)} tokens), {describe(threads)}",
-        markdown_table(["variant", "seq/s", "vs transformers fp32", "vs transformers, same dtype"], rows),
+        markdown_table(["variant", "seq/s", "vs transformers fp32", "vs transformers, same dtype/mode"], rows),
         f"real tokens in transformers' batches (given order): {result.real_token_fraction:.1%}; "
         f"in lmforge's length-sorted batches before unpadding: {result.sorted_real_token_fraction:.1%}",
         f"transformers' padded batches cost {padding_flops_ratio(result):.2f}x the model FLOPs of the real "
         "tokens: the fp32 ratio's ceiling if both ran their matmuls equally fast",
         f"max |lmforge - transformers| of fp32 last hidden states at real tokens: {result.max_abs_diff:.2e} "
-        f"({'OK' if result.max_abs_diff <= MAX_ABS_DIFF else 'FAIL'}, limit {MAX_ABS_DIFF:g})",
+        f"({'OK' if result.max_abs_diff <= MAX_ABS_DIFF else 'FAIL'}, limit {MAX_ABS_DIFF:g}); "
+        f"seed code (default model, transformers' batches): {result.max_abs_diff_seed:.2e} "
+        f"({'OK' if result.max_abs_diff_seed <= MAX_ABS_DIFF else 'FAIL'})",
     ]
     if result.min_cosine_bf16 == result.min_cosine_bf16:
         lines.append("lmforge bf16 vs transformers fp32 embeddings: min cosine similarity "
@@ -262,12 +306,14 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="add torch.compile variants of lmforge")
     parser.add_argument("--ablation", action="store_true",
                         help="add transformers on sorted batches and lmforge padded on the given order")
+    parser.add_argument("--autograd", action="store_true",
+                        help="add the seed code with autograd on (no no_grad), and transformers run the same way")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     result = run(args.texts, args.batch_size, args.threads, args.repeats, bf16=not args.no_bf16,
-                 compile=args.compile, ablation=args.ablation, seed=args.seed)
+                 compile=args.compile, ablation=args.ablation, autograd=args.autograd, seed=args.seed)
     print(report(result, args.threads))
-    if result.max_abs_diff > MAX_ABS_DIFF:
+    if max(result.max_abs_diff, result.max_abs_diff_seed) > MAX_ABS_DIFF:
         raise SystemExit(1)
 
 

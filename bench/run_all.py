@@ -83,7 +83,9 @@ def summary(results: dict, threads: int, quick: bool) -> str:
     def row(metric, ours, theirs, digits=1):
         return [metric, fmt(ours, digits), fmt(theirs, digits), fmt_ratio(ours, theirs)]
 
-    rows = [row("inference MiniLM fp32, seq/s", ips["lmforge fp32"], ips["transformers fp32"])]
+    rows = [row("inference MiniLM fp32, seq/s", ips["lmforge fp32"], ips["transformers fp32"]),
+            row("inference MiniLM fp32, seed code (default model, given order), seq/s",
+                ips["lmforge fp32, seed code"], ips["transformers fp32"])]
     if "lmforge bf16" in ips:
         rows += [
             row("inference MiniLM bf16 autocast, seq/s", ips["lmforge bf16"], ips["transformers bf16"]),

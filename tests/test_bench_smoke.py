@@ -38,8 +38,9 @@ def test_benchmarks_run_at_smallest_sizes(minilm_path, monkeypatch):
 
     inf = inference.run(n_texts=3, batch_size=2, threads=2, repeats=1)
     assert _positive(inf.texts_per_s.values())
-    assert set(inf.texts_per_s) >= {"lmforge fp32", "transformers bf16"}
+    assert set(inf.texts_per_s) >= {"lmforge fp32", "lmforge fp32, seed code", "transformers bf16"}
     assert inf.max_abs_diff <= inference.MAX_ABS_DIFF and 0 < inf.real_token_fraction <= 1
+    assert inf.max_abs_diff_seed <= 1e-5  # the seed code: transformers' outputs at real tokens
 
     pre = pretrain_throughput.run(steps=1, warmup=0, threads=2, batch_size=2, seq_len=16)
     assert _positive(pre.tokens_per_s.values())
@@ -57,6 +58,7 @@ def test_benchmarks_run_at_smallest_sizes(minilm_path, monkeypatch):
                "sizes": run_all.QUICK}
     table = run_all.summary(results, threads=2, quick=True)
     assert "| metric | lmforge | transformers | ratio |" in table and "MFU inference MiniLM (bf16)" in table
+    assert "seed code (default model, given order)" in table
 
 
 def test_benchmarks_run_on_the_aten_fallback(minilm_path, monkeypatch):

@@ -115,7 +115,20 @@ def output_names(head: str) -> list[str]:
     return ["loss", "logits", "hidden_states", "attentions"]
 
 
-def run_both(head, hf_model, our_model, config, variant="", output_attentions=True):
+# Outputs with one row per token: on lmforge's default ("unpadded") path they equal transformers' at real
+# tokens only (padding positions hold zeros there).
+PER_TOKEN = {"last_hidden_state", "hidden_states", "prediction_logits", "start_logits", "end_logits"}
+
+
+def at_real_tokens(output, name: str, head: str, attention_mask: torch.Tensor):
+    real = attention_mask.reshape(-1, attention_mask.size(-1)).bool()  # (B, T); (B*K, T) for multiple choice
+    per_token = name in PER_TOKEN or (name == "logits" and head in ("BertForMaskedLM", "BertForTokenClassification"))
+    if not per_token:
+        return output
+    return tuple(x[real] for x in output) if isinstance(output, tuple) else output[real]
+
+
+def run_both(head, hf_model, our_model, config, variant="", output_attentions=True, real_tokens_only=False):
     batch = make_batch(head, config)
     labels = labels_for(head, config, batch, variant)
     kwargs = dict(output_hidden_states=True, output_attentions=output_attentions)
@@ -127,12 +140,22 @@ def run_both(head, hf_model, our_model, config, variant="", output_attentions=Tr
         names = [n for n in names if n != "attentions"]
     if not labels:
         names = [n for n in names if n != "loss"]
+    if real_tokens_only:
+        mask = batch["attention_mask"]
+        for name in names:
+            a = at_real_tokens(getattr(mine, name), name, head, mask)
+            b = at_real_tokens(getattr(theirs, name), name, head, mask)
+            for i, (x, y) in enumerate(zip(a, b) if isinstance(b, tuple) else [(a, b)]):
+                torch.testing.assert_close(x, y, atol=ATOL, rtol=0, msg=f"{name}[{i}]")
+        return mine
     assert_outputs_close(mine, theirs, names)
+    return mine
 
 
 @pytest.mark.parametrize("config_name", list(CONFIGS))
 @pytest.mark.parametrize("head", HEADS)
 def test_transformers_checkpoint_loads_with_equal_outputs(tmp_path, head, config_name):
+    """Default model; output_attentions=True runs it padded, so every position matches."""
     torch.manual_seed(0)
     config = hf_config(config_name, num_labels=labels_count(head), attn_implementation="eager")
     hf_model = getattr(transformers, head)(config).eval()
@@ -147,8 +170,24 @@ def test_sdpa_path_matches_transformers_sdpa(tmp_path, head):
     config = hf_config("gelu-tt2", num_labels=labels_count(head), attn_implementation="sdpa")
     hf_model = getattr(transformers, head)(config).eval()
     hf_model.save_pretrained(tmp_path)
-    our_model = getattr(ours, head).from_pretrained(tmp_path)
+    our_model = getattr(ours, head).from_pretrained(tmp_path, attn_implementation="sdpa")
     run_both(head, hf_model, our_model, config, output_attentions=False)
+
+
+@pytest.mark.parametrize("config_name", ["gelu-tt2", "relu-tt1"])
+@pytest.mark.parametrize("head", HEADS)
+def test_default_path_matches_transformers_at_real_tokens(tmp_path, head, config_name):
+    """from_pretrained's default ("unpadded", except QA): losses, pooled/sequence logits and every per-token
+    output at real tokens equal transformers'; padding positions hold zeros."""
+    torch.manual_seed(0)
+    config = hf_config(config_name, num_labels=labels_count(head), attn_implementation="sdpa")
+    hf_model = getattr(transformers, head)(config).eval()
+    hf_model.save_pretrained(tmp_path)
+    our_model = getattr(ours, head).from_pretrained(tmp_path)
+    mine = run_both(head, hf_model, our_model, config, output_attentions=False, real_tokens_only=True)
+    if head != "BertForQuestionAnswering":  # QA runs padded (its loss is a softmax over padding too)
+        pad = make_batch(head, config)["attention_mask"].reshape(-1, 12) == 0
+        assert mine.hidden_states[-1][pad].abs().max() == 0
 
 
 @pytest.mark.parametrize("config_name", ["gelu-tt2", "relu-tt1"])

@@ -60,7 +60,10 @@ def test_auto_config_rejects_unknown_model_type_listing_supported(tmp_path):
 def test_auto_config_uses_architectures_without_model_type(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["BertForMaskedLM"], "hidden_size": 64,
                                                       "num_attention_heads": 2}))
-    assert isinstance(AutoConfig.from_pretrained(tmp_path), BertConfig)
+    config = AutoConfig.from_pretrained(tmp_path)
+    assert isinstance(config, BertConfig) and config.model_type == "bert"
+    assert (config.hidden_size, config.num_attention_heads) == (64, 2)  # the file's values, not the defaults
+    assert config.architectures == ["BertForMaskedLM"]
 
 
 def test_invalid_json_reports_line(tmp_path):

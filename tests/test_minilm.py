@@ -1,4 +1,5 @@
-"""The real all-MiniLM-L6-v2 checkpoint: lmforge equals transformers on a padded batch."""
+"""The real all-MiniLM-L6-v2 checkpoint: lmforge equals transformers on a padded batch (at real tokens by default,
+everywhere with attn_implementation="sdpa")."""
 
 from __future__ import annotations
 
@@ -31,15 +32,32 @@ SENTENCES = [
 
 
 def test_minilm_last_hidden_state_matches_transformers(minilm_path):
+    """attn_implementation="sdpa": transformers-identical at every position, padding included."""
     hf_tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_path)
     batch = hf_tokenizer(SENTENCES, padding=True, return_tensors="pt")
     assert batch["attention_mask"].float().mean() < 0.8  # really padded
     hf_model = transformers.AutoModel.from_pretrained(minilm_path).eval()
-    ours = lmforge.AutoModel.from_pretrained(minilm_path)
+    ours = lmforge.AutoModel.from_pretrained(minilm_path, attn_implementation="sdpa")
     with torch.no_grad():
         expected = hf_model(**batch).last_hidden_state
         got = ours(**batch).last_hidden_state
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "autograd"])
+def test_minilm_default_matches_transformers_at_real_tokens(minilm_path, grad):
+    """The seed program's path (default model, padded batch, with or without no_grad): equal at real tokens,
+    zeros at padding."""
+    batch = transformers.AutoTokenizer.from_pretrained(minilm_path)(SENTENCES, padding=True, return_tensors="pt")
+    hf_model = transformers.AutoModel.from_pretrained(minilm_path).eval()
+    ours = lmforge.AutoModel.from_pretrained(minilm_path)
+    real = batch["attention_mask"].bool()
+    with torch.set_grad_enabled(grad):
+        expected = hf_model(**batch)
+        got = ours(**batch)
+    torch.testing.assert_close(got.last_hidden_state[real], expected.last_hidden_state[real], atol=1e-5, rtol=0)
+    torch.testing.assert_close(got.pooler_output, expected.pooler_output, atol=1e-5, rtol=0)
+    assert got.last_hidden_state[~real].abs().max() == 0
 
 
 def test_minilm_tokenizer_matches_transformers(minilm_path):
@@ -51,9 +69,32 @@ def test_minilm_tokenizer_matches_transformers(minilm_path):
         assert mine[key] == theirs[key], key
 
 
-def test_seed_example_runs_on_minilm(minilm_path):
-    model = lmforge.AutoModelForSequenceClassification.from_pretrained(minilm_path)
+def seed_classifier_pair(minilm_path):
+    """lmforge's and transformers' MiniLM classifiers; the new (random) head is copied from ours to theirs."""
+    torch.manual_seed(0)  # the new head's init
+    ours = lmforge.AutoModelForSequenceClassification.from_pretrained(minilm_path)
+    theirs = transformers.AutoModelForSequenceClassification.from_pretrained(minilm_path).eval()
+    theirs.classifier.load_state_dict(ours.classifier.state_dict())
+    return ours, theirs
+
+
+def test_seed_example_matches_transformers_on_minilm(minilm_path):
+    """The seed program verbatim (one text, no no_grad) gives transformers' logits for the same weights."""
+    model, theirs = seed_classifier_pair(minilm_path)
     tokenizer = lmforge.AutoTokenizer.from_pretrained(minilm_path)
     outputs = model(**tokenizer("This is a great movie!", return_tensors="pt"))
+    expected = theirs(**transformers.AutoTokenizer.from_pretrained(minilm_path)("This is a great movie!",
+                                                                            return_tensors="pt"))
     assert outputs.logits.shape == (1, 2)
-    assert outputs.logits.argmax(-1).item() in (0, 1)
+    torch.testing.assert_close(outputs.logits, expected.logits, atol=1e-5, rtol=0)
+    assert outputs.logits.argmax(-1).item() == expected.logits.argmax(-1).item()
+
+
+def test_seed_program_on_a_padded_batch_matches_transformers(minilm_path):
+    model, theirs = seed_classifier_pair(minilm_path)
+    tokenizer = lmforge.AutoTokenizer.from_pretrained(minilm_path)
+    batch = tokenizer(SENTENCES, padding=True, return_tensors="pt")
+    logits = model(**batch).logits  # (16, 2)
+    expected = theirs(**batch).logits
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=0)
+    assert torch.equal(logits.argmax(-1), expected.argmax(-1))

@@ -119,11 +119,12 @@ def check_bert_layers(monkeypatch, attn: str, bf16: bool, expected_calls: int):
                         intermediate_size=64, max_position_embeddings=16)
     torch.manual_seed(0)
     model = BertModel(config).eval()
-    model.set_attn_implementation(attn)
     ids = torch.randint(5, 50, (3, 9))
     mask = torch.ones_like(ids)
     mask[1, 4:] = 0
-    want = model(ids, mask).last_hidden_state.detach()  # autograd on: ATen
+    with torch.no_grad():
+        want = model.set_attn_implementation("sdpa")(ids, mask).last_hidden_state  # fp32 "sdpa": ATen
+    model.set_attn_implementation(attn)
     calls = []
     real_linear = onednn.linear
     monkeypatch.setattr(onednn, "linear", lambda *a, **k: calls.append(k) or real_linear(*a, **k))
@@ -239,3 +240,56 @@ def test_model_outputs_on_the_fallback_equal_the_native_path(attn):
         fallback = {bf16: run(bf16) for bf16 in (False, True)}
     torch.testing.assert_close(fallback[False], native[False], atol=1e-5, rtol=1e-5)
     assert (fallback[True] - native[False]).abs().max() < 0.1
+
+
+@pytest.mark.parametrize("activation", [None, "gelu", "relu"])
+def test_linear_with_grad_matches_aten_forward_and_backward(activation):
+    torch.manual_seed(0)
+    layer = nn.Linear(24, 40)
+    with torch.no_grad():
+        layer.bias.normal_()  # away from init
+    x = torch.randn(13, 24, requires_grad=True)
+    upstream = torch.randn(13, 40)
+    act = onednn.FUSED_ACTIVATIONS[activation][2] if activation else (lambda y: y)
+    want = act(layer(x))
+    want_grads = torch.autograd.grad(want, (x, layer.weight, layer.bias), upstream)
+    got = onednn.linear_with_grad(x, layer.weight, layer.bias, activation)
+    got_grads = torch.autograd.grad(got, (x, layer.weight, layer.bias), upstream)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    for name, a, b in zip(("x", "weight", "bias"), got_grads, want_grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_eval_model_with_autograd_on_takes_onednn_with_aten_gradients(monkeypatch):
+    """`model(**batch)` without no_grad on an eval-mode (default, unpadded) model: oneDNN forward, and the
+    gradients of the padded ATen ("sdpa") model. In train mode everything stays ATen."""
+    require_cpu("onednn_linear")
+    from lmforge import BertConfig
+    from lmforge.modeling.bert import BertModel
+
+    config = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=16)
+    torch.manual_seed(0)
+    model = BertModel(config).eval()
+    reference = BertModel(config).eval().set_attn_implementation("sdpa")
+    reference.load_state_dict(model.state_dict())
+    ids = torch.randint(5, 50, (3, 9))
+    mask = torch.ones_like(ids)
+    mask[1, 4:] = 0
+    real = mask.bool()
+    calls = []
+    real_linear = onednn.linear
+    monkeypatch.setattr(onednn, "linear", lambda *a, **k: calls.append(1) or real_linear(*a, **k))
+    results = []
+    for m in (model, reference):
+        out = m(ids, mask)
+        (out.last_hidden_state[real].pow(2).sum() + out.pooler_output.sum()).backward()
+        results.append(out.last_hidden_state[real].detach())
+    assert len(calls) == 2 * 4  # per layer: Q|K|V, attention out, FFN in (GELU fused), FFN out
+    torch.testing.assert_close(results[0], results[1], atol=1e-5, rtol=0)
+    grads = dict(reference.named_parameters())
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, grads[name].grad, atol=1e-5, rtol=1e-4, msg=name)
+    calls.clear()
+    model.train()(ids, mask)  # dropout 0.1 here: only the path matters
+    assert calls == []

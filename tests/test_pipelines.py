@@ -73,16 +73,93 @@ def test_text_classification_pairs_and_top_1(tokenizer):
     assert set(out) == {"label", "score"} and out["label"] in ("neg", "pos")
 
 
-def test_token_classification_groups_entities_with_offsets(tokenizer):
+def constant_tagger(tokenizer, bias: list[float]):
+    """A tagger whose logits are `bias` at every token (zero classifier weight): known tags and scores."""
     model = tiny(BertForTokenClassification, tokenizer, id2label={0: "O", 1: "B-X", 2: "I-X"})
-    with torch.no_grad():  # force every token to B-X then I-X: words group into one entity
+    with torch.no_grad():
         model.classifier.weight.zero_()
-        model.classifier.bias.copy_(torch.tensor([0.0, 1.0, 2.0]))
-    tag = pipeline("token-classification", model=model, tokenizer=tokenizer)
+        model.classifier.bias.copy_(torch.tensor(bias))
+    return model
+
+
+def test_token_classification_groups_entities_with_offsets(tokenizer):
     text = "the movie was good"
+    score = torch.tensor([0.0, 1.0, 2.0]).softmax(-1)[2].item()  # 0.665
+    # Every token I-X: the first word opens an X entity, the others continue it.
+    tag = pipeline("token-classification", model=constant_tagger(tokenizer, [0.0, 1.0, 2.0]), tokenizer=tokenizer)
+    [entity] = tag(text)
+    assert entity == {"entity_group": "X", "score": pytest.approx(score, abs=1e-6), "word": text,
+                      "start": 0, "end": len(text)}
+    # Every token B-X: each word is an entity of its own, with its character offsets.
+    tag = pipeline("token-classification", model=constant_tagger(tokenizer, [0.0, 2.0, 1.0]), tokenizer=tokenizer)
     entities = tag(text)
-    assert all(text[e["start"]:e["end"]] == e["word"] for e in entities)
-    assert entities and entities[0]["entity_group"] == "X"
+    assert [(e["word"], e["start"], e["end"]) for e in entities] == [
+        ("the", 0, 3), ("movie", 4, 9), ("was", 10, 13), ("good", 14, 18)]
+    assert all(e["entity_group"] == "X" and e["score"] == pytest.approx(score, abs=1e-6) for e in entities)
+    # Every token O: no entity.
+    tag = pipeline("token-classification", model=constant_tagger(tokenizer, [2.0, 1.0, 0.0]), tokenizer=tokenizer)
+    assert tag(text) == []
+
+
+def test_token_classification_equals_a_direct_model_computation(tokenizer):
+    """Per-token tags, scores and offsets of a batched, padded pipeline call equal the model run on each
+    text alone; the "simple" entities follow from those per-word tags."""
+    model = tiny(BertForTokenClassification, tokenizer, id2label={0: "O", 1: "B-X", 2: "I-X"})
+    texts = ["the movie was good and the actors were fine .", "bad", "the movie number 7 was bad"]
+    enc = tokenizer(texts, padding=True, return_tensors="pt")
+    real = enc["attention_mask"].bool() & (enc["input_ids"] != tokenizer.cls_token_id) & (
+        enc["input_ids"] != tokenizer.sep_token_id)
+    for seed in range(50):  # a classifier away from init whose tags include all three (the trained vocabulary,
+        torch.manual_seed(seed)  # and with it the tags, may differ between runs)
+        with torch.no_grad():
+            model.classifier.weight.normal_(0, 1.0)
+            tags = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits.argmax(-1)
+        if set(tags[real].tolist()) == {0, 1, 2}:
+            break
+    tag = pipeline("token-classification", model=model, tokenizer=tokenizer, batch_size=3)
+    per_token = tag(texts, aggregation_strategy="none")
+    grouped = tag(texts)
+    id2label = model.config.id2label
+    seen_tags = set()
+    for text, tokens, entities in zip(texts, per_token, grouped):
+        enc = tokenizer(text, return_offsets_mapping=True, return_tensors="pt")
+        with torch.no_grad():
+            probs = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits[0].softmax(-1)
+        expected = []
+        for t, word in enumerate(enc.word_ids(0)):
+            if word is None:
+                continue
+            start, end = enc["offset_mapping"][0][t].tolist()
+            expected.append((t, id2label[int(probs[t].argmax())], start, end, word))
+        assert [(x["index"], x["entity"], x["start"], x["end"]) for x in tokens] == [e[:4] for e in expected]
+        for x in tokens:
+            assert x["score"] == pytest.approx(float(probs[x["index"]].max()), abs=1e-5)
+            assert x["word"] == text[x["start"]:x["end"]]
+        seen_tags |= {x["entity"] for x in tokens}
+        # Words take their first sub-token's tag; B-X opens an entity, I-X continues one (or opens one).
+        words, last_word = [], None
+        for t, label, start, end, word in expected:
+            if word != last_word:
+                words.append([label, start, end, [float(probs[t].max())]])
+            else:
+                words[-1][2] = end
+                words[-1][3].append(float(probs[t].max()))
+            last_word = word
+        want, open_entity = [], False
+        for label, start, end, scores in words:
+            if label == "O":
+                open_entity = False
+            elif label == "I-X" and open_entity:
+                want[-1][1] = end
+                want[-1][2] += scores
+            else:
+                want.append([start, end, list(scores)])
+                open_entity = True
+        assert [(e["start"], e["end"], e["word"]) for e in entities] == [(s, e, text[s:e]) for s, e, _ in want]
+        for entity, (_, _, scores) in zip(entities, want):
+            assert entity["entity_group"] == "X"
+            assert entity["score"] == pytest.approx(sum(scores) / len(scores), abs=1e-5)
+    assert seen_tags == {"O", "B-X", "I-X"}  # the case exercises every tag
 
 
 @pytest.mark.parametrize("task, cls", [("fill-mask", BertForMaskedLM), ("text-classification", BertForSequenceClassification),

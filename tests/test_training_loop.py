@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 
 import pytest
@@ -96,10 +97,18 @@ def _model(seed: int = 0, **kw) -> ToyLM:
     return ToyLM(**kw)
 
 
+def initial_loss(batch: dict[str, torch.Tensor], bf16: bool = False) -> float:
+    """The loss of a fresh `_model()` on `batch`, computed outside the loop."""
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        return _model()(**batch).loss.item()
+
+
 def test_loss_decreases(tmp_path):
     args = TrainArgs(tmp_path, max_steps=60, learning_rate=3e-2, schedule="constant", progress=False)
     result = train(_model(), ToyBatches(), args)
     assert len(result.losses) == 60 and result.step == 60 and result.start_step == 0
+    assert result.losses[0] == pytest.approx(initial_loss(ToyBatches().make(0)), rel=1e-6)  # before any update
+    assert result.losses[0] == pytest.approx(math.log(VOCAB), rel=0.2)  # an untrained model: near uniform
     first, last = sum(result.losses[:5]) / 5, sum(result.losses[-5:]) / 5
     assert last < 0.5 * first, (first, last)
     assert result.tokens == 60 * 4 * 8
@@ -122,10 +131,16 @@ def test_grad_accumulation_matches_bigger_batch(tmp_path):
 
 def test_finite_source_is_reiterated(tmp_path):
     source = ToyBatches()
-    data = ListBatches([source.make(i) for i in range(3)])
-    result = train(_model(), data, TrainArgs(tmp_path, max_steps=7, progress=False))
-    assert len(result.losses) == 7
-    assert result.losses[0] != result.losses[3]  # same batch, but the model has learned since
+    batches = [source.make(i) for i in range(3)]
+    model = _model()
+    seen = []
+    model.register_forward_pre_hook(lambda module, args, kwargs: seen.append(kwargs["input_ids"]), with_kwargs=True)
+    result = train(model, ListBatches(batches), TrainArgs(tmp_path, max_steps=7, learning_rate=1e-2, progress=False))
+    assert len(result.losses) == 7 and len(seen) == 7
+    for step, ids in enumerate(seen):  # epochs of batches 0, 1, 2 in order, then again
+        assert torch.equal(ids, batches[step % 3]["input_ids"]), step
+    assert result.losses[0] == pytest.approx(initial_loss(batches[0]), rel=1e-6)
+    assert result.losses[3] < result.losses[0]  # same batch, but the model has learned since
 
 
 def test_metrics_jsonl_and_evaluate(tmp_path):
@@ -161,10 +176,17 @@ def test_metrics_jsonl_and_evaluate(tmp_path):
     assert result.tokens == 7 * 4 * 6
 
 
-def test_bf16_autocast_runs(tmp_path):
-    args = TrainArgs(tmp_path, max_steps=3, bf16=True, progress=False)
+def test_bf16_autocast_trains(tmp_path):
+    args = TrainArgs(tmp_path, max_steps=40, bf16=True, learning_rate=3e-2, schedule="constant", progress=False)
     result = train(_model(), ToyBatches(), args)
-    assert len(result.losses) == 3 and all(isinstance(x, float) for x in result.losses)
+    assert len(result.losses) == 40 and all(math.isfinite(x) for x in result.losses)
+    batch = ToyBatches().make(0)
+    # The first step's loss is the bf16-autocast loss of the initial weights: close to fp32, not equal.
+    assert result.losses[0] == pytest.approx(initial_loss(batch, bf16=True), rel=1e-6)
+    assert result.losses[0] != initial_loss(batch)
+    assert result.losses[0] == pytest.approx(initial_loss(batch), rel=2e-2)
+    first, last = sum(result.losses[:5]) / 5, sum(result.losses[-5:]) / 5
+    assert last < 0.5 * first, (first, last)
 
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path):

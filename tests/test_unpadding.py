@@ -1,4 +1,5 @@
-"""attn_implementation="unpadded": equal outputs at real tokens, and equal gradients, for every head."""
+"""attn_implementation="unpadded" (the default): equal outputs at real tokens, and equal gradients, for every head,
+against the padded "sdpa" path."""
 
 from __future__ import annotations
 
@@ -56,9 +57,12 @@ def prepare(head: str):
     torch.manual_seed(0)
     cfg = config().replace(num_labels=2) if head == "BertForQuestionAnswering" else config()
     padded = getattr(bert, head)(cfg).train()  # dropout is 0: train mode, deterministic
-    unpadded = getattr(bert, head)(cfg).train()
+    padded.set_attn_implementation("sdpa")
+    unpadded = getattr(bert, head)(cfg).train()  # the default path, as constructed
     unpadded.load_state_dict(padded.state_dict())
-    unpadded.set_attn_implementation("unpadded")
+    expected = "sdpa" if head == "BertForQuestionAnswering" else "unpadded"  # QA opts out (softmax over padding)
+    assert {m.attn_implementation for m in unpadded.modules() if hasattr(m, "attn_implementation")} == {expected}
+    assert {m.attn_implementation for m in padded.modules() if hasattr(m, "attn_implementation")} == {"sdpa"}
     batch = mixed_batch()
     labels = labels_for(head, batch)
     if head == "BertForMultipleChoice":
@@ -92,10 +96,13 @@ def test_unpadded_outputs_equal_padded_at_real_tokens(head, grad):
         torch.testing.assert_close(y, x, atol=1e-5, rtol=0, msg=name)
 
 
+# Training mode, and eval mode with autograd on (a different attention path on CPU: see forward_packed).
+@pytest.mark.parametrize("mode", ["train", "eval"])
 @pytest.mark.parametrize("head", HEADS)
-def test_unpadded_gradients_equal_padded(head):
+def test_unpadded_gradients_equal_padded(head, mode):
     padded, unpadded, batch, labels = prepare(head)
     for model in (padded, unpadded):
+        model.train(mode == "train")
         out = model(**batch, **labels)
         loss = getattr(out, "loss", None)
         if loss is None:  # the bare encoder: a loss over real tokens only
@@ -153,3 +160,51 @@ def test_sparse_mlm_loss_equals_dense_loss_and_gradients(head):
     for name, p in model.named_parameters():
         if p.grad is not None:
             torch.testing.assert_close(p.grad, dense_grads[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_default_model_returns_attentions_from_the_padded_path():
+    """output_attentions=True runs padded: every output equals the "sdpa" model's, padding positions included."""
+    padded, default, batch, _ = prepare("BertModel")
+    with torch.no_grad():
+        want = padded(**batch, output_attentions=True, output_hidden_states=True)
+        got = default(**batch, output_attentions=True, output_hidden_states=True)
+    assert len(got.attentions) == 2 and got.attentions[0].shape == (4, 3, 16, 16)
+    pad = batch["attention_mask"] == 0
+    assert got.last_hidden_state[pad].abs().min() > 0  # not re-padded with zeros
+    for name in ("last_hidden_state", "pooler_output", "attentions", "hidden_states"):
+        a, b = getattr(want, name), getattr(got, name)
+        for x, y in zip(a, b) if isinstance(a, tuple) else [(a, b)]:
+            torch.testing.assert_close(y, x, atol=1e-6, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize("head", ["BertForMaskedLM", "BertForTokenClassification"])
+def test_labels_at_padding_give_the_padded_loss_and_gradients(head):
+    """A token-level loss that reads padding positions (labels there not -100, e.g. labels=input_ids) needs
+    the logits at padding: the default model then runs padded, so loss and gradients equal "sdpa"'s."""
+    padded, default, batch, _ = prepare(head)
+    labels = batch["input_ids"] % 3 if head == "BertForTokenClassification" else batch["input_ids"].clone()
+    assert (labels[batch["attention_mask"] == 0] != -100).all()
+    losses = []
+    for model in (padded, default):
+        out = model(**batch, labels=labels)
+        out.loss.backward()
+        losses.append(out.loss.detach())
+    torch.testing.assert_close(losses[1], losses[0], atol=1e-6, rtol=0)
+    grads = dict(padded.named_parameters())
+    for name, p in default.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(p.grad, grads[name].grad, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_from_pretrained_defaults_to_unpadded_and_accepts_sdpa(tmp_path):
+    torch.manual_seed(0)
+    bert.BertForSequenceClassification(config()).save_pretrained(tmp_path)
+
+    def modes(model):
+        return {m.attn_implementation for m in model.modules() if hasattr(m, "attn_implementation")}
+
+    assert modes(bert.BertForSequenceClassification.from_pretrained(tmp_path)) == {"unpadded"}
+    assert modes(bert.BertForSequenceClassification.from_pretrained(tmp_path, attn_implementation="sdpa")) == {"sdpa"}
+    assert modes(bert.BertForQuestionAnswering.from_pretrained(tmp_path, num_labels=2)) == {"sdpa"}
+    with pytest.raises(ValueError, match="attn_implementation must be one of"):
+        bert.BertModel.from_pretrained(tmp_path, attn_implementation="flash_attention_2")

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .modeling.attention import DEFAULT_ATTN_IMPLEMENTATION
 from .utils import atomic_write_text, get_logger
 
 logger = get_logger(__name__)
@@ -172,7 +173,7 @@ def load_pretrained(
     device=None,
     ignore_mismatched_sizes=False,
     output_loading_info=False,
-    attn_implementation="sdpa",
+    attn_implementation=DEFAULT_ATTN_IMPLEMENTATION,
 ):
     folder = Path(path)
     if not folder.is_dir():

@@ -9,8 +9,9 @@ Dimension legend (used in every shape comment of lmforge's modeling code):
     Attention(Q, K, V) = softmax(Q K^T / sqrt(D) + mask) V
 
 `attention_reference` is the formula written out; the model runs
-`torch.nn.functional.scaled_dot_product_attention` (fused kernels) unless attention probabilities
-are requested, and the tests check the two agree.
+`torch.nn.functional.scaled_dot_product_attention` (fused kernels) on padded batches, or
+`varlen_attention` on the packed real tokens (the default "unpadded" mode, CPU outside training), and
+the written-out formula when attention probabilities are requested; the tests check they agree.
 """
 
 from __future__ import annotations
@@ -56,9 +57,11 @@ def attention_reference(
     return context, probs
 
 
-# "sdpa": padded batches, HF-identical outputs everywhere (padding positions included).
-# "unpadded": padding dropped before the layers; equal outputs at real tokens, zeros at padding.
-ATTN_IMPLEMENTATIONS = ("sdpa", "unpadded")
+# "unpadded" (the default): padding dropped before the layers; outputs equal transformers' at real
+#   tokens (fp32, within 1e-5) and are zero at padding positions.
+# "sdpa": padded batches, transformers-identical outputs everywhere (padding positions included).
+ATTN_IMPLEMENTATIONS = ("unpadded", "sdpa")
+DEFAULT_ATTN_IMPLEMENTATION = "unpadded"
 
 
 class BertSelfAttention(nn.Module):
@@ -82,6 +85,8 @@ class BertSelfAttention(nn.Module):
         if dtype is not None:  # oneDNN; concatenation (and bf16 cast) made once per `frozen_weights()` block
             weight, bias = onednn.prepared(self, dtype, self._fused_qkv_params)
             return onednn.linear(x, weight, bias)  # (..., 3C)
+        if onednn.eval_with_grad(x, self.query.weight, self.training, fp32=packed):
+            return onednn.linear_with_grad(x, *self._fused_qkv_params())  # (..., 3C)
         return F.linear(x, *self._fused_qkv_params())  # (..., 3C)
 
     def _fused_qkv_params(self) -> tuple[Tensor, Tensor]:
@@ -112,14 +117,15 @@ class BertSelfAttention(nn.Module):
     def forward_packed(self, x: Tensor, packing: Packing) -> Tensor:
         """x: (N, C), the real tokens of a padded batch. Projections run on the N tokens only.
 
-        For CPU inference, attention runs one sequence at a time on the packed tokens
-        (`varlen_attention`). Otherwise it runs on a re-padded (B, T) view: on a GPU one fused SDPA
-        kernel beats a loop of small launches, and in CPU training the loop's backward (32 small
-        graphs per batch) is ~3% slower than the padded math on length-sorted or short batches.
+        On a CPU outside training (no autograd, or eval mode: `model(**batch)` without `no_grad`),
+        attention runs one sequence at a time on the packed tokens (`varlen_attention`). In training
+        it runs on a re-padded (B, T) view, as on a GPU: there one fused SDPA kernel beats a loop of
+        small launches, and in CPU training the loop's backward (32 small graphs per batch) is ~3%
+        slower than the padded math on length-sorted or short batches.
         """
         qkv = self._qkv(x, packed=True)  # (N, 3C)
         dropout_p = self.dropout_p if self.training else 0.0
-        if x.device.type == "cpu" and not torch.is_grad_enabled():
+        if x.device.type == "cpu" and not (self.training and torch.is_grad_enabled()):
             return varlen_attention(qkv, packing.lengths, self.num_heads, dropout_p, self.training)  # (N, C)
         context, _ = self._attend(packing.pad(qkv), packing.additive_mask, False)  # (B, T, C)
         return packing.unpad(context)  # (N, C)

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..config import BertConfig
+from .attention import ATTN_IMPLEMENTATIONS, DEFAULT_ATTN_IMPLEMENTATION
 
 
 class PreTrainedModel(nn.Module):
@@ -32,14 +33,16 @@ class PreTrainedModel(nn.Module):
     def post_init(self) -> None:
         self.apply(self._init_weights)
         self.tie_weights()
+        # Every model starts on the default attention path; heads that cannot unpad get "sdpa".
+        self.set_attn_implementation(DEFAULT_ATTN_IMPLEMENTATION)
 
     def tie_weights(self) -> None:
         """Share parameters listed in `_tied_weights`; models with tied heads override."""
 
     def set_attn_implementation(self, name: str) -> PreTrainedModel:
-        """"sdpa" (padded, HF-identical) or "unpadded" (padding dropped before the layers)."""
-        from .attention import ATTN_IMPLEMENTATIONS
-
+        """"unpadded" (the default: padding dropped before the layers; outputs equal transformers' at
+        real tokens, zero at padding) or "sdpa" (padded batches, transformers-identical everywhere).
+        Models that cannot unpad (`supports_unpadding = False`) stay on "sdpa". Returns the model."""
         if name not in ATTN_IMPLEMENTATIONS:
             raise ValueError(f"attn_implementation must be one of {ATTN_IMPLEMENTATIONS}, got {name!r}")
         if name == "unpadded" and not self.supports_unpadding:
@@ -76,12 +79,14 @@ class PreTrainedModel(nn.Module):
         device: torch.device | str | None = None,
         ignore_mismatched_sizes: bool = False,
         output_loading_info: bool = False,
-        attn_implementation: str = "sdpa",
+        attn_implementation: str = DEFAULT_ATTN_IMPLEMENTATION,
     ):
         """Load an HF-format folder (config.json + model.safetensors / pytorch_model.bin / shards).
 
         Config overrides (num_labels, id2label, ...) are explicit arguments, as the common HF
         keyword arguments are. `torch_dtype="auto"` takes the dtype recorded in config.json.
+        `attn_implementation="sdpa"` keeps padded batches, with outputs identical to transformers'
+        at padding positions too (see `set_attn_implementation`).
         """
         from ..checkpoint import load_pretrained
 

@@ -9,7 +9,7 @@ tokens, K/N = 384/1536). fp32 results are fp32 matmuls too, only summed in anoth
 (~1e-6 relative). The op is `torch.ops.mkldnn._linear_pointwise` (what `torch.compile` emits for
 CPU linears); where `cpu_caps` says it is missing (or bf16 is asked for and oneDNN cannot run bf16
 on this CPU, e.g. AVX2), or with autograd on, everything runs the plain ATen way (same results, up
-to summation order).
+to summation order), except eval-mode fp32 packed activations: `eval_with_grad`, at the end.
 
 Under bf16 autocast the weights are cast to bf16 on every call (as autocast itself does under
 `inference_mode`), except inside `frozen_weights()`: a block whose caller promises not to change the
@@ -45,7 +45,8 @@ def compute_dtype(x: Tensor, weight: Tensor, fp32: bool) -> torch.dtype | None:
     """The dtype the oneDNN path computes `x @ weight^T` in, or None where it does not apply: it needs
     a CPU, no autograd, oneDNN's linear (`cpu_caps`), and bf16 autocast, or no autocast with bf16 (or,
     if `fp32`, fp32) activations and weights alike; bf16 also needs oneDNN bf16 on this CPU (not on
-    AVX2). `fp32=False` keeps fp32 on ATen's matmul, whose summation order transformers shares: lmforge's padded "sdpa" mode stays identical to transformers at every position (its
+    AVX2). `fp32=False` keeps fp32 on ATen's matmul, whose summation order transformers shares:
+    lmforge's padded "sdpa" mode stays identical to transformers at every position (its
     padding rows are ill-conditioned: oneDNN's order moves them by up to ~1e-4 on MiniLM, and real
     tokens by ~5e-6)."""
     if x.device.type != "cpu" or torch.is_grad_enabled():
@@ -109,10 +110,58 @@ def weights_in(dtype: torch.dtype, weight: Tensor, bias: Tensor | None) -> tuple
 
 
 def linear_module(x: Tensor, module: nn.Linear, fp32: bool, activation: str | None = None) -> Tensor:
-    """`activation(module(x))`, through oneDNN where `active(x, module.weight, fp32)`, else through
-    ATen. Weights prepared (cast, blocked) once per `frozen_weights()` block."""
+    """`activation(module(x))`, through oneDNN where `active(x, module.weight, fp32)` (or, with autograd
+    on, `eval_with_grad`), else through ATen. Weights prepared (cast, blocked) once per
+    `frozen_weights()` block."""
     dtype = compute_dtype(x, module.weight, fp32)
     if dtype is None:
+        if eval_with_grad(x, module.weight, module.training, fp32):
+            return linear_with_grad(x, module.weight, module.bias, activation)
         return FUSED_ACTIVATIONS[activation][2](module(x)) if activation else module(x)
     weight, bias = prepared(module, dtype, lambda: (module.weight, module.bias))
     return linear(x, weight, bias, activation)
+
+
+# ------------------------------------------------------------------------ autograd on, eval mode
+# `outputs = model(**inputs)` without `torch.no_grad()` (the usual transformers example) runs with autograd
+# on; the model is in eval mode. There the fp32 forward takes the same oneDNN matmuls (GELU fused) as
+# without autograd (ATen's matmul + separate GELU cost ~35% more on MiniLM), and a backward, if one runs,
+# is ATen's. Training (train mode) keeps ATen throughout: its backward would pay the recomputation below.
+
+
+def eval_with_grad(x: Tensor, weight: Tensor, training: bool, fp32: bool) -> bool:
+    """Whether `x @ weight^T` runs through `linear_with_grad`: autograd on, a module in eval mode, fp32
+    packed activations (`fp32`, as in `compute_dtype`) on a CPU, no autocast."""
+    return (fp32 and not training and torch.is_grad_enabled() and x.device.type == "cpu"
+            and not torch.is_autocast_enabled("cpu") and x.dtype == weight.dtype == torch.float32
+            and cpu_caps.get().onednn_linear)
+
+
+def linear_with_grad(x: Tensor, weight: Tensor, bias: Tensor | None, activation: str | None = None) -> Tensor:
+    """`activation(F.linear(x, weight, bias))` with a oneDNN forward and an ATen backward (see `_Linear`)."""
+    return _Linear.apply(x, weight, bias, activation)
+
+
+class _Linear(torch.autograd.Function):
+    """oneDNN's fused matmul + activation forward; the backward is written out in ATen. oneDNN never returns
+    the pre-activation, so with an activation the backward recomputes it (one matmul more, paid only if a
+    backward runs) instead of the forward keeping an (N, I) tensor for it."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, activation: str | None) -> Tensor:
+        ctx.save_for_backward(x, weight, bias)
+        ctx.activation = activation
+        return linear(x, weight, bias, activation)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, weight, bias = ctx.saved_tensors
+        if ctx.activation is not None:
+            with torch.enable_grad():
+                pre = F.linear(x, weight, bias).detach().requires_grad_()  # (..., out)
+                (grad,) = torch.autograd.grad(FUSED_ACTIVATIONS[ctx.activation][2](pre), pre, grad)
+        flat = grad.reshape(-1, grad.size(-1))  # (M, out)
+        grad_x = grad @ weight if ctx.needs_input_grad[0] else None  # (..., in)
+        grad_weight = flat.T @ x.reshape(-1, x.size(-1)) if ctx.needs_input_grad[1] else None  # (out, in)
+        grad_bias = flat.sum(0) if bias is not None and ctx.needs_input_grad[2] else None  # (out,)
+        return grad_x, grad_weight, grad_bias, None
