@@ -8,19 +8,23 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ..config import BertConfig
+from ..checkpoint import KeyRules
+from ..config import PretrainedConfig
 
 
 class PreTrainedModel(nn.Module):
-    config_class: ClassVar[type] = BertConfig
+    config_class: ClassVar[type] = PretrainedConfig  # each family sets its own
     base_model_prefix: ClassVar[str] = ""
+    key_rules: ClassVar[KeyRules] = KeyRules()  # the family's checkpoint key rules (legacy names, ignored keys)
+    # Values `set_attn_implementation` accepts; None means BERT's (`attention.ATTN_IMPLEMENTATIONS`).
+    attn_implementations: ClassVar[tuple[str, ...] | None] = None
     # target key -> source key, for parameters shared between modules (the MLM decoder and the
     # word embeddings). Tied targets are not written on save and need not be in a checkpoint.
     _tied_weights: ClassVar[dict[str, str]] = {}
     # False where dropping padding would change a public output (see BertForQuestionAnswering).
     supports_unpadding: ClassVar[bool] = True
 
-    def __init__(self, config: BertConfig):
+    def __init__(self, config: PretrainedConfig):
         super().__init__()
         if not isinstance(config, self.config_class):
             raise TypeError(f"{type(self).__name__} expects a {self.config_class.__name__}, got {type(config).__name__}")
@@ -37,11 +41,13 @@ class PreTrainedModel(nn.Module):
         """Share parameters listed in `_tied_weights`; models with tied heads override."""
 
     def set_attn_implementation(self, name: str) -> PreTrainedModel:
-        """"sdpa" (padded, HF-identical) or "unpadded" (padding dropped before the layers)."""
+        """BERT: "sdpa" (padded, HF-identical) or "unpadded" (padding dropped before the layers).
+        Decoders: "sdpa" or "eager" (the written-out formula)."""
         from .attention import ATTN_IMPLEMENTATIONS
 
-        if name not in ATTN_IMPLEMENTATIONS:
-            raise ValueError(f"attn_implementation must be one of {ATTN_IMPLEMENTATIONS}, got {name!r}")
+        allowed = self.attn_implementations or ATTN_IMPLEMENTATIONS
+        if name not in allowed:
+            raise ValueError(f"attn_implementation must be one of {allowed}, got {name!r}")
         if name == "unpadded" and not self.supports_unpadding:
             name = "sdpa"
         for module in self.modules():
@@ -66,7 +72,7 @@ class PreTrainedModel(nn.Module):
         cls,
         path: str | os.PathLike,
         *,
-        config: BertConfig | None = None,
+        config: PretrainedConfig | None = None,
         num_labels: int | None = None,
         id2label: dict[int, str] | None = None,
         label2id: dict[str, int] | None = None,
@@ -77,13 +83,24 @@ class PreTrainedModel(nn.Module):
         ignore_mismatched_sizes: bool = False,
         output_loading_info: bool = False,
         attn_implementation: str = "sdpa",
+        gguf_file: str | os.PathLike | None = None,
     ):
         """Load an HF-format folder (config.json + model.safetensors / pytorch_model.bin / shards).
 
         Config overrides (num_labels, id2label, ...) are explicit arguments, as the common HF
         keyword arguments are. `torch_dtype="auto"` takes the dtype recorded in config.json.
+        `gguf_file` (transformers' spelling): read a llama.cpp GGUF file instead, a name inside the
+        folder `path` or a path of its own; its weights are dequantized (see `lmforge.gguf`).
         """
         from ..checkpoint import load_pretrained
+
+        if gguf_file is not None:
+            from ..gguf import load_gguf_model
+
+            return load_gguf_model(
+                cls, path, gguf_file, config=config, torch_dtype=dtype if dtype is not None else torch_dtype,
+                device=device, attn_implementation=attn_implementation,
+            )
 
         return load_pretrained(
             cls, path, config=config, num_labels=num_labels, id2label=id2label, label2id=label2id,
