@@ -12,7 +12,7 @@ from .attention import (
     padding_mask,
     position_ids_from_mask,
 )
-from .linear import Conv1D, fused_linear, linear
+from .linear import Conv1D
 from .mlp import ACTIVATIONS, GatedMLP
 from .norms import LayerNorm, RMSNorm
 from .rotary import SUPPORTED_ROPE_TYPES, RotaryEmbedding, apply_rotary
@@ -20,5 +20,5 @@ from .rotary import SUPPORTED_ROPE_TYPES, RotaryEmbedding, apply_rotary
 __all__ = [
     "ACTIVATIONS", "ATTN_IMPLEMENTATIONS", "Conv1D", "CrossAttention", "GatedMLP", "KVCache", "LayerNorm",
     "RMSNorm", "RotaryEmbedding", "SUPPORTED_ROPE_TYPES", "SelfAttention", "apply_rotary", "attend",
-    "attention_reference", "causal_mask", "fused_linear", "linear", "padding_mask", "position_ids_from_mask",
+    "attention_reference", "causal_mask", "padding_mask", "position_ids_from_mask",
 ]
