@@ -1,11 +1,11 @@
 """Linear layers: the CPU inference fast path (oneDNN, activation or product fused) and GPT's Conv1D.
 
-`fused_linear` computes `act(x W^T + b)`, optionally times `multiply`, in one oneDNN matmul where
-`onednn.compute_dtype` allows it (a CPU, no autograd, fp32 or bf16 autocast), else with ATen. On this 2-core
-CPU oneDNN's fp32 matmul is 1.2-1.7x ATen's for SmolLM2's shapes (M = 2048 tokens, K/N = 576..49152), and the
-fused activation (SiLU for SwiGLU's gate, tanh-GELU for GPT-2) or product (SwiGLU's `up(x) * silu(gate(x))`)
-saves a pass over the (M, I) output. fp32 results differ from ATen's only in summation order (~1e-6
-relative). Inside `onednn.frozen_weights()` the weights (and Q|K|V concatenations) are prepared once.
+`fused_linear` computes `act(x W^T + b)`, optionally times `multiply`. Under bf16 autocast in CPU inference
+it runs one oneDNN matmul with the activation (SiLU for SwiGLU's gate, GELU) or the product (SwiGLU's
+`up(x) * silu(gate(x))`) fused, weights prepared once inside `onednn.frozen_weights()`. In fp32 it runs
+ATen's matmul, as transformers does: oneDNN's fp32 matmul is 1.2-1.7x faster on SmolLM2's shapes here but
+sums in another order, which moves SmolLM2's logits by up to ~5e-4 (30 layers amplify the last-bit
+differences); with ATen the decoders' fp32 logits equal transformers' bit for bit (see docs/design.md).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def fused_linear(
     `owner` keys the prepared weights inside `onednn.frozen_weights()`; `weight` is the parameter whose
     dtype decides the path (params() may build a concatenation, so it is only called when needed).
     """
-    dtype = onednn.compute_dtype(x, weight, fp32=True)
+    dtype = onednn_dtype(x, weight)
     if dtype is not None and (activation is None or activation in POST_OPS):
         w, b = onednn.prepared(owner, dtype, params)
         x = x.to(dtype)
@@ -54,6 +54,11 @@ def fused_linear(
     if activation is not None:
         y = ACTIVATIONS[activation](y)
     return y * multiply if multiply is not None else y
+
+
+def onednn_dtype(x: Tensor, weight: Tensor) -> torch.dtype | None:
+    """bf16 where `x @ weight^T` takes the oneDNN path (CPU inference under bf16 autocast), else None."""
+    return onednn.compute_dtype(x, weight, fp32=False)
 
 
 def _post_op(activation: str | None) -> tuple[str, list, str]:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .linear import linear
+from .linear import linear, onednn_dtype
 
 
 def gelu_new(x: Tensor) -> Tensor:
@@ -39,8 +39,9 @@ ACTIVATIONS = {
 class GatedMLP(nn.Module):
     """down_proj(act(gate_proj(x)) * up_proj(x)): (B, T, C) -> (B, T, I) -> (B, T, C).
 
-    In CPU inference the activation is fused into the gate matmul and the product into the up matmul
-    (`nn.linear`), so the (B, T, I) intermediate is written once instead of four times.
+    fp32 / autograd: gate and up are one matmul over the concatenated weights (same numbers, one pass over
+    x). CPU inference under bf16 autocast: the activation is fused into the gate matmul and the product into
+    the up matmul (oneDNN, see `nn.linear`), so the (B, T, I) intermediate is written once.
     """
 
     def __init__(self, hidden_size: int, intermediate_size: int, hidden_act: str, bias: bool):
@@ -49,7 +50,13 @@ class GatedMLP(nn.Module):
         self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=bias)
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=bias)
         self.hidden_act = hidden_act
+        self.act = ACTIVATIONS[hidden_act]
 
     def forward(self, x: Tensor) -> Tensor:
-        gated = linear(x, self.gate_proj, activation=self.hidden_act)  # (B, T, I)
-        return linear(linear(x, self.up_proj, multiply=gated), self.down_proj)  # (B, T, C)
+        if onednn_dtype(x, self.gate_proj.weight) is not None:
+            gated = linear(x, self.gate_proj, activation=self.hidden_act)  # (B, T, I)
+            return linear(linear(x, self.up_proj, multiply=gated), self.down_proj)  # (B, T, C)
+        weight = torch.cat([self.gate_proj.weight, self.up_proj.weight])  # (2I, C)
+        bias = torch.cat([self.gate_proj.bias, self.up_proj.bias]) if self.gate_proj.bias is not None else None
+        gate, up = F.linear(x, weight, bias).chunk(2, dim=-1)  # (B, T, I) each
+        return self.down_proj(self.act(gate) * up)  # (B, T, C)

@@ -71,6 +71,20 @@ class RotaryEmbedding(nn.Module):
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate x (B, T, n_heads, D) by (cos, sin) (B, T, 1, D/2); the result has x's dtype."""
-    x1, x2 = x.float().chunk(2, dim=-1)  # (B, T, n, D/2) each
-    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)  # (B, T, n, D)
+    """Rotate x (B, T, n_heads, D) by (cos, sin) (B, T, 1, D/2); the result has x's dtype.
+
+    x1*cos - x2*sin and x2*cos + x1*sin: the same products and sums as transformers'
+    `q * cos + rotate_half(q) * sin`, so fp32 results are bit-identical to it (a fused multiply-add, e.g.
+    `addcmul`, would round once less and differ in the last bit). Without autograd each half is written
+    straight into the output, which saves the concatenation pass.
+    """
+    if x.dtype != cos.dtype:  # half precision: rotate in fp32
+        return apply_rotary(x.float(), cos, sin).to(x.dtype)
+    half = x.size(-1) // 2
+    x1, x2 = x[..., :half], x[..., half:]  # (B, T, n, D/2) each
+    if torch.is_grad_enabled() and x.requires_grad:
+        return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)  # (B, T, n, D)
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)  # (B, T, n, D)
+    torch.mul(x1, cos, out=out[..., :half]).sub_(x2 * sin)
+    torch.mul(x2, cos, out=out[..., half:]).add_(x1 * sin)
+    return out

@@ -52,8 +52,14 @@ class LlamaDecoderLayer(nn.Module):
     def forward(self, x: Tensor, mask: Tensor | None, is_causal: bool, rotary: tuple[Tensor, Tensor],
                 cache: KVCache | None, need_probs: bool) -> tuple[Tensor, Tensor | None]:
         attended, probs = self.self_attn(self.input_layernorm(x), mask, is_causal, rotary, cache, need_probs)
-        x = x + attended
-        return x + self.mlp(self.post_attention_layernorm(x)), probs
+        x = residual_add(x, attended)
+        return residual_add(x, self.mlp(self.post_attention_layernorm(x))), probs
+
+
+def residual_add(x: Tensor, update: Tensor) -> Tensor:
+    """x + update, written into `update` (a fresh projection output) when that keeps x's dtype: no new (B, T, C)
+    tensor. Under bf16 autocast the update is bf16 and the sum is promoted to x's fp32, as in transformers."""
+    return update.add_(x) if update.dtype == x.dtype else x + update
 
 
 class LlamaPreTrainedModel(PreTrainedModel):
