@@ -160,3 +160,21 @@ def test_forward_does_not_mutate_the_config(tmp_path):
     with torch.no_grad():
         model(ids, attention_mask=mask, labels=ids, use_cache=True, output_attentions=True)
     assert model.config.to_dict() == before
+
+
+@pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="no native bf16 on this CPU")
+def test_bf16_autocast_keeps_an_fp32_residual_stream_and_is_close(tmp_path):
+    hf = hf_model("gqa-untied", "LlamaForCausalLM")
+    hf.save_pretrained(tmp_path)
+    ours = lmforge.LlamaForCausalLM.from_pretrained(tmp_path)
+    ids, mask = padded_batch(99, "left")
+    with torch.no_grad():
+        fp32 = ours(ids, attention_mask=mask).logits
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = ours(ids, attention_mask=mask, output_hidden_states=True)  # oneDNN, SiLU and product fused
+            theirs = hf(ids, attention_mask=mask, position_ids=hf_positions(mask)).logits
+    assert all(h.dtype == torch.float32 for h in out.hidden_states)
+    real = mask.bool()
+    ours_error = (out.logits.float() - fp32)[real].abs().max()
+    theirs_error = (theirs.float() - fp32)[real].abs().max()
+    assert ours_error < 0.05 and ours_error < 2 * theirs_error, (ours_error, theirs_error)

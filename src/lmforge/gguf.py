@@ -93,7 +93,7 @@ class GGUFFile:
             if t.data_offset + t.n_bytes > size:
                 raise GGUFError(f"{file}: tensor {t.name!r} ends at byte {t.data_offset + t.n_bytes} but the file has "
                                 f"{size} bytes: the file is truncated")
-        self.metadata = {name: field.contents() for name, field in reader.fields.items()}
+        self.metadata = {name: _field_value(field, gguf.GGUFValueType) for name, field in reader.fields.items()}
         self.architecture = self.metadata.get("general.architecture")
         if self.architecture not in ARCHITECTURES:
             raise GGUFError(f"{file}: architecture {self.architecture!r} is not supported; supported: "
@@ -116,6 +116,23 @@ class GGUFFile:
         if not values.flags.writeable:  # an F32 tensor is a view of the read-only memory map
             values = values.copy()
         return values.reshape(shape)
+
+
+def _field_value(field, kinds) -> Any:
+    """A metadata field as a Python value (str, number, bool, or a list of them). Written out rather than
+    `ReaderField.contents()`, which older gguf releases lack."""
+    if not field.types:
+        return None
+    if field.types[0] == kinds.ARRAY:
+        if field.types[-1] == kinds.STRING:
+            return [bytes(field.parts[i]).decode("utf-8") for i in field.data]
+        if field.types[-1] == kinds.ARRAY:
+            return None  # nested arrays: nothing lmforge reads
+        return [field.parts[i][0].item() for i in field.data]
+    part = field.parts[field.data[0]]
+    if field.types[0] == kinds.STRING:
+        return bytes(part).decode("utf-8")
+    return part[0].item()
 
 
 # ---------------------------------------------------------------------------------------------- config
