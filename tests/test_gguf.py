@@ -216,6 +216,7 @@ def test_bf16_and_a_new_head(tiny, caplog):
     classifier = lmforge.AutoModelForSequenceClassification.from_pretrained(folder, gguf_file="f32.gguf",
                                                                             num_labels=3)
     assert not any(p.is_meta for p in classifier.parameters()) and classifier.score.weight.std() > 0
+    assert classifier.score.weight.shape == (3, HIDDEN) and classifier.config.num_labels == 3
     assert "score.weight" in caplog.text  # reported as newly initialised
 
 

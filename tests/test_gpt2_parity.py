@@ -193,3 +193,22 @@ def test_positions_past_n_positions_are_refused():
     model = lmforge.GPT2Model(gpt2.GPT2Config(vocab_size=99, n_positions=8, n_embd=16, n_layer=1, n_head=2))
     with pytest.raises(ValueError, match="n_positions=8"):
         model(torch.ones(1, 9, dtype=torch.long))
+
+
+def test_reorder_and_upcast_in_bf16_follows_hf_eager(tmp_path):
+    # The flag only matters in half precision: scores and softmax in fp32 from bf16 queries and keys.
+    hf = hf_model("GPT2LMHeadModel", hf_config("reorder-upcast-gelu", attn_implementation="eager"))
+    hf.save_pretrained(tmp_path)
+    ours = lmforge.GPT2LMHeadModel.from_pretrained(tmp_path, torch_dtype=torch.bfloat16)
+    plain = lmforge.GPT2LMHeadModel.from_pretrained(tmp_path, torch_dtype=torch.bfloat16)
+    for block in plain.transformer.h:
+        block.attn.reorder_and_upcast = False
+    hf = hf.to(torch.bfloat16)
+    ids, mask = padded_batch(99, "right")
+    with torch.no_grad():
+        expected = hf(ids, attention_mask=mask).logits.float()
+        got = ours(ids, attention_mask=mask).logits.float()
+        without = plain(ids, attention_mask=mask).logits.float()
+    real = mask.bool()
+    assert (got - expected)[real].abs().max() < (without - expected)[real].abs().max()
+    close(got, expected, real, atol=1e-3)

@@ -172,6 +172,20 @@ def _resolve_dtype(torch_dtype, config) -> torch.dtype:
     raise ValueError(f"torch_dtype {torch_dtype!r} is not supported; choose one of {sorted(DTYPES)} or 'auto'")
 
 
+def with_label_overrides(config, num_labels=None, id2label=None, label2id=None, problem_type=None):
+    """A copy of `config` with the task-head arguments of from_pretrained applied (the config itself is kept)."""
+    overrides = {}
+    if id2label is not None:
+        overrides["id2label"] = id2label
+        if label2id is not None:
+            overrides["label2id"] = label2id
+    elif num_labels is not None and num_labels != config.num_labels:
+        overrides["num_labels"] = num_labels
+    if problem_type is not None:
+        overrides["problem_type"] = problem_type
+    return config.replace(**overrides) if overrides else config
+
+
 def load_pretrained(
     cls,
     path,
@@ -192,17 +206,7 @@ def load_pretrained(
         raise FileNotFoundError(f"{folder}: checkpoint folder not found")
     if config is None:
         config = cls.config_class.from_pretrained(folder)
-    overrides = {}
-    if id2label is not None:
-        overrides["id2label"] = id2label
-        if label2id is not None:
-            overrides["label2id"] = label2id
-    elif num_labels is not None and num_labels != config.num_labels:
-        overrides["num_labels"] = num_labels
-    if problem_type is not None:
-        overrides["problem_type"] = problem_type
-    if overrides:
-        config = config.replace(**overrides)
+    config = with_label_overrides(config, num_labels, id2label, label2id, problem_type)
     dtype = _resolve_dtype(torch_dtype, config)
 
     model = cls(config).set_attn_implementation(attn_implementation)

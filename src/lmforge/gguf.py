@@ -205,13 +205,16 @@ def read_gguf_state_dict(file: GGUFFile, config, dtype: torch.dtype = torch.floa
     return state
 
 
-def load_gguf_model(cls, path, gguf_file, *, config=None, torch_dtype=None, device=None, attn_implementation="sdpa"):
+def load_gguf_model(cls, path, gguf_file, *, config=None, num_labels=None, id2label=None, label2id=None,
+                    problem_type=None, torch_dtype=None, device=None, output_loading_info=False,
+                    attn_implementation="sdpa"):
     """`cls.from_pretrained(path, gguf_file=...)`: build the model on the meta device (no random init, no
     second copy of the weights) and assign the dequantized tensors."""
-    from .checkpoint import LoadingInfo, _report
+    from .checkpoint import LoadingInfo, _report, with_label_overrides
 
     file = GGUFFile(resolve(path, gguf_file))
     config = config or read_gguf_config(path, gguf_file, file=file)
+    config = with_label_overrides(config, num_labels, id2label, label2id, problem_type)
     dtype = torch.float32 if torch_dtype in (None, "auto") else torch_dtype
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype, None)
@@ -237,7 +240,8 @@ def load_gguf_model(cls, path, gguf_file, *, config=None, torch_dtype=None, devi
     if device is not None:
         model.to(device)
     model.set_attn_implementation(attn_implementation)
-    return model.eval()
+    model.eval()  # as HF: a loaded model starts in inference mode
+    return (model, info) if output_loading_info else model
 
 
 def _materialise_missing(model: torch.nn.Module) -> None:

@@ -45,11 +45,11 @@ class PreTrainedModel(nn.Module):
         Decoders: "sdpa" or "eager" (the written-out formula)."""
         from .attention import ATTN_IMPLEMENTATIONS
 
+        if name == "unpadded" and not self.supports_unpadding:
+            name = "sdpa"
         allowed = self.attn_implementations or ATTN_IMPLEMENTATIONS
         if name not in allowed:
             raise ValueError(f"attn_implementation must be one of {allowed}, got {name!r}")
-        if name == "unpadded" and not self.supports_unpadding:
-            name = "sdpa"
         for module in self.modules():
             if hasattr(module, "attn_implementation"):
                 module.attn_implementation = name
@@ -98,8 +98,9 @@ class PreTrainedModel(nn.Module):
             from ..gguf import load_gguf_model
 
             return load_gguf_model(
-                cls, path, gguf_file, config=config, torch_dtype=dtype if dtype is not None else torch_dtype,
-                device=device, attn_implementation=attn_implementation,
+                cls, path, gguf_file, config=config, num_labels=num_labels, id2label=id2label, label2id=label2id,
+                problem_type=problem_type, torch_dtype=dtype if dtype is not None else torch_dtype, device=device,
+                output_loading_info=output_loading_info, attn_implementation=attn_implementation,
             )
 
         return load_pretrained(
