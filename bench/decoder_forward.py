@@ -6,8 +6,8 @@ so they hold identical weights. Timed, round-robin (see common.py), in one proce
   bf16 autocast    the same under torch.autocast("cpu", torch.bfloat16), where the CPU has native bf16
                    (torch.ops.mkldnn._is_mkldnn_bf16_supported()); lmforge also inside onednn.frozen_weights(),
                    the block its pipelines open (weights cast and reordered once)
-Reported: tokens/s, the ratio, max |lmforge - transformers| of the fp32 logits, and for bf16 the max
-difference to transformers' fp32 logits and the top-1 agreement with them. Peak memory of loading (RSS, from
+Reported: tokens/s, the ratio, max |lmforge - transformers| of the fp32 logits, and for bf16 the max and
+mean difference to transformers' fp32 logits and the top-1 agreement with them. Peak memory of loading (RSS, from
 getrusage) is measured in a fresh subprocess per library: import, load from the GGUF file, report.
 
     python bench/decoder_forward.py [--batch 8] [--seq 256] [--repeats 5] [--threads 2] [--gguf FILE]
@@ -85,6 +85,7 @@ class DecoderResult:
     tokens_per_s: dict[str, float] = field(default_factory=dict)
     max_abs_diff: float = float("nan")  # fp32 logits
     bf16_max_abs_diff: dict[str, float] = field(default_factory=dict)  # vs transformers fp32
+    bf16_mean_abs_diff: dict[str, float] = field(default_factory=dict)  # vs transformers fp32
     bf16_top1_agreement: dict[str, float] = field(default_factory=dict)  # vs transformers fp32
     loading: dict[str, dict] = field(default_factory=dict)
 
@@ -123,6 +124,7 @@ def run(gguf: Path | None = None, batch: int = 8, seq: int = 256, repeats: int =
         if "bf16" in name:
             got = outputs[name].float()
             result.bf16_max_abs_diff[name] = float((got - reference).abs().max())
+            result.bf16_mean_abs_diff[name] = float((got - reference).abs().mean())
             result.bf16_top1_agreement[name] = float((got.argmax(-1) == reference.argmax(-1)).float().mean())
     return result
 
@@ -155,8 +157,8 @@ def report(result: DecoderResult, threads: int) -> str:
              markdown_table(["metric", "lmforge", "transformers", "ratio"], rows(result)), "",
              f"max |lmforge - transformers| of fp32 logits: {result.max_abs_diff:.1e} (limit {MAX_ABS_DIFF:.0e})"]
     for name, diff in result.bf16_max_abs_diff.items():
-        lines.append(f"{name}: max |logits - transformers fp32| {diff:.2f}, top-1 agreement "
-                     f"{result.bf16_top1_agreement[name]:.1%}")
+        lines.append(f"{name}: |logits - transformers fp32| max {diff:.2f}, mean "
+                     f"{result.bf16_mean_abs_diff[name]:.3f}; top-1 agreement {result.bf16_top1_agreement[name]:.1%}")
     if result.loading:
         for lib, cost in result.loading.items():
             lines.append(f"{lib}: RSS after import {cost['rss_after_import_mb']:.0f} MB, peak while loading "

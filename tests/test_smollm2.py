@@ -58,15 +58,26 @@ def test_tokenizer_ids_equal_transformers(ours, theirs_tokenizer):
     assert batch_ours["attention_mask"] == batch_theirs["attention_mask"]
 
 
-def test_greedy_continuation_is_sensible(ours):
+def test_greedy_continuations_with_left_padding_and_the_cache(ours):
     model, tokenizer = ours
-    batch = tokenizer(["The capital of France is", "1, 2, 3, 4,"], padding=True, return_tensors="pt")
-    assert batch["attention_mask"][1].all()
+    tokenizer.padding_side = "left"
+    try:
+        batch = tokenizer(["The capital of France is", "1, 2, 3, 4,", "Monday, Tuesday,"], padding=True,
+                          return_tensors="pt")
+    finally:
+        tokenizer.padding_side = "right"
+    mask = batch["attention_mask"]
+    assert not mask[:, 0].all()  # really left-padded
+    steps = []
     with torch.no_grad():
-        logits = model(**batch).logits
-    last = batch["attention_mask"].sum(1) - 1
-    words = [tokenizer.decode([int(logits[b, last[b]].argmax())]) for b in range(2)]
-    assert words == [" Paris", " "] or words[0] == " Paris", words
+        out = model(**batch, use_cache=True)  # prefill
+        for _ in range(3):  # then one token per step from the cache
+            token = out.logits[:, -1].argmax(-1, keepdim=True)
+            steps.append(token)
+            mask = torch.cat([mask, torch.ones_like(token)], dim=1)
+            out = model(token, attention_mask=mask, past_key_values=out.past_key_values)
+    words = tokenizer.batch_decode(torch.cat(steps, dim=1))
+    assert words[0].startswith(" Paris") and words[1].startswith(" 5,") and words[2].startswith(" Wednesday"), words
 
 
 def test_saved_folder_loads_in_transformers_tokenizer(ours, tmp_path, theirs_tokenizer):

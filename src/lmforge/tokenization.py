@@ -657,8 +657,8 @@ def clean_up_tokenization(text: str) -> str:
 
 def _to_id_list(ids: Any) -> list[int]:
     if isinstance(ids, (torch.Tensor, np.ndarray)):
-        ids = ids.tolist()
-    return [int(i) for i in ids]
+        ids = ids.tolist()  # a 0-d tensor (e.g. logits.argmax()) gives an int, decoded as one id (as in HF)
+    return [int(ids)] if isinstance(ids, int) else [int(i) for i in ids]
 
 
 def _as_tensor(key: str, rows: list[Any], kind: str) -> Any:
