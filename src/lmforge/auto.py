@@ -109,11 +109,12 @@ class _AutoModel:
         """Same keyword options as `PreTrainedModel.from_pretrained` (num_labels, torch_dtype, ...).
         `gguf_file`: read a llama.cpp GGUF file (in the folder `path`, or a path of its own) instead."""
         if gguf_file is not None:
-            from .gguf import read_gguf_config
+            from .gguf import GGUFFile, load_gguf_model, read_gguf_config, resolve
 
-            config = read_gguf_config(path, gguf_file) if config is None else config
-            return cls.model_class(config.model_type).from_pretrained(path, config=config, gguf_file=gguf_file,
-                                                                      **options)
+            file = GGUFFile(resolve(path, gguf_file))  # parsed once, for the config and the weights
+            config = read_gguf_config(path, gguf_file, file=file) if config is None else config
+            return load_gguf_model(cls.model_class(config.model_type), path, gguf_file, config=config, file=file,
+                                   **options)
         if config is None:
             config = AutoConfig.from_pretrained(path)
         return cls.model_class(config.model_type).from_pretrained(path, config=config, **options)

@@ -206,20 +206,21 @@ def read_gguf_state_dict(file: GGUFFile, config, dtype: torch.dtype = torch.floa
 
 
 def load_gguf_model(cls, path, gguf_file, *, config=None, num_labels=None, id2label=None, label2id=None,
-                    problem_type=None, torch_dtype=None, device=None, output_loading_info=False,
-                    attn_implementation="sdpa"):
+                    problem_type=None, torch_dtype=None, dtype=None, device=None, output_loading_info=False,
+                    attn_implementation="sdpa", file: GGUFFile | None = None):
     """`cls.from_pretrained(path, gguf_file=...)`: build the model on the meta device (no random init, no
     second copy of the weights) and assign the dequantized tensors."""
     from .checkpoint import LoadingInfo, _report, with_label_overrides
 
-    file = GGUFFile(resolve(path, gguf_file))
+    file = file or GGUFFile(resolve(path, gguf_file))
     config = config or read_gguf_config(path, gguf_file, file=file)
     config = with_label_overrides(config, num_labels, id2label, label2id, problem_type)
-    dtype = torch.float32 if torch_dtype in (None, "auto") else torch_dtype
+    requested = dtype if dtype is not None else torch_dtype
+    dtype = torch.float32 if requested in (None, "auto") else requested
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype, None)
     if dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        raise ValueError(f"torch_dtype {torch_dtype!r}: GGUF weights are dequantized to float32, bfloat16 or float16")
+        raise ValueError(f"torch_dtype {requested!r}: GGUF weights are dequantized to float32, bfloat16 or float16")
     state = read_gguf_state_dict(file, config, dtype)
     with torch.device("meta"):
         model = cls(config)
