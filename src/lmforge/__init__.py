@@ -3,6 +3,7 @@
 from .auto import (
     AutoConfig,
     AutoModel,
+    AutoModelForCausalLM,
     AutoModelForMaskedLM,
     AutoModelForMultipleChoice,
     AutoModelForNextSentencePrediction,
@@ -25,8 +26,22 @@ from .modeling.bert import (
     BertModel,
 )
 
+# Decoder families and the KV cache, imported on first use: `import lmforge` stays light.
+_LAZY = {
+    **{name: "lmforge.models.gpt2" for name in (
+        "GPT2Config", "GPT2Model", "GPT2LMHeadModel", "GPT2ForSequenceClassification", "GPT2ForTokenClassification")},
+    **{name: "lmforge.models.llama" for name in (
+        "LlamaConfig", "LlamaModel", "LlamaForCausalLM", "LlamaForSequenceClassification",
+        "Qwen2Config", "Qwen2Model", "Qwen2ForCausalLM", "Qwen2ForSequenceClassification")},
+    "KVCache": "lmforge.nn",
+}
+
 
 def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
     # Tokenizer and pipelines are imported lazily: `import lmforge` stays light.
     if name in ("AutoTokenizer", "Tokenizer"):
         from . import tokenization
@@ -42,7 +57,8 @@ def __getattr__(name: str):
 __version__ = "0.1.0"
 
 __all__ = [
-    "AutoConfig", "AutoModel", "AutoModelForMaskedLM", "AutoModelForMultipleChoice",
+    *_LAZY,
+    "AutoConfig", "AutoModel", "AutoModelForCausalLM", "AutoModelForMaskedLM", "AutoModelForMultipleChoice",
     "AutoModelForNextSentencePrediction", "AutoModelForPreTraining", "AutoModelForQuestionAnswering",
     "AutoModelForSequenceClassification", "AutoModelForTokenClassification", "AutoTokenizer", "BertConfig",
     "BertForMaskedLM", "BertForMultipleChoice", "BertForNextSentencePrediction", "BertForPreTraining",

@@ -6,7 +6,8 @@ A folder holds `config.json` and weights in one of (first found wins):
 Key rules, as in `transformers`:
 - a base-model checkpoint (keys `embeddings.*`) loads into a task model (keys `bert.embeddings.*`)
   and the reverse: the `base_model_prefix` is added or stripped;
-- legacy names (TF-era LayerNorm `gamma`/`beta`) are mapped by `LEGACY_KEY_RENAMES`;
+- each family's `KeyRules` (the model class's `key_rules`) maps legacy key fragments (BERT's TF-era
+  LayerNorm `gamma`/`beta`) and names keys to drop silently (buffers old checkpoints carry);
 - tied weights (the MLM decoder = word embeddings) are not written and need not be present.
 Every error names the file it is about. `.bin` files are only read with `weights_only=True`.
 """
@@ -33,7 +34,18 @@ SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 WEIGHTS_NAME = "pytorch_model.bin"
 WEIGHTS_INDEX_NAME = "pytorch_model.bin.index.json"
 
-# Foreign / legacy key fragments -> ours. Applied to every key on load.
+@dataclass(frozen=True)
+class KeyRules:
+    """How one family's checkpoints differ from its module names (each model class sets `key_rules`)."""
+
+    renames: dict[str, str] = field(default_factory=dict)  # legacy key fragment -> current, applied on load
+    ignored: tuple[re.Pattern, ...] = ()  # keys holding nothing the model needs: dropped, not reported
+
+    def is_ignored(self, key: str) -> bool:
+        return any(p.search(key) for p in self.ignored)
+
+
+# BERT's rules. Foreign / legacy key fragments -> ours. Applied to every key on load.
 LEGACY_KEY_RENAMES = {
     "LayerNorm.gamma": "LayerNorm.weight",
     "LayerNorm.beta": "LayerNorm.bias",
@@ -45,6 +57,7 @@ IGNORED_KEY_PATTERNS = (
     re.compile(r"(^|\.)embeddings\.token_type_ids$"),
     re.compile(r"^cls\.predictions\.decoder\.bias$"),  # HF ties it to cls.predictions.bias
 )
+BERT_KEY_RULES = KeyRules(renames=LEGACY_KEY_RENAMES, ignored=IGNORED_KEY_PATTERNS)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
@@ -124,10 +137,10 @@ def read_state_dict(folder: str | os.PathLike) -> tuple[dict[str, Tensor], Path]
     raise FileNotFoundError(f"{folder}: no weights found (looked for {', '.join(n for n, _ in candidates)})")
 
 
-def normalise_keys(state: dict[str, Tensor]) -> dict[str, Tensor]:
+def normalise_keys(state: dict[str, Tensor], rules: KeyRules = BERT_KEY_RULES) -> dict[str, Tensor]:
     out = {}
     for key, value in state.items():
-        for old, new in LEGACY_KEY_RENAMES.items():
+        for old, new in rules.renames.items():
             key = key.replace(old, new)
         out[key] = value
     return out
@@ -160,6 +173,20 @@ def _resolve_dtype(torch_dtype, config) -> torch.dtype:
     raise ValueError(f"torch_dtype {torch_dtype!r} is not supported; choose one of {sorted(DTYPES)} or 'auto'")
 
 
+def with_label_overrides(config, num_labels=None, id2label=None, label2id=None, problem_type=None):
+    """A copy of `config` with the task-head arguments of from_pretrained applied (the config itself is kept)."""
+    overrides = {}
+    if id2label is not None:
+        overrides["id2label"] = id2label
+        if label2id is not None:
+            overrides["label2id"] = label2id
+    elif num_labels is not None and num_labels != config.num_labels:
+        overrides["num_labels"] = num_labels
+    if problem_type is not None:
+        overrides["problem_type"] = problem_type
+    return config.replace(**overrides) if overrides else config
+
+
 def load_pretrained(
     cls,
     path,
@@ -180,22 +207,12 @@ def load_pretrained(
         raise FileNotFoundError(f"{folder}: checkpoint folder not found")
     if config is None:
         config = cls.config_class.from_pretrained(folder)
-    overrides = {}
-    if id2label is not None:
-        overrides["id2label"] = id2label
-        if label2id is not None:
-            overrides["label2id"] = label2id
-    elif num_labels is not None and num_labels != config.num_labels:
-        overrides["num_labels"] = num_labels
-    if problem_type is not None:
-        overrides["problem_type"] = problem_type
-    if overrides:
-        config = config.replace(**overrides)
+    config = with_label_overrides(config, num_labels, id2label, label2id, problem_type)
     dtype = _resolve_dtype(torch_dtype, config)
 
     model = cls(config).set_attn_implementation(attn_implementation)
     state, source = read_state_dict(folder)
-    state = adapt_prefix(normalise_keys(state), model)
+    state = adapt_prefix(normalise_keys(state, model.key_rules), model)
     info = _load_into(model, state, source, ignore_mismatched_sizes)
     _report(cls.__name__, source, info)
 
@@ -213,7 +230,7 @@ def _load_into(model, state: dict[str, Tensor], source: Path, ignore_mismatched_
     usable: dict[str, Tensor] = {}
     for key, value in state.items():
         if key not in expected:
-            if not any(p.search(key) for p in IGNORED_KEY_PATTERNS) and key not in tied:
+            if not model.key_rules.is_ignored(key) and key not in tied:
                 info.unexpected_keys.append(key)
             continue
         if value.shape != expected[key].shape:

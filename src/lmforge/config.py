@@ -1,7 +1,8 @@
 """Model configuration: one typed dataclass per architecture, with Hugging Face field names.
 
-`BertConfig.from_json_file` / `to_json_file` read and write the `config.json` of an HF checkpoint
-folder. Keys we do not model (e.g. `_name_or_path`, `gradient_checkpointing`) are kept in `extra`
+`PretrainedConfig` holds what every family shares (task labels, (de)serialisation, validation
+helpers); `BertConfig` here and each decoder family's config (`models/<family>/config.py`) subclass it.
+`from_json_file` / `to_json_file` read and write the `config.json` of an HF checkpoint folder. Keys we do not model (e.g. `_name_or_path`, `gradient_checkpointing`) are kept in `extra`
 and written back on save, so a round trip through lmforge loses nothing.
 """
 
@@ -41,24 +42,16 @@ def read_config_json(path: str | os.PathLike) -> tuple[dict[str, Any], Path]:
 
 
 @dataclass
-class BertConfig:
-    model_type: ClassVar[str] = "bert"
+class PretrainedConfig:
+    """What every model config shares: task-head labels, HF (de)serialisation, unknown keys kept.
 
-    vocab_size: int = 30522
-    hidden_size: int = 768
-    num_hidden_layers: int = 12
-    num_attention_heads: int = 12
-    intermediate_size: int = 3072
-    hidden_act: str = "gelu"
-    hidden_dropout_prob: float = 0.1
-    attention_probs_dropout_prob: float = 0.1
-    classifier_dropout: float | None = None
-    max_position_embeddings: int = 512
-    type_vocab_size: int = 2
-    layer_norm_eps: float = 1e-12
-    initializer_range: float = 0.02
-    pad_token_id: int = 0
-    position_embedding_type: str = "absolute"
+    A family subclasses it with its own fields (HF names), `model_type`, and `_validate`; fields set to
+    None that HF omits from config.json are listed in `_omit_if_none`.
+    """
+
+    model_type: ClassVar[str] = ""
+    _omit_if_none: ClassVar[tuple[str, ...]] = ("torch_dtype", "problem_type")
+
     # Task-head fields. `num_labels` is derived from id2label when that is given (as in HF).
     num_labels: int | None = None
     id2label: dict[int, str] | None = None
@@ -66,12 +59,12 @@ class BertConfig:
     problem_type: str | None = None
     architectures: list[str] | None = None
     torch_dtype: str | None = None
-    tie_word_embeddings: bool = True
     # Everything else found in config.json, preserved verbatim on save.
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._normalise_labels()
+        self._validate_common()
         self._validate()
 
     # ------------------------------------------------------------------ validation
@@ -92,44 +85,15 @@ class BertConfig:
         else:
             self.label2id = {str(k): int(v) for k, v in self.label2id.items()}
 
-    def _validate(self) -> None:
-        def positive(name: str) -> None:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-
-        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                     "intermediate_size", "max_position_embeddings", "num_labels"):
-            positive(name)
-        if not isinstance(self.type_vocab_size, int) or self.type_vocab_size < 1:
-            raise ConfigError(f"type_vocab_size must be >= 1, got {self.type_vocab_size!r}")
-        if self.hidden_size % self.num_attention_heads != 0:
-            raise ConfigError(
-                f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
-                f"({self.num_attention_heads})"
-            )
-        if self.hidden_act not in SUPPORTED_ACTIVATIONS:
-            raise ConfigError(f"hidden_act {self.hidden_act!r} is not supported; choose one of {SUPPORTED_ACTIVATIONS}")
-        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"):
-            value = getattr(self, name)
-            if value is not None and not (0.0 <= float(value) < 1.0):
-                raise ConfigError(f"{name} must be in [0, 1), got {value!r}")
-        if not (float(self.layer_norm_eps) > 0):
-            raise ConfigError(f"layer_norm_eps must be > 0, got {self.layer_norm_eps!r}")
-        if not (0 <= self.pad_token_id < self.vocab_size):
-            raise ConfigError(f"pad_token_id ({self.pad_token_id}) must be in [0, vocab_size={self.vocab_size})")
-        if self.position_embedding_type != "absolute":
-            raise ConfigError(
-                f"position_embedding_type {self.position_embedding_type!r} is not supported (only 'absolute')"
-            )
+    def _validate_common(self) -> None:
+        positive_int(self, "num_labels")
         if self.problem_type not in PROBLEM_TYPES:
             raise ConfigError(f"problem_type must be one of {PROBLEM_TYPES}, got {self.problem_type!r}")
         if self.torch_dtype not in TORCH_DTYPES:
             raise ConfigError(f"torch_dtype must be one of {TORCH_DTYPES}, got {self.torch_dtype!r}")
 
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
+    def _validate(self) -> None:
+        """Family-specific checks; raise ConfigError naming the field."""
 
     # ------------------------------------------------------------------ (de)serialisation
     @classmethod
@@ -137,21 +101,27 @@ class BertConfig:
         return {f.name for f in dataclasses.fields(cls)} - {"extra"}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str | None = None) -> BertConfig:
-        data = dict(data)
-        found_type = data.pop("model_type", cls.model_type)
-        if found_type != cls.model_type:
-            where = f"{source}: " if source else ""
-            raise ConfigError(f"{where}model_type is {found_type!r}, expected {cls.model_type!r}")
+    def _normalise_dict(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """Map older or newer spellings of a field onto ours (families extend this)."""
         # transformers >= 4.56 writes `dtype`; older versions write `torch_dtype`.
         if "dtype" in data and "torch_dtype" not in data:
             data["torch_dtype"] = data.pop("dtype")
         else:
             data.pop("dtype", None)
-        known = cls.field_names()
-        kwargs = {k: v for k, v in data.items() if k in known}
-        extra = {k: v for k, v in data.items() if k not in known}
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str | None = None):
+        where = f"{source}: " if source else ""
+        data = dict(data)
+        found_type = data.pop("model_type", cls.model_type)
+        if found_type != cls.model_type:
+            raise ConfigError(f"{where}model_type is {found_type!r}, expected {cls.model_type!r}")
         try:
+            data = cls._normalise_dict(data)
+            known = cls.field_names()
+            kwargs = {k: v for k, v in data.items() if k in known}
+            extra = {k: v for k, v in data.items() if k not in known}
             return cls(**kwargs, extra=extra)
         except ConfigError as e:
             if source:
@@ -159,12 +129,12 @@ class BertConfig:
             raise
 
     @classmethod
-    def from_json_file(cls, path: str | os.PathLike) -> BertConfig:
+    def from_json_file(cls, path: str | os.PathLike):
         data, file = read_config_json(path)
         return cls.from_dict(data, source=str(file))
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike) -> BertConfig:
+    def from_pretrained(cls, path: str | os.PathLike):
         """From a checkpoint folder (its config.json) or a config file."""
         return cls.from_json_file(path)
 
@@ -176,12 +146,9 @@ class BertConfig:
             out[f.name] = getattr(self, f.name)
         out["id2label"] = {str(k): v for k, v in self.id2label.items()}
         out["model_type"] = self.model_type
-        if self.torch_dtype is None:
-            out.pop("torch_dtype")
-        if self.classifier_dropout is None:
-            out.pop("classifier_dropout")
-        if self.problem_type is None:
-            out.pop("problem_type")
+        for name in self._omit_if_none:
+            if out.get(name, 0) is None:
+                out.pop(name)
         return dict(sorted(out.items()))
 
     def to_json_string(self) -> str:
@@ -195,7 +162,7 @@ class BertConfig:
         directory.mkdir(parents=True, exist_ok=True)
         self.to_json_file(directory / CONFIG_NAME)
 
-    def replace(self, **changes: Any) -> BertConfig:
+    def replace(self, **changes: Any):
         """A validated copy with some fields changed (configs are never mutated by models)."""
         current = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         if "num_labels" in changes and "id2label" not in changes:
@@ -207,3 +174,66 @@ class BertConfig:
         current.update(changes)
         current["extra"] = dict(current["extra"])
         return type(self)(**current)
+
+
+def positive_int(config: Any, name: str) -> None:
+    value = getattr(config, name)
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
+def probability(config: Any, name: str) -> None:
+    value = getattr(config, name)
+    if value is not None and not (isinstance(value, (int, float)) and 0.0 <= float(value) < 1.0):
+        raise ConfigError(f"{name} must be in [0, 1), got {value!r}")
+
+
+@dataclass
+class BertConfig(PretrainedConfig):
+    model_type: ClassVar[str] = "bert"
+    _omit_if_none: ClassVar[tuple[str, ...]] = ("torch_dtype", "problem_type", "classifier_dropout")
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    classifier_dropout: float | None = None
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    initializer_range: float = 0.02
+    pad_token_id: int = 0
+    position_embedding_type: str = "absolute"
+    tie_word_embeddings: bool = True
+
+    def _validate(self) -> None:
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                     "intermediate_size", "max_position_embeddings"):
+            positive_int(self, name)
+        if not isinstance(self.type_vocab_size, int) or self.type_vocab_size < 1:
+            raise ConfigError(f"type_vocab_size must be >= 1, got {self.type_vocab_size!r}")
+        if self.hidden_size % self.num_attention_heads != 0:
+            raise ConfigError(
+                f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
+                f"({self.num_attention_heads})"
+            )
+        if self.hidden_act not in SUPPORTED_ACTIVATIONS:
+            raise ConfigError(f"hidden_act {self.hidden_act!r} is not supported; choose one of {SUPPORTED_ACTIVATIONS}")
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"):
+            probability(self, name)
+        if not (float(self.layer_norm_eps) > 0):
+            raise ConfigError(f"layer_norm_eps must be > 0, got {self.layer_norm_eps!r}")
+        if not (0 <= self.pad_token_id < self.vocab_size):
+            raise ConfigError(f"pad_token_id ({self.pad_token_id}) must be in [0, vocab_size={self.vocab_size})")
+        if self.position_embedding_type != "absolute":
+            raise ConfigError(
+                f"position_embedding_type {self.position_embedding_type!r} is not supported (only 'absolute')"
+            )
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads

@@ -7,6 +7,7 @@ not None, as in HF) also work so that code written for `transformers` runs uncha
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Any
 
 from torch import Tensor
 
@@ -90,5 +91,42 @@ class QuestionAnsweringOutput(ModelOutput):
 class MultipleChoiceOutput(ModelOutput):
     loss: Tensor | None = None
     logits: Tensor | None = None  # (B, num_choices)
+    hidden_states: tuple[Tensor, ...] | None = None
+    attentions: tuple[Tensor, ...] | None = None
+
+
+# ---------------------------------------------------------------------------------------------- decoders
+# `past_key_values` is the `nn.KVCache` a forward pass extended (None unless `use_cache=True`); transformers 5
+# calls that field `cache` (and keeps `past_key_values` as an alias), so both names read it here.
+class _CacheAlias:
+    @property
+    def cache(self):
+        return self.past_key_values
+
+
+@dataclass
+class BaseModelOutputWithPast(_CacheAlias, ModelOutput):
+    last_hidden_state: Tensor  # (B, T, C), after the final norm
+    past_key_values: Any = None  # nn.KVCache
+    hidden_states: tuple[Tensor, ...] | None = None  # embeddings + one per layer (the last one normed), (B, T, C)
+    attentions: tuple[Tensor, ...] | None = None  # one per layer, each (B, H, T, S)
+    cross_attentions: tuple[Tensor, ...] | None = None  # one per layer, each (B, H, T, S_encoder)
+
+
+@dataclass
+class CausalLMOutputWithPast(_CacheAlias, ModelOutput):
+    loss: Tensor | None = None  # mean next-token cross-entropy over labels != -100
+    logits: Tensor | None = None  # (B, T, V), or the last `logits_to_keep` positions
+    past_key_values: Any = None
+    hidden_states: tuple[Tensor, ...] | None = None
+    attentions: tuple[Tensor, ...] | None = None
+    cross_attentions: tuple[Tensor, ...] | None = None
+
+
+@dataclass
+class SequenceClassifierOutputWithPast(_CacheAlias, ModelOutput):
+    loss: Tensor | None = None
+    logits: Tensor | None = None  # (B, num_labels), from each row's last non-padding token
+    past_key_values: Any = None
     hidden_states: tuple[Tensor, ...] | None = None
     attentions: tuple[Tensor, ...] | None = None

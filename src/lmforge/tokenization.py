@@ -179,6 +179,8 @@ class Tokenizer:
         truncation_side: str = "right",
         clean_up_tokenization_spaces: bool = False,
         name_or_path: str = "",
+        model_input_names: Sequence[str] = ("input_ids", "token_type_ids", "attention_mask"),
+        chat_template: str | None = None,
     ) -> None:
         if padding_side not in ("right", "left") or truncation_side not in ("right", "left"):
             raise ValueError(f"padding_side/truncation_side must be 'right' or 'left', got "
@@ -201,6 +203,10 @@ class Tokenizer:
         self.truncation_side = truncation_side
         self.clean_up_tokenization_spaces = clean_up_tokenization_spaces
         self.name_or_path = name_or_path
+        # What __call__ returns by default (decoders take no token_type_ids), and the chat template
+        # (Jinja source) carried to tokenizer_config.json.
+        self.model_input_names = list(model_input_names)
+        self.chat_template = chat_template
         self.pad_token_type_id = 0
         self._lock = threading.Lock()
         self._register_special_tokens()
@@ -256,6 +262,7 @@ class Tokenizer:
             raise ValueError(f"no {TOKENIZER_FILE} or {VOCAB_FILE} in tokenizer folder {folder}")
 
         model_max_length = config.get("model_max_length")
+        optional = {k: config[k] for k in ("model_input_names", "chat_template") if config.get(k) is not None}
         return cls(
             backend,
             special_tokens=special,
@@ -265,6 +272,7 @@ class Tokenizer:
             truncation_side=config.get("truncation_side", "right"),
             clean_up_tokenization_spaces=bool(config.get("clean_up_tokenization_spaces", False)),
             name_or_path=str(folder),
+            **optional,
         )
 
     # ------------------------------------------------------------------ special tokens
@@ -349,7 +357,7 @@ class Tokenizer:
         max_length: int | None = None,
         pad_to_multiple_of: int | None = None,
         return_tensors: str | None = None,
-        return_token_type_ids: bool = True,
+        return_token_type_ids: bool | None = None,
         return_attention_mask: bool = True,
         return_offsets_mapping: bool = False,
         return_special_tokens_mask: bool = False,
@@ -362,6 +370,8 @@ class Tokenizer:
         (padding and truncation unset) also turns on longest-first truncation, as in transformers.
         """
         padding_strategy, truncation_strategy, max_length = self._strategies(padding, truncation, max_length)
+        if return_token_type_ids is None:
+            return_token_type_ids = "token_type_ids" in self.model_input_names
         if return_tensors not in (None, "pt", "np"):
             raise ValueError(f"return_tensors must be None, 'pt' or 'np', got {return_tensors!r}")
 
@@ -566,8 +576,10 @@ class Tokenizer:
             "padding_side": self.padding_side,
             "truncation_side": self.truncation_side,
             "clean_up_tokenization_spaces": self.clean_up_tokenization_spaces,
-            "model_input_names": ["input_ids", "token_type_ids", "attention_mask"],
+            "model_input_names": list(self.model_input_names),
         }
+        if self.chat_template is not None:
+            config["chat_template"] = self.chat_template
         if is_bert:
             config.update(
                 do_lower_case=normalizer.get("lowercase", True),
@@ -622,7 +634,14 @@ class AutoTokenizer:
         raise TypeError("use AutoTokenizer.from_pretrained(path)")
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike[str], **overrides: Any) -> Tokenizer:
+    def from_pretrained(cls, path: str | os.PathLike[str], gguf_file: str | os.PathLike[str] | None = None,
+                        **overrides: Any) -> Tokenizer:
+        """A tokenizer folder, or with `gguf_file` the tokenizer stored in a llama.cpp GGUF file (in the
+        folder `path`, or a path of its own)."""
+        if gguf_file is not None:
+            from .gguf import load_gguf_tokenizer
+
+            return load_gguf_tokenizer(path, gguf_file)
         return Tokenizer.from_pretrained(path, **overrides)
 
 
@@ -640,8 +659,8 @@ def clean_up_tokenization(text: str) -> str:
 
 def _to_id_list(ids: Any) -> list[int]:
     if isinstance(ids, (torch.Tensor, np.ndarray)):
-        ids = ids.tolist()
-    return [int(i) for i in ids]
+        ids = ids.tolist()  # a 0-d tensor (e.g. logits.argmax()) gives an int, decoded as one id (as in HF)
+    return [int(ids)] if isinstance(ids, int) else [int(i) for i in ids]
 
 
 def _as_tensor(key: str, rows: list[Any], kind: str) -> Any:

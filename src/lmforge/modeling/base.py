@@ -8,20 +8,24 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ..config import BertConfig
+from ..checkpoint import KeyRules
+from ..config import PretrainedConfig
 from .attention import ATTN_IMPLEMENTATIONS, DEFAULT_ATTN_IMPLEMENTATION
 
 
 class PreTrainedModel(nn.Module):
-    config_class: ClassVar[type] = BertConfig
+    config_class: ClassVar[type] = PretrainedConfig  # each family sets its own
     base_model_prefix: ClassVar[str] = ""
+    key_rules: ClassVar[KeyRules] = KeyRules()  # the family's checkpoint key rules (legacy names, ignored keys)
+    # Values `set_attn_implementation` accepts; None means BERT's (`attention.ATTN_IMPLEMENTATIONS`).
+    attn_implementations: ClassVar[tuple[str, ...] | None] = None
     # target key -> source key, for parameters shared between modules (the MLM decoder and the
     # word embeddings). Tied targets are not written on save and need not be in a checkpoint.
     _tied_weights: ClassVar[dict[str, str]] = {}
     # False where dropping padding would change a public output (see BertForQuestionAnswering).
     supports_unpadding: ClassVar[bool] = True
 
-    def __init__(self, config: BertConfig):
+    def __init__(self, config: PretrainedConfig):
         super().__init__()
         if not isinstance(config, self.config_class):
             raise TypeError(f"{type(self).__name__} expects a {self.config_class.__name__}, got {type(config).__name__}")
@@ -42,11 +46,13 @@ class PreTrainedModel(nn.Module):
     def set_attn_implementation(self, name: str) -> PreTrainedModel:
         """"unpadded" (the default: padding dropped before the layers; outputs equal transformers' at
         real tokens, zero at padding) or "sdpa" (padded batches, transformers-identical everywhere).
-        Models that cannot unpad (`supports_unpadding = False`) stay on "sdpa". Returns the model."""
-        if name not in ATTN_IMPLEMENTATIONS:
-            raise ValueError(f"attn_implementation must be one of {ATTN_IMPLEMENTATIONS}, got {name!r}")
+        Models that cannot unpad (`supports_unpadding = False`: decoders, question answering) stay on
+        "sdpa"; decoders also take "eager" (the written-out formula). Returns the model."""
         if name == "unpadded" and not self.supports_unpadding:
             name = "sdpa"
+        allowed = self.attn_implementations or ATTN_IMPLEMENTATIONS
+        if name not in allowed:
+            raise ValueError(f"attn_implementation must be one of {allowed}, got {name!r}")
         for module in self.modules():
             if hasattr(module, "attn_implementation"):
                 module.attn_implementation = name
@@ -69,7 +75,7 @@ class PreTrainedModel(nn.Module):
         cls,
         path: str | os.PathLike,
         *,
-        config: BertConfig | None = None,
+        config: PretrainedConfig | None = None,
         num_labels: int | None = None,
         id2label: dict[int, str] | None = None,
         label2id: dict[str, int] | None = None,
@@ -80,6 +86,7 @@ class PreTrainedModel(nn.Module):
         ignore_mismatched_sizes: bool = False,
         output_loading_info: bool = False,
         attn_implementation: str = DEFAULT_ATTN_IMPLEMENTATION,
+        gguf_file: str | os.PathLike | None = None,
     ):
         """Load an HF-format folder (config.json + model.safetensors / pytorch_model.bin / shards).
 
@@ -87,8 +94,19 @@ class PreTrainedModel(nn.Module):
         keyword arguments are. `torch_dtype="auto"` takes the dtype recorded in config.json.
         `attn_implementation="sdpa"` keeps padded batches, with outputs identical to transformers'
         at padding positions too (see `set_attn_implementation`).
+        `gguf_file` (transformers' spelling): read a llama.cpp GGUF file instead, a name inside the
+        folder `path` or a path of its own; its weights are dequantized (see `lmforge.gguf`).
         """
         from ..checkpoint import load_pretrained
+
+        if gguf_file is not None:
+            from ..gguf import load_gguf_model
+
+            return load_gguf_model(
+                cls, path, gguf_file, config=config, num_labels=num_labels, id2label=id2label, label2id=label2id,
+                problem_type=problem_type, torch_dtype=dtype if dtype is not None else torch_dtype, device=device,
+                output_loading_info=output_loading_info, attn_implementation=attn_implementation,
+            )
 
         return load_pretrained(
             cls, path, config=config, num_labels=num_labels, id2label=id2label, label2id=label2id,

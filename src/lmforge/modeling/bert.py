@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checkpoint import BERT_KEY_RULES
 from ..config import BertConfig
 from ..outputs import (
     BaseModelOutput,
@@ -208,6 +209,7 @@ class BertPooler(nn.Module):
 class BertPreTrainedModel(PreTrainedModel):
     config_class = BertConfig
     base_model_prefix = "bert"
+    key_rules = BERT_KEY_RULES
 
     def _init_weights(self, module: nn.Module) -> None:
         # BERT's initialisation: N(0, initializer_range) weights, zero biases, unit LayerNorm.

@@ -1,0 +1,301 @@
+"""Multi-head attention for decoders (and, next, encoder-decoders): causal and padding masks,
+grouped-query heads, cross-attention, and the key/value cache that generation reuses.
+
+Dimension legend (used in every shape comment of `lmforge.nn` and `lmforge.models`):
+    B   batch size
+    T   positions computed in this call (the queries): the whole prompt, or one new token per step
+    S   key/value positions: cached past + T for self-attention; the encoder length for cross-attention
+    C   hidden size                         I   feed-forward (intermediate) size
+    H   query heads                         Hk  key/value heads (H % Hk == 0; Hk < H is grouped-query)
+    D   head size                           V   vocabulary size
+
+    Attention(Q, K, V) = softmax(Q K^T * scale + mask) V          (query head h reads key/value head h // (H / Hk))
+
+Masks are additive (0 or the dtype's most negative value), so a row with nothing to attend (a left-padding
+query) gets a uniform average instead of NaN; its output is never read by a real position. With no padding,
+SDPA runs with `is_causal=True` and no mask at all (its fastest path).
+
+`attention_reference` is the formula written out: it runs when attention probabilities are requested, for
+`attn_implementation="eager"`, for `upcast` (scores and softmax in fp32 under half precision) and for dropout
+on CPU; the tests check SDPA against it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..modeling.dropout import dropout
+from .linear import fused_linear
+from .rotary import apply_rotary
+
+# "sdpa": torch's fused kernels where they apply; "eager": the written-out formula everywhere (HF's name).
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
+
+_SDPA_HAS_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
+
+
+# ---------------------------------------------------------------------------------------------- positions and masks
+def position_ids_from_mask(attention_mask: Tensor | None, T: int, past: int, device: torch.device) -> Tensor:
+    """Positions of the T new tokens: (1, T) without a mask, else (B, T) counted from each row's first real token.
+
+    `attention_mask` (B, past + T) covers the cached tokens and the new ones. Left padding therefore does not
+    shift learned or rotary positions (the first real token is position 0). Right padding gives the plain
+    0, 1, 2, ... everywhere, padding included, as transformers does.
+    """
+    if attention_mask is None:
+        return torch.arange(past, past + T, device=device)[None, :]  # (1, T)
+    first_real = attention_mask.to(torch.int32).argmax(dim=1, keepdim=True)  # (B, 1); 0 for an all-padding row
+    positions = torch.arange(attention_mask.size(1), device=device)[None, :] - first_real  # (B, S)
+    return positions[:, -T:].clamp(min=0)  # (B, T)
+
+
+def check_attention_mask(attention_mask: Tensor | None, B: int, S: int) -> None:
+    if attention_mask is not None and tuple(attention_mask.shape) != (B, S):
+        raise ValueError(
+            f"attention_mask has shape {tuple(attention_mask.shape)}, expected ({B}, {S}): one column per cached "
+            "token plus one per new token"
+        )
+
+
+def causal_mask(attention_mask: Tensor | None, T: int, S: int, dtype: torch.dtype,
+                device: torch.device) -> tuple[Tensor | None, bool]:
+    """The mask for decoder self-attention of T new queries over S = past + T keys.
+
+    Returns (additive mask (B or 1, 1, T, S) or None, is_causal). Query t (absolute position S - T + t) sees keys
+    0 .. S - T + t that are not padding. No padding and T == S: no mask, `is_causal=True` (SDPA's causal kernel);
+    no padding and T == 1: no mask (one new token sees everything cached).
+    """
+    padded = attention_mask is not None and not bool(attention_mask.all())
+    if not padded:
+        if T == S:
+            return None, True
+        if T == 1:
+            return None, False
+    allowed = torch.ones(T, S, dtype=torch.bool, device=device).tril(diagonal=S - T)[None, None]  # (1, 1, T, S)
+    if padded:
+        allowed = allowed & attention_mask.bool()[:, None, None, :]  # (B, 1, T, S)
+    return to_additive(allowed, dtype), False
+
+
+def padding_mask(attention_mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    """(B, S) of 1 = attend / 0 = padding -> additive (B, 1, 1, S), or None when nothing is padding."""
+    if attention_mask is None or bool(attention_mask.all()):
+        return None
+    return to_additive(attention_mask.bool()[:, None, None, :], dtype)  # (B, 1, 1, S)
+
+
+def to_additive(allowed: Tensor, dtype: torch.dtype) -> Tensor:
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, torch.finfo(dtype).min)
+
+
+def mask_dtype(x: Tensor) -> torch.dtype:
+    """The dtype the attention scores will have: the autocast dtype inside autocast, else x's."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
+# ---------------------------------------------------------------------------------------------- the attention core
+def attention_reference(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, is_causal: bool = False, scale: float | None = None,
+    dropout_p: float = 0.0, upcast: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """softmax(Q K^T * scale + mask) V written out. q: (B, H, T, D); k, v: (B, Hk, S, D).
+
+    Returns the context (B, H, T, D) and the probabilities (B, H, T, S). The softmax runs in fp32; with
+    `upcast` the scores do too (GPT-2's `reorder_and_upcast_attn`, which matters in half precision only).
+    """
+    H, Hk, T, S = q.size(1), k.size(1), q.size(2), k.size(2)
+    if Hk != H:  # grouped-query: each key/value head serves H / Hk query heads
+        k = k.repeat_interleave(H // Hk, dim=1)  # (B, H, S, D)
+        v = v.repeat_interleave(H // Hk, dim=1)  # (B, H, S, D)
+    scale = q.size(-1) ** -0.5 if scale is None else scale
+    if upcast:
+        with torch.autocast(q.device.type, enabled=False):
+            scores = (q.float() @ k.float().transpose(-1, -2)) * scale  # (B, H, T, S)
+    else:
+        scores = (q @ k.transpose(-1, -2)) * scale  # (B, H, T, S)
+    if is_causal:
+        mask = to_additive(torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T), scores.dtype)
+    if mask is not None:
+        scores = scores + mask
+    probs = scores.softmax(dim=-1, dtype=torch.float32).to(v.dtype)  # (B, H, T, S)
+    context = dropout(probs, dropout_p, dropout_p > 0.0) @ v  # (B, H, T, D)
+    return context, probs
+
+
+def attend(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, *, is_causal: bool = False, scale: float | None = None,
+    dropout_p: float = 0.0, need_probs: bool = False, eager: bool = False, upcast: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """q: (B, H, T, D), k/v: (B, Hk, S, D), mask additive or None -> context (B, T, H*D), probs (B, H, T, S) or None.
+
+    `dropout_p` is the probability to apply now (0 outside training). SDPA by default; the written-out formula
+    when probabilities are needed, for `eager`, `upcast`, or dropout on CPU (SDPA's CPU dropout is that same math
+    with torch's slower random draw).
+    """
+    B, H, T, D = q.shape
+    if need_probs or eager or upcast or (dropout_p > 0.0 and q.device.type == "cpu"):
+        context, probs = attention_reference(q, k, v, mask, is_causal, scale, dropout_p, upcast)
+        probs = probs if need_probs else None
+    else:
+        if mask is not None and mask.dtype != q.dtype:
+            mask = mask.to(q.dtype)
+        if k.size(1) != H and not _SDPA_HAS_GQA:
+            k, v = (t.repeat_interleave(H // k.size(1), dim=1) for t in (k, v))  # (B, H, S, D)
+        gqa = {"enable_gqa": True} if k.size(1) != H else {}
+        context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
+                                                 is_causal=is_causal, scale=scale, **gqa)
+        probs = None
+    return context.transpose(1, 2).reshape(B, T, H * D), probs  # (B, T, H*D)
+
+
+# ---------------------------------------------------------------------------------------------- the cache
+class KVCache:
+    """Keys and values of every position seen so far, per layer: generation runs the prompt once (prefill),
+    then one token per step, each step attending to the cached keys/values instead of recomputing them.
+
+    Storage is preallocated rather than concatenated: each layer's keys and values live in a (B, Hk, capacity,
+    D) buffer that a step writes into in place, and the capacity doubles when full. Concatenating copies the
+    whole past at every step (quadratic in the length; for a 30-layer model at 1,000 tokens that is ~10% of a
+    step's memory traffic), while doubling copies each position a constant number of times on average.
+    Attention reads a view of the filled part. When autograd is recording, `update` concatenates instead: an
+    in-place write would change tensors saved for the backward pass.
+
+    Cross-attention keys/values (from the encoder output, fixed for the whole generation) are kept apart in
+    `cross`, computed at the first step and reused after.
+
+    A forward pass given a cache extends it (a cache is an accumulator handed in to be filled, like an
+    optimizer state) and returns the same object as `past_key_values`.
+    """
+
+    def __init__(self, num_layers: int):
+        self.num_layers = num_layers
+        self._keys: list[Tensor | None] = [None] * num_layers
+        self._values: list[Tensor | None] = [None] * num_layers
+        self._lengths = [0] * num_layers
+        self.cross: list[tuple[Tensor, Tensor] | None] = [None] * num_layers
+
+    def get_seq_length(self, layer: int = 0) -> int:
+        """Number of cached positions (of `layer`; every layer holds the same number between forward passes)."""
+        return self._lengths[layer]
+
+    def __len__(self) -> int:
+        return self.num_layers
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Append k, v (B, Hk, T, D) to `layer`; returns all of its keys and values, (B, Hk, S, D) each."""
+        n, T = self._lengths[layer], k.size(2)
+        keys, values = self._keys[layer], self._values[layer]
+        if keys is not None and (keys.shape[0] != k.shape[0] or keys.shape[1] != k.shape[1] or keys.dtype != k.dtype):
+            raise ValueError(f"KVCache layer {layer}: holds {tuple(keys.shape[:2])} {keys.dtype} keys, got "
+                             f"{tuple(k.shape[:2])} {k.dtype}; use one cache per batch")
+        if torch.is_grad_enabled() and (k.requires_grad or v.requires_grad):
+            keys = k if keys is None else torch.cat([keys[:, :, :n], k], dim=2)  # (B, Hk, S, D)
+            values = v if values is None else torch.cat([values[:, :, :n], v], dim=2)
+        else:
+            if keys is None or n + T > keys.size(2):
+                keys, values = self._grow(keys, n, n + T, k), self._grow(values, n, n + T, v)
+            keys[:, :, n:n + T] = k
+            values[:, :, n:n + T] = v
+        self._keys[layer], self._values[layer] = keys, values
+        self._lengths[layer] = n + T
+        return keys[:, :, :n + T], values[:, :, :n + T]  # (B, Hk, S, D) views
+
+    @staticmethod
+    def _grow(buffer: Tensor | None, filled: int, needed: int, like: Tensor) -> Tensor:
+        B, Hk, _, D = like.shape
+        capacity = max(needed, 2 * (buffer.size(2) if buffer is not None else 0), 16)
+        grown = like.new_empty(B, Hk, capacity, D)
+        if buffer is not None:
+            grown[:, :, :filled] = buffer[:, :, :filled]
+        return grown
+
+
+# ---------------------------------------------------------------------------------------------- modules
+class Attention(nn.Module):
+    """Q, K, V and output projections with HF/Llama names (`q_proj`, `k_proj`, `v_proj`, `o_proj`).
+
+    Subclasses: `SelfAttention` (causal decoders; rotary positions optional) and `CrossAttention` (queries
+    from the decoder, keys/values from an encoder's output).
+    """
+
+    def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int, head_dim: int, *, qkv_bias: bool,
+                 out_bias: bool, dropout: float, layer_idx: int, kv_input_size: int | None = None):
+        super().__init__()
+        if num_heads % num_kv_heads != 0:
+            raise ValueError(f"num_heads ({num_heads}) must be a multiple of num_kv_heads ({num_kv_heads})")
+        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
+        self.dropout_p = dropout
+        self.layer_idx = layer_idx
+        kv_in = kv_input_size or hidden_size
+        self.q_proj = nn.Linear(hidden_size, num_heads * head_dim, bias=qkv_bias)
+        self.k_proj = nn.Linear(kv_in, num_kv_heads * head_dim, bias=qkv_bias)
+        self.v_proj = nn.Linear(kv_in, num_kv_heads * head_dim, bias=qkv_bias)
+        self.o_proj = nn.Linear(num_heads * head_dim, hidden_size, bias=out_bias)
+        self.attn_implementation = "sdpa"
+
+    def _fused_params(self, names: tuple[str, ...]) -> tuple[Tensor, Tensor | None]:
+        # One matmul over concatenated weights instead of two or three: same numbers, one pass over x.
+        layers = [getattr(self, n) for n in names]
+        weight = torch.cat([m.weight for m in layers])  # (sum of outputs, C)
+        bias = torch.cat([m.bias for m in layers]) if layers[0].bias is not None else None
+        return weight, bias
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool,
+                need_probs: bool) -> tuple[Tensor, Tensor | None]:
+        context, probs = attend(
+            q, k, v, mask, is_causal=is_causal, dropout_p=self.dropout_p if self.training else 0.0,
+            need_probs=need_probs, eager=self.attn_implementation == "eager",
+        )  # (B, T, H*D)
+        return fused_linear(context, self.o_proj, self.o_proj.weight, lambda: (self.o_proj.weight, self.o_proj.bias)), probs
+
+
+class SelfAttention(Attention):
+    def forward(
+        self, x: Tensor, mask: Tensor | None, is_causal: bool, rotary: tuple[Tensor, Tensor] | None = None,
+        cache: KVCache | None = None, need_probs: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        """x: (B, T, C); mask/is_causal from `causal_mask`; rotary: (cos, sin) from `RotaryEmbedding`."""
+        B, T, _ = x.shape
+        H, Hk, D = self.num_heads, self.num_kv_heads, self.head_dim
+        qkv = fused_linear(x, self, self.q_proj.weight,
+                           lambda: self._fused_params(("q_proj", "k_proj", "v_proj")))  # (B, T, (H + 2Hk) * D)
+        q, k, v = qkv.split([H * D, Hk * D, Hk * D], dim=-1)
+        q = q.view(B, T, H, D)  # (B, T, H, D)
+        k = k.view(B, T, Hk, D)  # (B, T, Hk, D)
+        if rotary is not None:
+            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, H, T, D), (B, Hk, T, D)
+        v = v.view(B, T, Hk, D).transpose(1, 2)  # (B, Hk, T, D)
+        if cache is not None:
+            k, v = cache.update(self.layer_idx, k, v)  # (B, Hk, S, D)
+        return self._attend(q, k, v, mask, is_causal, need_probs)
+
+
+class CrossAttention(Attention):
+    def forward(
+        self, x: Tensor, encoder_states: Tensor | None, mask: Tensor | None, cache: KVCache | None = None,
+        need_probs: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        """x: (B, T, C) decoder states; encoder_states: (B, S, C_enc), or None when `cache` holds its keys/values;
+        mask: from `padding_mask` over the encoder positions."""
+        B, T, _ = x.shape
+        H, Hk, D = self.num_heads, self.num_kv_heads, self.head_dim
+        q = fused_linear(x, self.q_proj, self.q_proj.weight, lambda: (self.q_proj.weight, self.q_proj.bias))
+        q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
+        cached = cache.cross[self.layer_idx] if cache is not None else None
+        if cached is not None:
+            k, v = cached
+        else:
+            if encoder_states is None:
+                raise ValueError("cross-attention needs encoder_states (or a cache that already holds them)")
+            S = encoder_states.size(1)
+            kv = fused_linear(encoder_states, self, self.k_proj.weight,
+                              lambda: self._fused_params(("k_proj", "v_proj")))  # (B, S, 2 * Hk * D)
+            k, v = kv.view(B, S, 2, Hk, D).permute(2, 0, 3, 1, 4).unbind(0)  # 2 x (B, Hk, S, D)
+            if cache is not None:
+                cache.cross[self.layer_idx] = (k, v)
+        return self._attend(q, k, v, mask, False, need_probs)

@@ -1,0 +1,60 @@
+"""What task heads on a decoder share: the next-token loss, last-token pooling, the classification loss rule."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def causal_lm_loss(logits: Tensor, labels: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+    """Mean cross-entropy of predicting token t+1 from positions <= t; labels of -100 are ignored.
+
+    `labels` are the input ids (or a copy with -100 where no loss is wanted, e.g. padding): the shift happens
+    here, as in transformers. logits (B, T, V), labels (B, T); computed in fp32. Predictions made at padding
+    positions (`attention_mask` 0) are not scored either: with left padding the pad before a row's first token
+    would otherwise "predict" it from nothing (transformers scores that term; it differs only there).
+    """
+    V = logits.size(-1)
+    shifted_labels = labels[:, 1:].to(logits.device)  # (B, T-1)
+    if attention_mask is not None:
+        from_padding = attention_mask[:, -labels.size(1):-1] == 0  # (B, T-1): the predicting position is padding
+        shifted_labels = shifted_labels.masked_fill(from_padding.to(logits.device), -100)
+    shifted_logits = logits[:, :-1].float().reshape(-1, V)  # (B*(T-1), V)
+    return F.cross_entropy(shifted_logits, shifted_labels.reshape(-1), ignore_index=-100)
+
+
+def last_token_index(input_ids: Tensor | None, pad_token_id: int | None, batch_size: int) -> Tensor | int:
+    """Where a causal model reads a sequence's summary: each row's rightmost token that is not `pad_token_id`
+    (so left and right padding both work), or the last position when there is no pad token / no input ids.
+    transformers' rule, including its refusal of batches without a pad token."""
+    if pad_token_id is None:
+        if batch_size != 1:
+            raise ValueError("cannot pool batches of more than one sequence without a pad token: set "
+                             "config.pad_token_id (the padding id the tokenizer uses)")
+        return -1
+    if input_ids is None:
+        return -1  # embeddings give no padding information; transformers warns and does the same
+    not_pad = (input_ids != pad_token_id).to(torch.int32)  # (B, T)
+    positions = torch.arange(input_ids.size(-1), device=input_ids.device, dtype=torch.int32)
+    return (positions * not_pad).argmax(-1)  # (B,)
+
+
+def sequence_classification_loss(logits: Tensor, labels: Tensor, num_labels: int, problem_type: str | None) -> Tensor:
+    """transformers' rule: regression for one label; single-label cross-entropy for integer labels;
+    multi-label BCE otherwise (or as `problem_type` says)."""
+    if problem_type is None:
+        if num_labels == 1:
+            problem_type = "regression"
+        elif labels.dtype in (torch.long, torch.int, torch.int16, torch.int8, torch.uint8):
+            problem_type = "single_label_classification"
+        else:
+            problem_type = "multi_label_classification"
+    logits = logits.float()
+    if problem_type == "regression":
+        if num_labels == 1:
+            return F.mse_loss(logits.squeeze(), labels.squeeze().to(logits.dtype))
+        return F.mse_loss(logits, labels.to(logits.dtype))
+    if problem_type == "single_label_classification":
+        return F.cross_entropy(logits.view(-1, num_labels), labels.view(-1))
+    return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
