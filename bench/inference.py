@@ -52,7 +52,7 @@ from common import (
 )
 from mfu import padding_flops_ratio
 
-from lmforge.modeling.onednn import frozen_weights
+from lmforge.cpu.onednn import frozen_weights
 
 MAX_ABS_DIFF = 1e-4
 Batches = list[tuple[torch.Tensor, dict[str, torch.Tensor]]]  # (indices into the texts, model inputs)

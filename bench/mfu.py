@@ -34,7 +34,7 @@ from common import (
     set_threads,
 )
 
-from lmforge.modeling import onednn
+from lmforge.cpu import onednn
 
 
 def matmul_peaks(sizes: Sequence[int] = (1024, 2048), threads: int = 2, repeats: int = 7) -> dict[str, float]:

@@ -8,6 +8,7 @@ Dimension legend (used in every shape comment of `lmforge.nn` and `lmforge.model
     C   hidden size                         I   feed-forward (intermediate) size
     H   query heads                         Hk  key/value heads (H % Hk == 0; Hk < H is grouped-query)
     D   head size                           V   vocabulary size
+    N   real tokens of a batch with padding dropped (N <= B * T; encoders' unpadded layout)
 
     Attention(Q, K, V) = softmax(Q K^T * scale + mask) V          (query head h reads key/value head h // (H / Hk))
 
@@ -26,12 +27,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..modeling.dropout import dropout
+from ..cpu.dropout import dropout
 from .linear import fused_linear
 from .rotary import apply_rotary
 
 # "sdpa": torch's fused kernels where they apply; "eager": the written-out formula everywhere (HF's name).
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
+# Encoders (BERT): "unpadded" (the default) drops padding before the layers; outputs equal transformers' at
+# real tokens (fp32, within 1e-5) and are zero at padding positions. "sdpa": padded batches,
+# transformers-identical outputs everywhere (padding positions included).
+ENCODER_ATTN_IMPLEMENTATIONS = ("unpadded", "sdpa")
+DEFAULT_ATTN_IMPLEMENTATION = "unpadded"
 
 _SDPA_HAS_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
 

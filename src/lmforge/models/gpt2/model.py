@@ -18,8 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...modeling.base import PreTrainedModel
-from ...modeling.dropout import Dropout
+from ...cpu.dropout import Dropout
 from ...nn.attention import (
     KVCache,
     attend,
@@ -38,6 +37,7 @@ from ...outputs import (
     SequenceClassifierOutputWithPast,
     TokenClassifierOutput,
 )
+from ..base import PreTrainedModel
 from . import keys
 from .config import GPT2Config
 

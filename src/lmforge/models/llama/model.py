@@ -16,7 +16,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ...modeling.base import PreTrainedModel
 from ...nn.attention import (
     KVCache,
     SelfAttention,
@@ -31,6 +30,7 @@ from ...nn.mlp import GatedMLP
 from ...nn.norms import RMSNorm
 from ...nn.rotary import RotaryEmbedding
 from ...outputs import BaseModelOutputWithPast, CausalLMOutputWithPast, SequenceClassifierOutputWithPast
+from ..base import PreTrainedModel
 from . import keys
 from .config import LlamaConfig, Qwen2Config
 

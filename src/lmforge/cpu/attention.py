@@ -1,17 +1,11 @@
-"""Multi-head scaled dot-product self-attention.
+"""Encoder (BERT) self-attention with its CPU paths, and the packed (unpadded) token layout.
 
-Dimension legend (used in every shape comment of lmforge's modeling code):
-    B  batch size              T  sequence length (query)     S  sequence length (key/value)
-    C  hidden size             H  attention heads             D  head size = C // H
-    V  vocabulary size         I  intermediate (feed-forward) size
-    N  number of tokens kept after dropping padding (N <= B * T)
+Shape legend: `lmforge.nn.attention`'s, plus N = real tokens kept after dropping padding (N <= B * T).
 
-    Attention(Q, K, V) = softmax(Q K^T / sqrt(D) + mask) V
-
-`attention_reference` is the formula written out; the model runs
-`torch.nn.functional.scaled_dot_product_attention` (fused kernels) on padded batches, or
-`varlen_attention` on the packed real tokens (the default "unpadded" mode, CPU outside training), and
-the written-out formula when attention probabilities are requested; the tests check they agree.
+`EncoderSelfAttention` projects Q, K and V with one matmul (oneDNN in CPU inference) and attends through
+`nn.attention.attend` (SDPA, or the written-out formula when probabilities are requested or for dropout on
+CPU) on padded batches, or through `varlen_attention` on the packed real tokens (the default "unpadded"
+mode, CPU outside training); the tests check they agree.
 """
 
 from __future__ import annotations
@@ -23,48 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..nn.attention import attend, padding_mask
 from . import onednn
 from .dropout import dropout
 
 
-def padding_mask_to_additive(attention_mask: Tensor, dtype: torch.dtype) -> Tensor:
-    """(B, S) of 1 = attend / 0 = padding  ->  additive mask (B, 1, 1, S): 0 or the dtype's minimum.
-
-    The most negative finite value (rather than -inf) keeps rows finite, as in BERT/HF.
-    """
-    mask = attention_mask[:, None, None, :].to(dtype)  # (B, 1, 1, S)
-    return (1.0 - mask) * torch.finfo(dtype).min
-
-
-def causal_additive_mask(T: int, S: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """(1, 1, T, S) additive mask that hides future keys (for decoders)."""
-    allowed = torch.ones(T, S, dtype=torch.bool, device=device).tril(diagonal=S - T)
-    return torch.zeros(T, S, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)[None, None]
-
-
-def attention_reference(
-    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, dropout_p: float = 0.0, training: bool = False
-) -> tuple[Tensor, Tensor]:
-    """softmax(QK^T/sqrt(D) + mask) V, written out. q: (B, H, T, D), k/v: (B, H, S, D).
-
-    Returns the context (B, H, T, D) and the attention probabilities (B, H, T, S).
-    """
-    scores = q @ k.transpose(-1, -2) / math.sqrt(q.size(-1))  # (B, H, T, S)
-    if mask is not None:
-        scores = scores + mask
-    probs = scores.softmax(dim=-1)  # (B, H, T, S)
-    context = dropout(probs, dropout_p, training) @ v  # (B, H, T, D)
-    return context, probs
-
-
-# "unpadded" (the default): padding dropped before the layers; outputs equal transformers' at real
-#   tokens (fp32, within 1e-5) and are zero at padding positions.
-# "sdpa": padded batches, transformers-identical outputs everywhere (padding positions included).
-ATTN_IMPLEMENTATIONS = ("unpadded", "sdpa")
-DEFAULT_ATTN_IMPLEMENTATION = "unpadded"
-
-
-class BertSelfAttention(nn.Module):
+class EncoderSelfAttention(nn.Module):
     """Q/K/V projections. Attribute names follow HF's `attention.self.{query,key,value}`.
 
     Q, K and V come from one matmul over the concatenated weights (3 GEMMs -> 1): same numbers,
@@ -95,18 +53,10 @@ class BertSelfAttention(nn.Module):
         return weight, bias
 
     def _attend(self, qkv: Tensor, mask: Tensor | None, output_attentions: bool) -> tuple[Tensor, Tensor | None]:
-        B, T, C3 = qkv.shape
-        H, D = self.num_heads, self.head_dim
-        q, k, v = qkv.view(B, T, 3, H, D).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, T, D)
+        B, T, _ = qkv.shape
+        q, k, v = qkv.view(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, T, D)
         dropout_p = self.dropout_p if self.training else 0.0
-        if output_attentions or (dropout_p > 0.0 and q.device.type == "cpu"):
-            # On CPU, SDPA with dropout falls back to this same math, with torch's slow dropout draw.
-            context, probs = attention_reference(q, k, v, mask, dropout_p, self.training)
-            probs = probs if output_attentions else None
-        else:
-            context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
-            probs = None
-        return context.transpose(1, 2).reshape(B, T, C3 // 3), probs  # (B, T, C)
+        return attend(q, k, v, mask, dropout_p=dropout_p, need_probs=output_attentions)  # (B, T, C), probs
 
     def forward(
         self, x: Tensor, mask: Tensor | None, output_attentions: bool = False
@@ -177,7 +127,7 @@ class Packing:
         self.B, self.T = attention_mask.shape
         self.index = attention_mask.reshape(-1).nonzero().squeeze(1)  # (N,)
         self.attention_mask = attention_mask
-        self.additive_mask = padding_mask_to_additive(attention_mask, dtype)  # (B, 1, 1, T)
+        self.additive_mask = padding_mask(attention_mask, dtype)  # (B, 1, 1, T)
 
     @functools.cached_property
     def lengths(self) -> list[int]:

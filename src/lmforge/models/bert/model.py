@@ -7,15 +7,17 @@ key map and HF checkpoints load directly. See `attention.py` for the dimension l
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checkpoint import BERT_KEY_RULES
-from ..config import BertConfig
-from ..outputs import (
+from ...cpu import onednn
+from ...cpu.attention import EncoderSelfAttention, Packing
+from ...cpu.dropout import Dropout
+from ...nn.attention import DEFAULT_ATTN_IMPLEMENTATION, ENCODER_ATTN_IMPLEMENTATIONS, padding_mask
+from ...nn.heads import IGNORE_INDEX, mlm_logits_and_loss, sequence_classification_loss
+from ...nn.mlp import ACTIVATIONS
+from ...outputs import (
     BaseModelOutput,
     MaskedLMOutput,
     MultipleChoiceOutput,
@@ -25,32 +27,9 @@ from ..outputs import (
     SequenceClassifierOutput,
     TokenClassifierOutput,
 )
-from . import onednn
-from .attention import DEFAULT_ATTN_IMPLEMENTATION, BertSelfAttention, Packing, padding_mask_to_additive
-from .base import PreTrainedModel
-from .dropout import Dropout
-from .losses import linear_cross_entropy
-
-
-def _gelu_new(x: Tensor) -> Tensor:
-    # The tanh approximation of GELU used by GPT-2 and HF's "gelu_new", written as HF writes it.
-    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
-
-
-def _gelu_fast(x: Tensor) -> Tensor:
-    return 0.5 * x * (1.0 + torch.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x)))
-
-
-ACTIVATIONS = {
-    "gelu": F.gelu,
-    "gelu_new": _gelu_new,
-    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu_fast": _gelu_fast,
-    "relu": F.relu,
-    "silu": F.silu,
-    "swish": F.silu,
-    "tanh": torch.tanh,
-}
+from ..base import PreTrainedModel
+from .config import BertConfig
+from .keys import BERT_KEY_RULES
 
 
 # ---------------------------------------------------------------------------------------------- body
@@ -109,7 +88,7 @@ BertOutput = BertSelfOutput
 class BertAttention(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
-        self.self = BertSelfAttention(config.hidden_size, config.num_attention_heads, config.attention_probs_dropout_prob)
+        self.self = EncoderSelfAttention(config.hidden_size, config.num_attention_heads, config.attention_probs_dropout_prob)
         self.output = BertSelfOutput(config, config.hidden_size)
 
     def forward(self, x: Tensor, mask: Tensor | None, output_attentions: bool) -> tuple[Tensor, Tensor | None]:
@@ -131,7 +110,7 @@ class DenseActivation(nn.Module):
         self.hidden_act = hidden_act
 
     def forward(self, x: Tensor, packed: bool = False) -> Tensor:
-        if self.hidden_act in onednn.FUSED_ACTIVATIONS:  # oneDNN in CPU inference, else ATen + the same activation
+        if self.hidden_act in onednn.POST_OPS:  # oneDNN in CPU inference, else ATen + the same activation
             return onednn.linear_module(x, self.dense, fp32=packed, activation=self.hidden_act)
         return self.act(self.dense(x))
 
@@ -210,6 +189,7 @@ class BertPreTrainedModel(PreTrainedModel):
     config_class = BertConfig
     base_model_prefix = "bert"
     key_rules = BERT_KEY_RULES
+    attn_implementations = ENCODER_ATTN_IMPLEMENTATIONS
 
     def _init_weights(self, module: nn.Module) -> None:
         # BERT's initialisation: N(0, initializer_range) weights, zero biases, unit LayerNorm.
@@ -233,7 +213,7 @@ class BertPreTrainedModel(PreTrainedModel):
 class BertModel(BertPreTrainedModel):
     """The bare encoder: embeddings -> N encoder layers -> (optional) pooler.
 
-    `attn_implementation` (see `attention.ATTN_IMPLEMENTATIONS`; `from_pretrained(...,
+    `attn_implementation` (see `nn.attention.ENCODER_ATTN_IMPLEMENTATIONS`; `from_pretrained(...,
     attn_implementation=...)` or `model.set_attn_implementation(...)`):
     - "unpadded", the default: padding tokens are dropped before the layers (embeddings, linear
       layers, attention and feed-forward run on real tokens only) and the outputs are re-padded.
@@ -279,7 +259,7 @@ class BertModel(BertPreTrainedModel):
             attentions = None
         else:
             x = self.embeddings(input_ids, token_type_ids, position_ids)  # (B, T, C)
-            mask = padding_mask_to_additive(attention_mask, x.dtype) if padded else None  # (B, 1, 1, T)
+            mask = padding_mask(attention_mask, x.dtype)  # (B, 1, 1, T) or None
             x, hidden_states, attentions = self.encoder(x, mask, output_hidden_states, output_attentions)
         pooled = self.pooler(x) if self.pooler is not None else None
         return BaseModelOutput(last_hidden_state=x, pooler_output=pooled, hidden_states=hidden_states, attentions=attentions)
@@ -290,7 +270,7 @@ def labels_at_padding(labels: Tensor | None, attention_mask: Tensor | None) -> b
     Then the model runs padded, whatever its attention mode, so the loss equals transformers'."""
     if labels is None or attention_mask is None or labels.shape != attention_mask.shape:
         return False
-    return bool((labels[attention_mask == 0] != -100).any())
+    return bool((labels[attention_mask == 0] != IGNORE_INDEX).any())
 
 
 # ---------------------------------------------------------------------------------------------- heads
@@ -335,31 +315,6 @@ class BertPreTrainingHeads(nn.Module):
         self.seq_relationship = nn.Linear(config.hidden_size, 2)
 
 
-def _mlm_logits_and_loss(
-    head: BertLMPredictionHead, sequence_output: Tensor, labels: Tensor | None, sparse: bool
-) -> tuple[Tensor, Tensor | None]:
-    """Dense: logits for every position (B, T, V). Sparse: only where labels != -100, (N, V), and
-    with gradients enabled no logits at all (None): `linear_cross_entropy` gives the loss directly.
-
-    The sparse path is Google BERT's gather of masked positions: with 15% masking it skips ~85%
-    of the vocabulary projection, the largest matmul of a small BERT. The loss is the same.
-    """
-    if labels is None:
-        return head(sequence_output), None
-    if sparse:
-        flat_labels = labels.reshape(-1)  # (B*T,)
-        keep = flat_labels != -100
-        masked = sequence_output.reshape(-1, sequence_output.size(-1))[keep]  # (N, C)
-        if torch.is_grad_enabled():
-            # Training: projection and loss fused; the (N, V) logits are never materialised.
-            loss = linear_cross_entropy(head.transform(masked), head.decoder.weight, head.bias, flat_labels[keep])
-            return None, loss
-        logits = head(masked)  # (N, V)
-        return logits, F.cross_entropy(logits.float(), flat_labels[keep])
-    logits = head(sequence_output)  # (B, T, V)
-    return logits, F.cross_entropy(logits.float().view(-1, logits.size(-1)), labels.reshape(-1))
-
-
 class _TiedMLMMixin:
     _tied_weights = {"cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight"}
 
@@ -391,7 +346,7 @@ class BertForMaskedLM(_TiedMLMMixin, BertPreTrainedModel):
     ) -> MaskedLMOutput:
         out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states, output_attentions,
                         keep_padding=labels_at_padding(labels, attention_mask))
-        logits, loss = _mlm_logits_and_loss(self.cls.predictions, out.last_hidden_state, labels, sparse_mlm)
+        logits, loss = mlm_logits_and_loss(self.cls.predictions, out.last_hidden_state, labels, sparse_mlm)
         return MaskedLMOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
 
 
@@ -418,7 +373,7 @@ class BertForPreTraining(_TiedMLMMixin, BertPreTrainedModel):
     ) -> PreTrainingOutput:
         out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states, output_attentions,
                         keep_padding=labels_at_padding(labels, attention_mask))
-        logits, mlm_loss = _mlm_logits_and_loss(self.cls.predictions, out.last_hidden_state, labels, sparse_mlm)
+        logits, mlm_loss = mlm_logits_and_loss(self.cls.predictions, out.last_hidden_state, labels, sparse_mlm)
         nsp_logits = self.cls.seq_relationship(out.pooler_output)  # (B, 2)
         loss = nsp_loss = None
         if mlm_loss is not None and next_sentence_label is not None:
@@ -464,25 +419,6 @@ def classifier_dropout(config: BertConfig) -> Dropout:
     """Dropout before a task head: `classifier_dropout`, else the hidden dropout (as HF)."""
     p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
     return Dropout(p)
-
-
-def sequence_classification_loss(logits: Tensor, labels: Tensor, num_labels: int, problem_type: str | None) -> Tensor:
-    """HF's rule: regression if one label; single-label CE for integer labels; multi-label BCE otherwise."""
-    if problem_type is None:
-        if num_labels == 1:
-            problem_type = "regression"
-        elif labels.dtype in (torch.long, torch.int, torch.int16, torch.int8, torch.uint8):
-            problem_type = "single_label_classification"
-        else:
-            problem_type = "multi_label_classification"
-    logits = logits.float()
-    if problem_type == "regression":
-        if num_labels == 1:
-            return F.mse_loss(logits.squeeze(), labels.squeeze().to(logits.dtype))
-        return F.mse_loss(logits, labels.to(logits.dtype))
-    if problem_type == "single_label_classification":
-        return F.cross_entropy(logits.view(-1, num_labels), labels.view(-1))
-    return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
 
 
 class BertForSequenceClassification(BertPreTrainedModel):
