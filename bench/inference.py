@@ -50,7 +50,7 @@ from common import (
     set_threads,
     timed,
 )
-from mfu import padding_flops_ratio
+from flops import padding_flops_ratio
 
 from lmforge.cpu.onednn import frozen_weights
 
