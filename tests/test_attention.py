@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from lmforge.cpu.attention import EncoderSelfAttention, Packing, varlen_attention
-from lmforge.nn.attention import attention_reference, padding_mask, to_additive
+from lmforge.cpu.attention import varlen_attention
+from lmforge.nn.attention import EncoderSelfAttention, attention_reference, padding_mask, to_additive
+from lmforge.nn.packing import Packing, Padded
 
 
 def test_sdpa_matches_reference_with_padding_mask():
@@ -14,8 +15,8 @@ def test_sdpa_matches_reference_with_padding_mask():
     x = torch.randn(3, 7, 24)
     attention_mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3, [1] + [0] * 6])
     mask = padding_mask(attention_mask, x.dtype)
-    fused, _ = layer(x, mask, output_attentions=False)
-    reference, probs = layer(x, mask, output_attentions=True)
+    fused, _ = layer(x, Padded(mask), output_attentions=False)
+    reference, probs = layer(x, Padded(mask), output_attentions=True)
     torch.testing.assert_close(fused, reference, atol=1e-6, rtol=0)
     # padded keys get no weight; rows sum to one
     assert probs[1, :, :, 4:].abs().max() == 0

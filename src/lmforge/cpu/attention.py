@@ -1,44 +1,46 @@
-"""Encoder (BERT) self-attention with its CPU paths, and the packed (unpadded) token layout.
-
-Shape legend: `lmforge.nn.attention`'s, plus N = real tokens kept after dropping padding (N <= B * T).
-
-`EncoderSelfAttention` projects Q, K and V with one matmul (oneDNN in CPU inference) and attends through
-`nn.attention.attend` (SDPA, or the written-out formula when probabilities are requested or for dropout on
-CPU) on padded batches, or through `varlen_attention` on the packed real tokens (the default "unpadded"
-mode, CPU outside training); the tests check they agree.
+"""Encoder self-attention on a CPU: one Q|K|V matmul (oneDNN in inference) and `varlen_attention` on
+packed (unpadded) tokens. `CPUSelfAttention` replaces `nn.attention.EncoderSelfAttention` in a model
+(`cpu.fast_paths`); both attend through `nn.attention.attend` on padded batches, and the tests check
+the paths agree. Shape legend: `lmforge.nn.attention`'s.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from ..nn.attention import attend, padding_mask
+from ..nn.attention import EncoderSelfAttention, attend
 from . import onednn
 from .dropout import dropout
 
 
-class EncoderSelfAttention(nn.Module):
-    """Q/K/V projections. Attribute names follow HF's `attention.self.{query,key,value}`.
-
-    Q, K and V come from one matmul over the concatenated weights (3 GEMMs -> 1): same numbers,
-    less dispatch and better cache use on CPU.
+class CPUSelfAttention(EncoderSelfAttention):
+    """`EncoderSelfAttention` with Q, K and V from one matmul over the concatenated weights (3 GEMMs -> 1:
+    same numbers, less dispatch and better cache use; oneDNN in CPU inference) and, on packed tokens on
+    a CPU outside training (no autograd, or eval mode: `model(**batch)` without `no_grad`), attention
+    one sequence at a time (`varlen_attention`). In training it runs on a re-padded (B, T) view, as on a
+    GPU: there one fused SDPA kernel beats a loop of small launches, and in CPU training the loop's
+    backward (32 small graphs per batch) is ~3% slower than the padded math on length-sorted or short
+    batches. No parameters of its own: the state dict is `EncoderSelfAttention`'s.
     """
 
-    def __init__(self, hidden_size: int, num_heads: int, dropout: float):
-        super().__init__()
-        self.num_heads = num_heads
-        self.head_dim = hidden_size // num_heads
-        self.dropout_p = dropout
-        self.query = nn.Linear(hidden_size, hidden_size)
-        self.key = nn.Linear(hidden_size, hidden_size)
-        self.value = nn.Linear(hidden_size, hidden_size)
+    def forward(self, x: Tensor, layout, output_attentions: bool = False) -> tuple[Tensor, Tensor | None]:
+        packed = x.dim() == 2  # (N, C): the real tokens of a `Packing` layout
+        qkv = self._qkv(x, packed)  # (..., 3C)
+        dropout_p = self.dropout_p if self.training else 0.0
+        if packed and x.device.type == "cpu" and not (self.training and torch.is_grad_enabled()):
+            return varlen_attention(qkv, layout.lengths, self.num_heads, dropout_p, self.training), None  # (N, C)
+        qkv = layout.pad(qkv)  # (B, T, 3C)
+        B, T, _ = qkv.shape
+        q, k, v = qkv.view(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, T, D)
+        context, probs = attend(q, k, v, layout.additive_mask, dropout_p=dropout_p, need_probs=output_attentions)
+        return layout.unpad(context), probs  # (B, T, C) or (N, C)
 
-    def _qkv(self, x: Tensor, packed: bool = False) -> Tensor:
+    def _qkv(self, x: Tensor, packed: bool) -> Tensor:
+        # fp32 oneDNN on packed tokens only: see `onednn.compute_dtype`.
         dtype = onednn.compute_dtype(x, self.query.weight, fp32=packed)
         if dtype is not None:  # oneDNN; concatenation (and bf16 cast) made once per `frozen_weights()` block
             weight, bias = onednn.prepared(self, dtype, self._fused_qkv_params)
@@ -51,34 +53,6 @@ class EncoderSelfAttention(nn.Module):
         weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])  # (3C, C)
         bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])  # (3C,)
         return weight, bias
-
-    def _attend(self, qkv: Tensor, mask: Tensor | None, output_attentions: bool) -> tuple[Tensor, Tensor | None]:
-        B, T, _ = qkv.shape
-        q, k, v = qkv.view(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, T, D)
-        dropout_p = self.dropout_p if self.training else 0.0
-        return attend(q, k, v, mask, dropout_p=dropout_p, need_probs=output_attentions)  # (B, T, C), probs
-
-    def forward(
-        self, x: Tensor, mask: Tensor | None, output_attentions: bool = False
-    ) -> tuple[Tensor, Tensor | None]:
-        """x: (B, T, C), mask: additive (B, 1, 1, T) or None."""
-        return self._attend(self._qkv(x), mask, output_attentions)
-
-    def forward_packed(self, x: Tensor, packing: Packing) -> Tensor:
-        """x: (N, C), the real tokens of a padded batch. Projections run on the N tokens only.
-
-        On a CPU outside training (no autograd, or eval mode: `model(**batch)` without `no_grad`),
-        attention runs one sequence at a time on the packed tokens (`varlen_attention`). In training
-        it runs on a re-padded (B, T) view, as on a GPU: there one fused SDPA kernel beats a loop of
-        small launches, and in CPU training the loop's backward (32 small graphs per batch) is ~3%
-        slower than the padded math on length-sorted or short batches.
-        """
-        qkv = self._qkv(x, packed=True)  # (N, 3C)
-        dropout_p = self.dropout_p if self.training else 0.0
-        if x.device.type == "cpu" and not (self.training and torch.is_grad_enabled()):
-            return varlen_attention(qkv, packing.lengths, self.num_heads, dropout_p, self.training)  # (N, C)
-        context, _ = self._attend(packing.pad(qkv), packing.additive_mask, False)  # (B, T, C)
-        return packing.unpad(context)  # (N, C)
 
 
 def varlen_attention(qkv: Tensor, lengths: list[int], num_heads: int, dropout_p: float = 0.0,
@@ -114,34 +88,3 @@ def varlen_attention(qkv: Tensor, lengths: list[int], num_heads: int, dropout_p:
         return torch.cat(contexts).to(qkv.dtype).view(N, C3 // 3)  # (N, C)
     out = qkv.new_empty(N, H, D)  # without autograd, concatenation and cast are one pass
     return torch.cat(contexts, out=out).view(N, C3 // 3)  # (N, C)
-
-
-class Packing:
-    """Where the real tokens of a right- or left-padded batch are, to drop padding and restore it.
-
-    `index` lists the flat positions b * T + t of the N real tokens; `pad`/`unpad` move a tensor
-    between the packed (N, ...) and padded (B, T, ...) layouts (padding positions become zero).
-    """
-
-    def __init__(self, attention_mask: Tensor, dtype: torch.dtype):
-        self.B, self.T = attention_mask.shape
-        self.index = attention_mask.reshape(-1).nonzero().squeeze(1)  # (N,)
-        self.attention_mask = attention_mask
-        self.additive_mask = padding_mask(attention_mask, dtype)  # (B, 1, 1, T)
-
-    @functools.cached_property
-    def lengths(self) -> list[int]:
-        """Tokens per row (rows with none skipped): the packed layout holds each row's tokens together.
-        Computed on first use only: on a GPU `.tolist()` waits for the device, and only the CPU path needs it."""
-        return [n for n in self.attention_mask.sum(1).tolist() if n > 0]
-
-    @property
-    def num_tokens(self) -> int:
-        return self.index.numel()
-
-    def unpad(self, x: Tensor) -> Tensor:
-        return x.reshape(self.B * self.T, *x.shape[2:]).index_select(0, self.index)  # (N, ...)
-
-    def pad(self, x: Tensor) -> Tensor:
-        out = x.new_zeros(self.B * self.T, *x.shape[1:])
-        return out.index_copy(0, self.index, x).view(self.B, self.T, *x.shape[1:])  # (B, T, ...)

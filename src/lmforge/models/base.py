@@ -1,4 +1,5 @@
-"""The small base class every lmforge model shares: init, weight tying, from/save_pretrained."""
+"""The small base class every lmforge model shares: init, weight tying, attention mode, CPU fast paths,
+from/save_pretrained."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from ..cpu import fast_paths
 from ..hub import KeyRules
 from ..nn.attention import DEFAULT_ATTN_IMPLEMENTATION, ENCODER_ATTN_IMPLEMENTATIONS
 from .config import PretrainedConfig
@@ -39,6 +41,8 @@ class PreTrainedModel(nn.Module):
         self.tie_weights()
         # Every model starts on the default attention path; heads that cannot unpad get "sdpa".
         self.set_attn_implementation(DEFAULT_ATTN_IMPLEMENTATION)
+        # The CPU fast paths replace the readable blocks they have one for (see `lmforge.cpu.fast_paths`).
+        fast_paths.apply(self)
 
     def tie_weights(self) -> None:
         """Share parameters listed in `_tied_weights`; models with tied heads override."""

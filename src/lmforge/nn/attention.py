@@ -1,5 +1,6 @@
-"""Multi-head attention for decoders (and, next, encoder-decoders): causal and padding masks,
-grouped-query heads, cross-attention, and the key/value cache that generation reuses.
+"""Multi-head attention: causal and padding masks, the attention core (`attend`: SDPA or the formula written
+out), decoder self-attention with grouped-query heads, cross-attention, the key/value cache that generation
+reuses, and encoder (BERT) self-attention.
 
 Dimension legend (used in every shape comment of `lmforge.nn` and `lmforge.models`):
     B   batch size
@@ -305,3 +306,29 @@ class CrossAttention(Attention):
             if cache is not None:
                 cache.cross[self.layer_idx] = (k, v)
         return self._attend(q, k, v, mask, False, need_probs)
+
+
+class EncoderSelfAttention(nn.Module):
+    """Bidirectional multi-head self-attention with BERT's parameter names (`query`, `key`, `value`); the
+    output projection is the sub-layer's `PostNormOutput` (`nn.mlp`), as in HF's BERT.
+
+    `layout` (`nn.packing`): `Padded` (x: (B, T, C)) or `Packing` (x: (N, C), the real tokens only); the
+    projections run on x as given, attention on the padded (B, H, T, D) view.
+    """
+
+    def __init__(self, hidden_size: int, num_heads: int, dropout: float):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = hidden_size // num_heads
+        self.dropout_p = dropout
+        self.query = nn.Linear(hidden_size, hidden_size)
+        self.key = nn.Linear(hidden_size, hidden_size)
+        self.value = nn.Linear(hidden_size, hidden_size)
+
+    def forward(self, x: Tensor, layout, output_attentions: bool = False) -> tuple[Tensor, Tensor | None]:
+        q, k, v = (layout.pad(proj(x)) for proj in (self.query, self.key, self.value))  # (B, T, C) each
+        B, T, C = q.shape
+        q, k, v = (t.view(B, T, self.num_heads, self.head_dim).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
+        dropout_p = self.dropout_p if self.training else 0.0
+        context, probs = attend(q, k, v, layout.additive_mask, dropout_p=dropout_p, need_probs=output_attentions)
+        return layout.unpad(context), probs  # (B, T, C) or (N, C); probs (B, H, T, T) or None
