@@ -34,7 +34,7 @@ def batch_for(head: str) -> dict[str, torch.Tensor]:
 
 
 def tensors(out) -> dict[str, torch.Tensor]:
-    fields = {k: getattr(out, k) for k in out.keys()}
+    fields = dict(zip(out.keys(), out.to_tuple()))  # the fields that are not None
     flat = {}
     for k, v in fields.items():
         for i, t in enumerate(v if isinstance(v, tuple) else (v,)):

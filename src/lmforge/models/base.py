@@ -15,6 +15,18 @@ from ..nn.attention import DEFAULT_ATTN_IMPLEMENTATION, ENCODER_ATTN_IMPLEMENTAT
 from .config import PretrainedConfig
 
 
+def normal_init(module: nn.Linear | nn.Embedding, std: float) -> None:
+    """N(0, std) weights; zero bias (linear layers, GPT-2's Conv1D) or zero padding row (embeddings).
+    What BERT, GPT-2 and Llama initialise alike."""
+    nn.init.normal_(module.weight, mean=0.0, std=std)
+    if isinstance(module, nn.Embedding):
+        if module.padding_idx is not None:
+            with torch.no_grad():
+                module.weight[module.padding_idx].zero_()
+    elif module.bias is not None:
+        nn.init.zeros_(module.bias)
+
+
 class PreTrainedModel(nn.Module):
     config_class: ClassVar[type] = PretrainedConfig  # each family sets its own
     base_model_prefix: ClassVar[str] = ""

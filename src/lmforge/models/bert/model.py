@@ -31,7 +31,7 @@ from ...outputs import (
     SequenceClassifierOutput,
     TokenClassifierOutput,
 )
-from ..base import PreTrainedModel
+from ..base import PreTrainedModel, normal_init
 from .config import BertConfig
 from .keys import BERT_KEY_RULES
 
@@ -137,15 +137,8 @@ class BertPreTrainedModel(PreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         # BERT's initialisation: N(0, initializer_range) weights, zero biases, unit LayerNorm.
         std = self.config.initializer_range
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=std)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=std)
-            if module.padding_idx is not None:
-                with torch.no_grad():
-                    module.weight[module.padding_idx].zero_()
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            normal_init(module, std)
         elif isinstance(module, nn.LayerNorm):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
