@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from lmforge.modeling import cpu_caps
+from lmforge.cpu import capabilities as cpu_caps
 
 BENCH_DIR = Path(__file__).resolve().parent
 

@@ -92,7 +92,7 @@ class DecoderResult:
 
 def run(gguf: Path | None = None, batch: int = 8, seq: int = 256, repeats: int = 5, threads: int = 2,
         bf16: bool = True, memory: bool = True) -> DecoderResult:
-    from lmforge.modeling import onednn
+    from lmforge.cpu import onednn
 
     torch.set_num_threads(threads)
     gguf = gguf or smollm2_gguf()

@@ -50,9 +50,9 @@ from common import (
     set_threads,
     timed,
 )
-from mfu import padding_flops_ratio
+from flops import padding_flops_ratio
 
-from lmforge.modeling.onednn import frozen_weights
+from lmforge.cpu.onednn import frozen_weights
 
 MAX_ABS_DIFF = 1e-4
 Batches = list[tuple[torch.Tensor, dict[str, torch.Tensor]]]  # (indices into the texts, model inputs)

@@ -30,11 +30,11 @@ from common import (
     interleaved_times,
     markdown_table,
     median,
-    minilm_path,
     set_threads,
 )
+from flops import EncoderShape, encoder_flops, minilm_shape
 
-from lmforge.modeling import onednn
+from lmforge.cpu import onednn
 
 
 def matmul_peaks(sizes: Sequence[int] = (1024, 2048), threads: int = 2, repeats: int = 7) -> dict[str, float]:
@@ -58,50 +58,6 @@ def matmul_peaks(sizes: Sequence[int] = (1024, 2048), threads: int = 2, repeats:
 
 def describe_peaks(peaks: dict[str, float]) -> str:
     return ", ".join(f"{k} {v / 1e9:,.1f} GFLOP/s" for k, v in peaks.items())
-
-
-@dataclass
-class EncoderShape:
-    layers: int  # L
-    hidden: int  # C
-    intermediate: int  # I
-    vocab: int  # V
-
-    @classmethod
-    def of(cls, config) -> EncoderShape:
-        return cls(config.num_hidden_layers, config.hidden_size, config.intermediate_size, config.vocab_size)
-
-    @property
-    def layer_matmul_params(self) -> int:
-        """Non-embedding matmul parameters of the encoder layers: L * (4 C^2 + 2 C I)."""
-        return self.layers * (4 * self.hidden**2 + 2 * self.hidden * self.intermediate)
-
-
-def encoder_flops(shape: EncoderShape, lengths: Sequence[int], training: bool = False, mlm_positions: int = 0,
-                  pooler: bool = True) -> float:
-    """Model FLOPs of a BERT encoder over sequences of real lengths T_i (padding never counted).
-
-    A multiply-add is 2 FLOPs; only matmuls count (embedding lookups, LayerNorm, GELU, softmax and
-    biases are a few percent and left out). With P = L (4 C^2 + 2 C I) (Q, K, V, output, and the
-    two feed-forward matrices of each layer):
-
-        forward  = 2 P sum_i T_i                 every real token through the layers' matmuls
-                 + 4 L C sum_i T_i^2             Q K^T and attn @ V: each token against the T_i
-                                                 tokens of its own sequence (2 T_i C FLOPs each)
-                 + 2 C^2 n_sequences             the pooler, on [CLS] (when the model has one)
-                 + 2 (C^2 + C V) mlm_positions   MLM head (transform + decoder) on predicted tokens only
-        training = 3 forward                     backward = 2 x forward (grads of inputs and weights)
-
-    i.e. per token 6 P + 12 L C T in training: "6 x non-embedding parameters" plus the attention term.
-    Classifier / NSP heads (2 C x labels per sequence) are negligible and left out.
-    """
-    C = shape.hidden
-    forward = 2 * shape.layer_matmul_params * sum(lengths)
-    forward += 4 * shape.layers * C * sum(t * t for t in lengths)
-    if pooler:
-        forward += 2 * C * C * len(lengths)
-    forward += 2 * (C * C + C * shape.vocab) * mlm_positions
-    return float(3 * forward if training else forward)
 
 
 def mfu(flops: float, seconds: float, peak: float) -> float:
@@ -138,12 +94,12 @@ def mfu_rows(peaks: dict[str, float], inference=None, pretrain=None, finetune=No
         ours, theirs = (per_token * pretrain.tokens_per_s[k] / peaks["fp32"] for k in LIBRARIES)
         rows.append(MFURow("MFU pretraining BERT 4x256 (fp32)", ours, theirs, "fp32"))
     if finetune is not None:
-        shape = _minilm_shape()
+        shape = minilm_shape()
         flops = encoder_flops(shape, finetune.lengths, training=True)  # one epoch
         ours, theirs = (mfu(flops, median(finetune.seconds[k]), peaks["fp32"]) for k in LIBRARIES)
         rows.append(MFURow("MFU fine-tuning MiniLM (fp32)", ours, theirs, "fp32"))
     if inference is not None:
-        shape = _minilm_shape()
+        shape = minilm_shape()
         flops = encoder_flops(shape, inference.lengths)
         for dtype in ("fp32", "bf16"):
             names = (f"lmforge {dtype}", f"transformers {dtype}")
@@ -151,18 +107,6 @@ def mfu_rows(peaks: dict[str, float], inference=None, pretrain=None, finetune=No
                 ours, theirs = (mfu(flops, median(inference.times[n]), peaks[dtype]) for n in names)
                 rows.append(MFURow(f"MFU inference MiniLM ({dtype})", ours, theirs, dtype))
     return rows
-
-
-def padding_flops_ratio(inference) -> float:
-    """Model FLOPs of transformers' padded inference batches / those of the real tokens alone."""
-    shape = _minilm_shape()
-    return encoder_flops(shape, inference.padded_lengths) / encoder_flops(shape, inference.lengths)
-
-
-def _minilm_shape() -> EncoderShape:
-    from lmforge import AutoConfig
-
-    return EncoderShape.of(AutoConfig.from_pretrained(minilm_path()))
 
 
 def main() -> None:

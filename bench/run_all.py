@@ -22,7 +22,8 @@ import time
 from dataclasses import dataclass
 
 from common import BENCH_DIR, arg_parser, environment, fmt, fmt_ratio, markdown_table, median
-from mfu import LIBRARIES, describe_peaks, padding_flops_ratio
+from flops import padding_flops_ratio
+from mfu import LIBRARIES, describe_peaks
 
 
 @dataclass

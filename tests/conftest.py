@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmforge.modeling import cpu_caps
+from lmforge.cpu import capabilities as cpu_caps
 from lmforge.recipes.demo import minilm_folder
 
 torch.set_num_threads(2)

@@ -4,24 +4,19 @@ from __future__ import annotations
 
 import torch
 
-from lmforge.modeling.attention import (
-    BertSelfAttention,
-    Packing,
-    attention_reference,
-    causal_additive_mask,
-    padding_mask_to_additive,
-    varlen_attention,
-)
+from lmforge.cpu.attention import varlen_attention
+from lmforge.nn.attention import EncoderSelfAttention, attention_reference, padding_mask, to_additive
+from lmforge.nn.packing import Packing, Padded
 
 
 def test_sdpa_matches_reference_with_padding_mask():
     torch.manual_seed(0)
-    layer = BertSelfAttention(hidden_size=24, num_heads=3, dropout=0.0).eval()
+    layer = EncoderSelfAttention(hidden_size=24, num_heads=3, dropout=0.0).eval()
     x = torch.randn(3, 7, 24)
     attention_mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3, [1] + [0] * 6])
-    mask = padding_mask_to_additive(attention_mask, x.dtype)
-    fused, _ = layer(x, mask, output_attentions=False)
-    reference, probs = layer(x, mask, output_attentions=True)
+    mask = padding_mask(attention_mask, x.dtype)
+    fused, _ = layer(x, Padded(mask), output_attentions=False)
+    reference, probs = layer(x, Padded(mask), output_attentions=True)
     torch.testing.assert_close(fused, reference, atol=1e-6, rtol=0)
     # padded keys get no weight; rows sum to one
     assert probs[1, :, :, 4:].abs().max() == 0
@@ -37,7 +32,7 @@ def test_reference_is_the_formula():
 
 
 def test_causal_mask_hides_future_positions():
-    mask = causal_additive_mask(4, 4, torch.float32, torch.device("cpu"))[0, 0]
+    mask = to_additive(torch.ones(4, 4, dtype=torch.bool).tril(), torch.float32)  # the causal rule
     assert (mask.triu(1) < -1e30).sum() == 6 and (mask.tril() == 0).all()
 
 
@@ -49,7 +44,7 @@ def test_varlen_attention_on_packed_tokens_equals_padded_attention():
     assert packing.lengths == [7, 4, 1]
     qkv = torch.randn(3, 7, 3 * H * D)  # (B, T, 3C)
     q, k, v = qkv.view(3, 7, 3, H, D).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, T, D)
-    mask = padding_mask_to_additive(attention_mask[[0, 1, 3]], torch.float32)
+    mask = padding_mask(attention_mask[[0, 1, 3]], torch.float32)
     padded, _ = attention_reference(q, k, v, mask)  # (B, H, T, D)
     padded = padded.transpose(1, 2).reshape(3, 7, H * D)  # (B, T, C)
     real = attention_mask[[0, 1, 3]].bool()

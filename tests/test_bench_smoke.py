@@ -65,7 +65,8 @@ def test_benchmarks_run_on_the_aten_fallback(minilm_path, monkeypatch):
     """Where cpu_caps says oneDNN (or its bf16, as on AVX2) is absent, the oneDNN users among the
     benchmarks (matmul peaks, lmforge's inference) run on ATen."""
     pytest.importorskip("transformers")
-    from lmforge.modeling import cpu_caps, onednn
+    from lmforge.cpu import capabilities as cpu_caps
+    from lmforge.cpu import onednn
 
     monkeypatch.syspath_prepend(str(BENCH))
     for name in ("common", "inference", "mfu"):

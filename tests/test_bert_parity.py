@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import lmforge
-from lmforge.modeling import bert as ours
+from lmforge.models.bert import model as ours
 
 transformers = pytest.importorskip("transformers")
 

@@ -8,7 +8,7 @@ import logging
 import pytest
 import torch
 
-from lmforge.modeling import cpu_caps
+from lmforge.cpu import capabilities as cpu_caps
 from lmforge.recipes.common import fast_bf16_available
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lmforge.modeling.dropout import Dropout, dropout
+from lmforge.cpu.dropout import Dropout, dropout
 
 
 def test_drop_rate_and_expectation():

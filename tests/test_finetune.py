@@ -15,9 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from lmforge.auto import AutoConfig, AutoModelForSequenceClassification
-from lmforge.config import BertConfig
 from lmforge.data.tasks import DataError, Example, LabelMap, pad_collate
-from lmforge.modeling.bert import BertForPreTraining
+from lmforge.models.bert import BertConfig, BertForPreTraining
 from lmforge.recipes import finetune
 from lmforge.recipes.finetune import (
     BestTracker,

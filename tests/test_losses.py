@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmforge.modeling import losses, onednn
-from lmforge.modeling.losses import linear_cross_entropy
+from lmforge.cpu import losses, onednn
+from lmforge.cpu.losses import linear_cross_entropy
 
 
 def inputs(N=37, C=16, V=50, seed=0):

@@ -7,7 +7,9 @@ import torch.nn.functional as F
 from conftest import require_cpu
 from torch import nn
 
-from lmforge.modeling import cpu_caps, onednn
+from lmforge.cpu import capabilities as cpu_caps
+from lmforge.cpu import onednn
+from lmforge.nn.mlp import ACTIVATIONS
 
 
 def bf16_inference():
@@ -113,7 +115,7 @@ def test_avx2_keeps_fp32_linears_on_onednn_and_bf16_ones_on_aten(monkeypatch, at
 def check_bert_layers(monkeypatch, attn: str, bf16: bool, expected_calls: int):
     """The model's oneDNN linear calls number `expected_calls`, and its outputs are those of ATen's path."""
     from lmforge import BertConfig
-    from lmforge.modeling.bert import BertModel
+    from lmforge.models.bert import BertModel
 
     config = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                         intermediate_size=64, max_position_embeddings=16)
@@ -140,7 +142,7 @@ def check_bert_layers(monkeypatch, attn: str, bf16: bool, expected_calls: int):
 def test_inference_sees_weights_updated_by_a_fused_optimizer_step(bf16):
     """Fused AdamW updates parameters in place without bumping version counters: nothing may cache them."""
     from lmforge import BertConfig
-    from lmforge.modeling.bert import BertModel
+    from lmforge.models.bert import BertModel
 
     config = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
                         intermediate_size=64, max_position_embeddings=16)
@@ -216,7 +218,7 @@ def test_model_outputs_on_the_fallback_equal_the_native_path(attn):
     """A model run both ways: fp32 equal within 1e-5, bf16 autocast close (the two sum bf16 products
     in different orders and precisions)."""
     from lmforge import BertConfig
-    from lmforge.modeling.bert import BertModel
+    from lmforge.models.bert import BertModel
 
     config = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                         intermediate_size=64, max_position_embeddings=16)
@@ -250,7 +252,7 @@ def test_linear_with_grad_matches_aten_forward_and_backward(activation):
         layer.bias.normal_()  # away from init
     x = torch.randn(13, 24, requires_grad=True)
     upstream = torch.randn(13, 40)
-    act = onednn.FUSED_ACTIVATIONS[activation][2] if activation else (lambda y: y)
+    act = ACTIVATIONS[activation] if activation else (lambda y: y)
     want = act(layer(x))
     want_grads = torch.autograd.grad(want, (x, layer.weight, layer.bias), upstream)
     got = onednn.linear_with_grad(x, layer.weight, layer.bias, activation)
@@ -265,7 +267,7 @@ def test_eval_model_with_autograd_on_takes_onednn_with_aten_gradients(monkeypatc
     gradients of the padded ATen ("sdpa") model. In train mode everything stays ATen."""
     require_cpu("onednn_linear")
     from lmforge import BertConfig
-    from lmforge.modeling.bert import BertModel
+    from lmforge.models.bert import BertModel
 
     config = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                         intermediate_size=64, max_position_embeddings=16)

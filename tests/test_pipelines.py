@@ -191,7 +191,7 @@ def _flatten(value):
 
 
 def test_bf16_on_a_cpu_without_native_bf16_warns_once_and_stays_close_to_fp32(tokenizer, monkeypatch, caplog):
-    from lmforge.modeling import cpu_caps
+    from lmforge.cpu import capabilities as cpu_caps
 
     monkeypatch.setattr(cpu_caps, "_bf16_warned", False)
     model = tiny(BertForSequenceClassification, tokenizer, id2label={0: "neg", 1: "pos"})

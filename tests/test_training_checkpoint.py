@@ -186,8 +186,8 @@ def test_resume_is_bit_identical(tmp_path, toy):
 
 def test_resume_is_bit_identical_with_lmforge_bert(tmp_path):
     """The real model: dropout everywhere, tied decoder, save_pretrained checkpoints."""
-    bert = pytest.importorskip("lmforge.modeling.bert")
-    from lmforge.config import BertConfig
+    bert = pytest.importorskip("lmforge.models.bert")
+    from lmforge.models.bert import BertConfig
 
     class Batches:
         def __init__(self):

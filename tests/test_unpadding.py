@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lmforge import BertConfig
-from lmforge.modeling import bert
+from lmforge.models.bert import model as bert
 
 HEADS = ["BertModel", "BertForMaskedLM", "BertForPreTraining", "BertForNextSentencePrediction",
          "BertForSequenceClassification", "BertForTokenClassification", "BertForQuestionAnswering",

@@ -13,9 +13,9 @@ from .auto import (
     AutoModelForTokenClassification,
     register_model,
 )
-from .checkpoint import CheckpointError
-from .config import BertConfig, ConfigError
-from .modeling.bert import (
+from .hub import CheckpointError
+from .models.bert import (
+    BertConfig,
     BertForMaskedLM,
     BertForMultipleChoice,
     BertForNextSentencePrediction,
@@ -25,6 +25,7 @@ from .modeling.bert import (
     BertForTokenClassification,
     BertModel,
 )
+from .models.config import ConfigError
 
 # Decoder families and the KV cache, imported on first use: `import lmforge` stays light.
 _LAZY = {

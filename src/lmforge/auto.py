@@ -11,8 +11,7 @@ from __future__ import annotations
 import importlib
 import os
 
-from .config import BertConfig, ConfigError, read_config_json
-from .modeling import bert
+from .models.config import ConfigError, read_config_json
 
 CONFIG_CLASSES: dict[str, type] = {}
 MODEL_CLASSES: dict[str, dict[str, type]] = {}  # model_type -> task -> class
@@ -36,22 +35,6 @@ def supported_model_types() -> list[str]:
     from .models import FAMILIES
 
     return sorted(set(CONFIG_CLASSES) | set(FAMILIES))
-
-
-register_model(
-    "bert",
-    BertConfig,
-    {
-        "base": bert.BertModel,
-        "masked-lm": bert.BertForMaskedLM,
-        "pretraining": bert.BertForPreTraining,
-        "next-sentence": bert.BertForNextSentencePrediction,
-        "sequence-classification": bert.BertForSequenceClassification,
-        "token-classification": bert.BertForTokenClassification,
-        "question-answering": bert.BertForQuestionAnswering,
-        "multiple-choice": bert.BertForMultipleChoice,
-    },
-)
 
 
 def _model_type_of(data: dict, source: os.PathLike) -> str:

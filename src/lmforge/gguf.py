@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointError, adapt_prefix
+from .hub import CheckpointError, adapt_prefix
 from .utils import get_logger
 
 logger = get_logger(__name__)
@@ -210,7 +210,7 @@ def load_gguf_model(cls, path, gguf_file, *, config=None, num_labels=None, id2la
                     attn_implementation="sdpa", file: GGUFFile | None = None):
     """`cls.from_pretrained(path, gguf_file=...)`: build the model on the meta device (no random init, no
     second copy of the weights) and assign the dequantized tensors."""
-    from .checkpoint import LoadingInfo, _report, with_label_overrides
+    from .hub import LoadingInfo, _report, with_label_overrides
 
     file = file or GGUFFile(resolve(path, gguf_file))
     config = config or read_gguf_config(path, gguf_file, file=file)

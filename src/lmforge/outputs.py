@@ -2,6 +2,11 @@
 
 `outputs.logits` is the normal access; `outputs["logits"]` and `outputs[0]` (the first field that is
 not None, as in HF) also work so that code written for `transformers` runs unchanged.
+
+Loss parts: a field whose name ends in `_loss` (other than `loss`) is a detached part of `loss`
+(`PreTrainingOutput.mlm_loss` and `nsp_loss`), set whenever that part was computed, None otherwise.
+The training loop logs every such field by name, `{f.name: v for f in fields(out) if
+f.name.endswith("_loss") and v is not None}`, so a model with new loss terms adds fields, not loop code.
 """
 
 from __future__ import annotations

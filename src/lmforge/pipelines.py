@@ -18,7 +18,8 @@ from typing import Any
 import torch
 
 from .auto import AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoModelForTokenClassification
-from .modeling import cpu_caps, onednn
+from .cpu import capabilities as cpu_caps
+from .cpu import onednn
 from .tokenization import AutoTokenizer
 
 

@@ -1,5 +1,8 @@
-"""Shared building blocks of lmforge's models: attention (masks, grouped-query heads, cross-attention, the
-KV cache), rotary embeddings, normalisation, feed-forward blocks and the CPU fast-path linear layers."""
+"""Building blocks the model families share, written to be read: attention (masks, the SDPA / written-out
+core, decoder and encoder self-attention, cross-attention, the KV cache), encoder batch layouts (packing),
+rotary embeddings, normalisation, feed-forward blocks and the activation table, head losses (IGNORE_INDEX).
+BERT's blocks hold no fast path: `lmforge.cpu` swaps in its own versions (`cpu.fast_paths`). The decoders'
+oneDNN-fused linears (`linear.py`) predate that mechanism and stay where they are."""
 
 from .attention import (
     ATTN_IMPLEMENTATIONS,

@@ -1,5 +1,6 @@
-"""Multi-head attention for decoders (and, next, encoder-decoders): causal and padding masks,
-grouped-query heads, cross-attention, and the key/value cache that generation reuses.
+"""Multi-head attention: causal and padding masks, the attention core (`attend`: SDPA or the formula written
+out), decoder self-attention with grouped-query heads, cross-attention, the key/value cache that generation
+reuses, and encoder (BERT) self-attention.
 
 Dimension legend (used in every shape comment of `lmforge.nn` and `lmforge.models`):
     B   batch size
@@ -8,6 +9,7 @@ Dimension legend (used in every shape comment of `lmforge.nn` and `lmforge.model
     C   hidden size                         I   feed-forward (intermediate) size
     H   query heads                         Hk  key/value heads (H % Hk == 0; Hk < H is grouped-query)
     D   head size                           V   vocabulary size
+    N   real tokens of a batch with padding dropped (N <= B * T; encoders' unpadded layout)
 
     Attention(Q, K, V) = softmax(Q K^T * scale + mask) V          (query head h reads key/value head h // (H / Hk))
 
@@ -26,12 +28,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..modeling.dropout import dropout
+from ..cpu.dropout import dropout
 from .linear import fused_linear
 from .rotary import apply_rotary
 
 # "sdpa": torch's fused kernels where they apply; "eager": the written-out formula everywhere (HF's name).
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
+# Encoders (BERT): "unpadded" (the default) drops padding before the layers; outputs equal transformers' at
+# real tokens (fp32, within 1e-5) and are zero at padding positions. "sdpa": padded batches,
+# transformers-identical outputs everywhere (padding positions included).
+ENCODER_ATTN_IMPLEMENTATIONS = ("unpadded", "sdpa")
+DEFAULT_ATTN_IMPLEMENTATION = "unpadded"
 
 _SDPA_HAS_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
 
@@ -299,3 +306,29 @@ class CrossAttention(Attention):
             if cache is not None:
                 cache.cross[self.layer_idx] = (k, v)
         return self._attend(q, k, v, mask, False, need_probs)
+
+
+class EncoderSelfAttention(nn.Module):
+    """Bidirectional multi-head self-attention with BERT's parameter names (`query`, `key`, `value`); the
+    output projection is the sub-layer's `PostNormOutput` (`nn.mlp`), as in HF's BERT.
+
+    `layout` (`nn.packing`): `Padded` (x: (B, T, C)) or `Packing` (x: (N, C), the real tokens only); the
+    projections run on x as given, attention on the padded (B, H, T, D) view.
+    """
+
+    def __init__(self, hidden_size: int, num_heads: int, dropout: float):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = hidden_size // num_heads
+        self.dropout_p = dropout
+        self.query = nn.Linear(hidden_size, hidden_size)
+        self.key = nn.Linear(hidden_size, hidden_size)
+        self.value = nn.Linear(hidden_size, hidden_size)
+
+    def forward(self, x: Tensor, layout, output_attentions: bool = False) -> tuple[Tensor, Tensor | None]:
+        q, k, v = (layout.pad(proj(x)) for proj in (self.query, self.key, self.value))  # (B, T, C) each
+        B, T, C = q.shape
+        q, k, v = (t.view(B, T, self.num_heads, self.head_dim).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
+        dropout_p = self.dropout_p if self.training else 0.0
+        context, probs = attend(q, k, v, layout.additive_mask, dropout_p=dropout_p, need_probs=output_attentions)
+        return layout.unpad(context), probs  # (B, T, C) or (N, C); probs (B, H, T, T) or None

@@ -1,16 +1,21 @@
-"""What task heads on a decoder share: the next-token loss, last-token pooling, the classification loss rule."""
+"""What task heads share: IGNORE_INDEX, the next-token loss, last-token pooling, the classification loss rule,
+and the masked-LM projection + loss (sparse: only the masked positions)."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
+
+from ..cpu.losses import linear_cross_entropy
+
+IGNORE_INDEX = -100  # label of positions no loss reads (PyTorch cross-entropy's default ignore_index)
 
 
 def causal_lm_loss(logits: Tensor, labels: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-    """Mean cross-entropy of predicting token t+1 from positions <= t; labels of -100 are ignored.
+    """Mean cross-entropy of predicting token t+1 from positions <= t; labels of IGNORE_INDEX are ignored.
 
-    `labels` are the input ids (or a copy with -100 where no loss is wanted, e.g. padding): the shift happens
+    `labels` are the input ids (or a copy with IGNORE_INDEX where no loss is wanted, e.g. padding): the shift happens
     here, as in transformers. logits (B, T, V), labels (B, T); computed in fp32. Predictions made at padding
     positions (`attention_mask` 0) are not scored either: with left padding the pad before a row's first token
     would otherwise "predict" it from nothing (transformers scores that term; it differs only there).
@@ -19,9 +24,9 @@ def causal_lm_loss(logits: Tensor, labels: Tensor, attention_mask: Tensor | None
     shifted_labels = labels[:, 1:].to(logits.device)  # (B, T-1)
     if attention_mask is not None:
         from_padding = attention_mask[:, -labels.size(1):-1] == 0  # (B, T-1): the predicting position is padding
-        shifted_labels = shifted_labels.masked_fill(from_padding.to(logits.device), -100)
+        shifted_labels = shifted_labels.masked_fill(from_padding.to(logits.device), IGNORE_INDEX)
     shifted_logits = logits[:, :-1].float().reshape(-1, V)  # (B*(T-1), V)
-    return F.cross_entropy(shifted_logits, shifted_labels.reshape(-1), ignore_index=-100)
+    return F.cross_entropy(shifted_logits, shifted_labels.reshape(-1), ignore_index=IGNORE_INDEX)
 
 
 def last_token_index(input_ids: Tensor | None, pad_token_id: int | None, batch_size: int) -> Tensor | int:
@@ -58,3 +63,28 @@ def sequence_classification_loss(logits: Tensor, labels: Tensor, num_labels: int
     if problem_type == "single_label_classification":
         return F.cross_entropy(logits.view(-1, num_labels), labels.view(-1))
     return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+
+
+def mlm_logits_and_loss(
+    head: nn.Module, sequence_output: Tensor, labels: Tensor | None, sparse: bool
+) -> tuple[Tensor, Tensor | None]:
+    """Dense: logits for every position (B, T, V). Sparse: only where labels != IGNORE_INDEX, (N, V), and
+    with gradients enabled no logits at all (None): `linear_cross_entropy` gives the loss directly.
+
+    The sparse path is Google BERT's gather of masked positions: with 15% masking it skips ~85%
+    of the vocabulary projection, the largest matmul of a small BERT. The loss is the same.
+    """
+    if labels is None:
+        return head(sequence_output), None
+    if sparse:
+        flat_labels = labels.reshape(-1)  # (B*T,)
+        keep = flat_labels != IGNORE_INDEX
+        masked = sequence_output.reshape(-1, sequence_output.size(-1))[keep]  # (N, C)
+        if torch.is_grad_enabled():
+            # Training: projection and loss fused; the (N, V) logits are never materialised.
+            loss = linear_cross_entropy(head.transform(masked), head.decoder.weight, head.bias, flat_labels[keep])
+            return None, loss
+        logits = head(masked)  # (N, V)
+        return logits, F.cross_entropy(logits.float(), flat_labels[keep])
+    logits = head(sequence_output)  # (B, T, V)
+    return logits, F.cross_entropy(logits.float().view(-1, logits.size(-1)), labels.reshape(-1))

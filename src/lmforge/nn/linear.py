@@ -16,17 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..modeling import onednn
-
-# activation name -> (oneDNN post-op, algorithm). Others run as ATen after the matmul.
-POST_OPS = {
-    "gelu": ("gelu", "none"),
-    "gelu_new": ("gelu", "tanh"),  # GPT-2's tanh approximation, the same formula as torch's approximate="tanh"
-    "gelu_pytorch_tanh": ("gelu", "tanh"),
-    "relu": ("relu", ""),
-    "silu": ("swish", ""),
-    "swish": ("swish", ""),
-}
+from ..cpu import onednn
 
 
 def fused_linear(
@@ -39,7 +29,7 @@ def fused_linear(
     dtype decides the path (params() may build a concatenation, so it is only called when needed).
     """
     dtype = onednn_dtype(x, weight)
-    if dtype is not None and (activation is None or activation in POST_OPS):
+    if dtype is not None and (activation is None or activation in onednn.POST_OPS):
         w, b = onednn.prepared(owner, dtype, params)
         x = x.to(dtype)
         if multiply is not None:
@@ -62,7 +52,7 @@ def onednn_dtype(x: Tensor, weight: Tensor) -> torch.dtype | None:
 
 
 def _post_op(activation: str | None) -> tuple[str, list, str]:
-    attr, algorithm = POST_OPS[activation] if activation is not None else ("none", "")
+    attr, algorithm = onednn.POST_OPS[activation] if activation is not None else ("none", "")
     return attr, [], algorithm
 
 

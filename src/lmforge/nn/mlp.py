@@ -1,5 +1,8 @@
 """Feed-forward blocks and the one table of activation functions (HF `hidden_act` / `activation_function` names).
 
+BERT's blocks, with HF's attribute names: `DenseAct` (intermediate), `DenseActNorm` (MLM head transform),
+`PostNormOutput` (the post-LN output of each sub-layer); their oneDNN versions are in `lmforge.cpu.mlp`.
+
 `GatedMLP` is Llama's SwiGLU, down(act(gate(x)) * up(x)), with HF's parameter names. GPT-2's plain MLP keeps
 its Conv1D weights and lives in `models/gpt2/model.py`, using this table.
 """
@@ -60,3 +63,41 @@ class GatedMLP(nn.Module):
         bias = torch.cat([self.gate_proj.bias, self.up_proj.bias]) if self.gate_proj.bias is not None else None
         gate, up = F.linear(x, weight, bias).chunk(2, dim=-1)  # (B, T, I) each
         return self.down_proj(self.act(gate) * up)  # (B, T, C)
+
+
+class DenseAct(nn.Module):
+    """act(dense(x)): (..., in) -> (..., out). BERT's `intermediate` block."""
+
+    def __init__(self, in_features: int, out_features: int, hidden_act: str):
+        super().__init__()
+        self.dense = nn.Linear(in_features, out_features)
+        self.hidden_act = hidden_act
+        self.act = ACTIVATIONS[hidden_act]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(self.dense(x))
+
+
+class DenseActNorm(DenseAct):
+    """LayerNorm(act(dense(x))): (..., C) -> (..., C). BERT's MLM head `transform`."""
+
+    def __init__(self, hidden_size: int, hidden_act: str, eps: float):
+        super().__init__(hidden_size, hidden_size, hidden_act)
+        self.LayerNorm = nn.LayerNorm(hidden_size, eps=eps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.LayerNorm(super().forward(x))
+
+
+class PostNormOutput(nn.Module):
+    """LayerNorm(dropout(dense(x)) + residual): (..., in) -> (..., C), the end of a post-LN sub-layer
+    (BERT's `attention.output` and `output`)."""
+
+    def __init__(self, in_features: int, hidden_size: int, eps: float, dropout: float):
+        super().__init__()
+        self.dense = nn.Linear(in_features, hidden_size)
+        self.LayerNorm = nn.LayerNorm(hidden_size, eps=eps)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, residual: Tensor) -> Tensor:
+        return self.LayerNorm(self.dropout(self.dense(x)) + residual)

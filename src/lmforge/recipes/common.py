@@ -124,6 +124,6 @@ def fast_bf16_available() -> bool:
     BF16 / AMX; else bf16 is emulated and slower than fp32)."""
     import torch
 
-    from ..modeling import cpu_caps
+    from ..cpu import capabilities as cpu_caps
 
     return torch.cuda.is_available() or cpu_caps.get().native_bf16

@@ -49,7 +49,8 @@ from typing import Any
 
 import torch
 
-from ..modeling import cpu_caps, onednn
+from ..cpu import capabilities as cpu_caps
+from ..cpu import onednn
 from .common import option
 
 TASKS = ("single_label", "multi_label", "regression", "token_classification")

@@ -83,7 +83,7 @@ class PretrainOptions:
 
 
 def model_config(opts: PretrainOptions, vocab_size: int, pad_token_id: int):
-    from ..config import BertConfig
+    from ..models.bert import BertConfig
 
     sizes = dict(PRESETS[opts.preset])
     for name in sizes:
@@ -164,7 +164,7 @@ def run(opts: PretrainOptions) -> dict[str, Any]:
     """Run pretraining; returns a summary (losses, eval metrics, final folder)."""
     from ..data.datasets import cache_dir
     from ..data.pretraining import MaskingCollator, PretrainingBatches, build_or_load_cache
-    from ..modeling.bert import BertForMaskedLM, BertForPreTraining
+    from ..models.bert import BertForMaskedLM, BertForPreTraining
     from ..training.loop import TrainArgs, train
     from .common import resolve_corpus
     from .distributed import maybe_init_distributed

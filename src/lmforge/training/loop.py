@@ -40,7 +40,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..modeling import cpu_caps
+from ..cpu import capabilities as cpu_caps
 from .optim import build_optimizer, build_scheduler
 from .state import (
     CHECKPOINTS_DIR,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ...config import ConfigError, PretrainedConfig, positive_int, probability
 from ...nn.mlp import ACTIVATIONS
+from ..config import ConfigError, PretrainedConfig, positive_int, probability
 
 # HF's GPT2Config.attribute_map: generic names some config.json files use instead of GPT-2's own.
 GENERIC_NAMES = {"hidden_size": "n_embd", "num_hidden_layers": "n_layer", "num_attention_heads": "n_head",

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 
-from ...checkpoint import KeyRules
+from ...hub import KeyRules
 
 BASE_MODEL_PREFIX = "transformer"
 TIED_WEIGHTS = {"lm_head.weight": "transformer.wte.weight"}

@@ -18,8 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...modeling.base import PreTrainedModel
-from ...modeling.dropout import Dropout
+from ...cpu.dropout import Dropout
 from ...nn.attention import (
     KVCache,
     attend,
@@ -38,6 +37,7 @@ from ...outputs import (
     SequenceClassifierOutputWithPast,
     TokenClassifierOutput,
 )
+from ..base import PreTrainedModel, normal_init
 from . import keys
 from .config import GPT2Config
 
@@ -150,12 +150,8 @@ class GPT2PreTrainedModel(PreTrainedModel):
         # GPT-2's initialisation: N(0, initializer_range); the projections into the residual stream (c_proj)
         # scaled by 1/sqrt(2 * n_layer), as the paper describes (two residual additions per block).
         std = self.config.initializer_range
-        if isinstance(module, (nn.Linear, Conv1D)):
-            nn.init.normal_(module.weight, mean=0.0, std=std)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=std)
+        if isinstance(module, (nn.Linear, Conv1D, nn.Embedding)):
+            normal_init(module, std)
         elif isinstance(module, nn.LayerNorm):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)

@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ...config import ConfigError, PretrainedConfig, positive_int, probability
 from ...nn.mlp import ACTIVATIONS
 from ...nn.rotary import SUPPORTED_ROPE_TYPES
+from ..config import ConfigError, PretrainedConfig, positive_int, probability
 
 # Keys each supported rope type needs besides rope_type.
 ROPE_KEYS = {"default": (), "linear": ("factor",),

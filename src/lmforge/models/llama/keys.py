@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 
-from ...checkpoint import KeyRules
+from ...hub import KeyRules
 
 BASE_MODEL_PREFIX = "model"
 TIED_WEIGHTS = {"lm_head.weight": "model.embed_tokens.weight"}

@@ -16,7 +16,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ...modeling.base import PreTrainedModel
 from ...nn.attention import (
     KVCache,
     SelfAttention,
@@ -31,6 +30,7 @@ from ...nn.mlp import GatedMLP
 from ...nn.norms import RMSNorm
 from ...nn.rotary import RotaryEmbedding
 from ...outputs import BaseModelOutputWithPast, CausalLMOutputWithPast, SequenceClassifierOutputWithPast
+from ..base import PreTrainedModel, normal_init
 from . import keys
 from .config import LlamaConfig, Qwen2Config
 
@@ -71,14 +71,8 @@ class LlamaPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=std)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=std)
-            if module.padding_idx is not None:
-                nn.init.zeros_(module.weight[module.padding_idx])
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            normal_init(module, std)
         elif isinstance(module, RMSNorm):
             nn.init.ones_(module.weight)
 

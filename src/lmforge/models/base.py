@@ -1,4 +1,5 @@
-"""The small base class every lmforge model shares: init, weight tying, from/save_pretrained."""
+"""The small base class every lmforge model shares: init, weight tying, attention mode, CPU fast paths,
+from/save_pretrained."""
 
 from __future__ import annotations
 
@@ -8,16 +9,29 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ..checkpoint import KeyRules
-from ..config import PretrainedConfig
-from .attention import ATTN_IMPLEMENTATIONS, DEFAULT_ATTN_IMPLEMENTATION
+from ..cpu import fast_paths
+from ..hub import KeyRules
+from ..nn.attention import DEFAULT_ATTN_IMPLEMENTATION, ENCODER_ATTN_IMPLEMENTATIONS
+from .config import PretrainedConfig
+
+
+def normal_init(module: nn.Linear | nn.Embedding, std: float) -> None:
+    """N(0, std) weights; zero bias (linear layers, GPT-2's Conv1D) or zero padding row (embeddings).
+    What BERT, GPT-2 and Llama initialise alike."""
+    nn.init.normal_(module.weight, mean=0.0, std=std)
+    if isinstance(module, nn.Embedding):
+        if module.padding_idx is not None:
+            with torch.no_grad():
+                module.weight[module.padding_idx].zero_()
+    elif module.bias is not None:
+        nn.init.zeros_(module.bias)
 
 
 class PreTrainedModel(nn.Module):
     config_class: ClassVar[type] = PretrainedConfig  # each family sets its own
     base_model_prefix: ClassVar[str] = ""
     key_rules: ClassVar[KeyRules] = KeyRules()  # the family's checkpoint key rules (legacy names, ignored keys)
-    # Values `set_attn_implementation` accepts; None means BERT's (`attention.ATTN_IMPLEMENTATIONS`).
+    # Values `set_attn_implementation` accepts; None means the encoders' (`nn.attention.ENCODER_ATTN_IMPLEMENTATIONS`).
     attn_implementations: ClassVar[tuple[str, ...] | None] = None
     # target key -> source key, for parameters shared between modules (the MLM decoder and the
     # word embeddings). Tied targets are not written on save and need not be in a checkpoint.
@@ -39,6 +53,8 @@ class PreTrainedModel(nn.Module):
         self.tie_weights()
         # Every model starts on the default attention path; heads that cannot unpad get "sdpa".
         self.set_attn_implementation(DEFAULT_ATTN_IMPLEMENTATION)
+        # The CPU fast paths replace the readable blocks they have one for (see `lmforge.cpu.fast_paths`).
+        fast_paths.apply(self)
 
     def tie_weights(self) -> None:
         """Share parameters listed in `_tied_weights`; models with tied heads override."""
@@ -50,7 +66,7 @@ class PreTrainedModel(nn.Module):
         "sdpa"; decoders also take "eager" (the written-out formula). Returns the model."""
         if name == "unpadded" and not self.supports_unpadding:
             name = "sdpa"
-        allowed = self.attn_implementations or ATTN_IMPLEMENTATIONS
+        allowed = self.attn_implementations or ENCODER_ATTN_IMPLEMENTATIONS
         if name not in allowed:
             raise ValueError(f"attn_implementation must be one of {allowed}, got {name!r}")
         for module in self.modules():
@@ -97,7 +113,7 @@ class PreTrainedModel(nn.Module):
         `gguf_file` (transformers' spelling): read a llama.cpp GGUF file instead, a name inside the
         folder `path` or a path of its own; its weights are dequantized (see `lmforge.gguf`).
         """
-        from ..checkpoint import load_pretrained
+        from ..hub import load_pretrained
 
         if gguf_file is not None:
             from ..gguf import load_gguf_model
@@ -119,6 +135,6 @@ class PreTrainedModel(nn.Module):
         self, path: str | os.PathLike, *, safe_serialization: bool = True, max_shard_size: int | str = "5GB"
     ) -> None:
         """Write config.json and the weights (model.safetensors, sharded above max_shard_size)."""
-        from ..checkpoint import save_pretrained
+        from ..hub import save_pretrained
 
         save_pretrained(self, path, safe_serialization=safe_serialization, max_shard_size=max_shard_size)

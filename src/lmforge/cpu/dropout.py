@@ -50,17 +50,9 @@ def dropout(x: Tensor, p: float, training: bool) -> Tensor:
     return _CPUDropout.apply(x, p)
 
 
-class Dropout(nn.Module):
-    """`nn.Dropout` with the cheap CPU draw above (no parameters, so checkpoints are unchanged)."""
-
-    def __init__(self, p: float = 0.1):
-        super().__init__()
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"dropout probability must be in [0, 1], got {p}")
-        self.p = p
+class Dropout(nn.Dropout):
+    """`nn.Dropout` with the cheap CPU draw above (no parameters, so checkpoints are unchanged). BERT's
+    `nn.Dropout` modules become this class (`cpu.fast_paths`); GPT-2 builds it directly."""
 
     def forward(self, x: Tensor) -> Tensor:
         return dropout(x, self.p, self.training)
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .modeling.attention import DEFAULT_ATTN_IMPLEMENTATION
+from .nn.attention import DEFAULT_ATTN_IMPLEMENTATION
 from .utils import atomic_write_text, get_logger
 
 logger = get_logger(__name__)
@@ -44,20 +44,6 @@ class KeyRules:
     def is_ignored(self, key: str) -> bool:
         return any(p.search(key) for p in self.ignored)
 
-
-# BERT's rules. Foreign / legacy key fragments -> ours. Applied to every key on load.
-LEGACY_KEY_RENAMES = {
-    "LayerNorm.gamma": "LayerNorm.weight",
-    "LayerNorm.beta": "LayerNorm.bias",
-}
-# Keys some checkpoints carry that hold nothing a model needs (buffers, or a duplicate of a
-# tied parameter); dropped silently rather than reported as unexpected.
-IGNORED_KEY_PATTERNS = (
-    re.compile(r"(^|\.)embeddings\.position_ids$"),
-    re.compile(r"(^|\.)embeddings\.token_type_ids$"),
-    re.compile(r"^cls\.predictions\.decoder\.bias$"),  # HF ties it to cls.predictions.bias
-)
-BERT_KEY_RULES = KeyRules(renames=LEGACY_KEY_RENAMES, ignored=IGNORED_KEY_PATTERNS)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
@@ -137,7 +123,7 @@ def read_state_dict(folder: str | os.PathLike) -> tuple[dict[str, Tensor], Path]
     raise FileNotFoundError(f"{folder}: no weights found (looked for {', '.join(n for n, _ in candidates)})")
 
 
-def normalise_keys(state: dict[str, Tensor], rules: KeyRules = BERT_KEY_RULES) -> dict[str, Tensor]:
+def normalise_keys(state: dict[str, Tensor], rules: KeyRules) -> dict[str, Tensor]:
     out = {}
     for key, value in state.items():
         for old, new in rules.renames.items():

@@ -2,20 +2,26 @@
 
 Module attribute names equal the Hugging Face checkpoint names (`bert.encoder.layer.0.attention.
 self.query.weight`, `cls.predictions.transform.dense.weight`, ...), so our own checkpoints need no
-key map and HF checkpoints load directly. See `attention.py` for the dimension legend.
+key map and HF checkpoints load directly. Shape legend: `lmforge.nn.attention`'s.
+
+Read top-down, each class has one forward, the plain computation. The CPU fast paths (oneDNN linears
+with fused GELU, one Q|K|V matmul, varlen attention on unpadded tokens, cheap dropout) replace the
+`nn` blocks in place when a model is built (`lmforge.cpu.fast_paths`, called by `post_init`); they
+are not written here. The sparse-MLM loss (`nn.heads.mlm_logits_and_loss`) is the one exception: its
+contract (no logits with gradients on) is the algorithm.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checkpoint import BERT_KEY_RULES
-from ..config import BertConfig
-from ..outputs import (
+from ...nn.attention import DEFAULT_ATTN_IMPLEMENTATION, ENCODER_ATTN_IMPLEMENTATIONS, EncoderSelfAttention
+from ...nn.heads import IGNORE_INDEX, mlm_logits_and_loss, sequence_classification_loss
+from ...nn.mlp import DenseAct, DenseActNorm, PostNormOutput
+from ...nn.packing import Packing, Padded, batch_layout
+from ...outputs import (
     BaseModelOutput,
     MaskedLMOutput,
     MultipleChoiceOutput,
@@ -25,32 +31,9 @@ from ..outputs import (
     SequenceClassifierOutput,
     TokenClassifierOutput,
 )
-from . import onednn
-from .attention import DEFAULT_ATTN_IMPLEMENTATION, BertSelfAttention, Packing, padding_mask_to_additive
-from .base import PreTrainedModel
-from .dropout import Dropout
-from .losses import linear_cross_entropy
-
-
-def _gelu_new(x: Tensor) -> Tensor:
-    # The tanh approximation of GELU used by GPT-2 and HF's "gelu_new", written as HF writes it.
-    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
-
-
-def _gelu_fast(x: Tensor) -> Tensor:
-    return 0.5 * x * (1.0 + torch.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x)))
-
-
-ACTIVATIONS = {
-    "gelu": F.gelu,
-    "gelu_new": _gelu_new,
-    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu_fast": _gelu_fast,
-    "relu": F.relu,
-    "silu": F.silu,
-    "swish": F.silu,
-    "tanh": torch.tanh,
-}
+from ..base import PreTrainedModel, normal_init
+from .config import BertConfig
+from .keys import BERT_KEY_RULES
 
 
 # ---------------------------------------------------------------------------------------------- body
@@ -61,13 +44,11 @@ class BertEmbeddings(nn.Module):
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = Dropout(config.hidden_dropout_prob)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(
-        self, input_ids: Tensor, token_type_ids: Tensor | None, position_ids: Tensor | None,
-        packing: Packing | None = None,
-    ) -> Tensor:
-        """(B, T) ids -> (B, T, C); with `packing`, only the real tokens: (N, C)."""
+    def forward(self, input_ids: Tensor, token_type_ids: Tensor | None, position_ids: Tensor | None,
+                layout: Padded | Packing) -> Tensor:
+        """(B, T) ids -> (B, T, C); with a `Packing` layout, only the real tokens: (N, C)."""
         B, T = input_ids.shape
         if T > self.position_embeddings.num_embeddings:
             raise ValueError(
@@ -78,86 +59,37 @@ class BertEmbeddings(nn.Module):
             position_ids = torch.arange(T, device=input_ids.device)[None, :]  # (1, T)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        if packing is not None:
-            input_ids = packing.unpad(input_ids)  # (N,)
-            token_type_ids = packing.unpad(token_type_ids)
-            position_ids = packing.unpad(position_ids.expand(B, T))
-        x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)  # (B, T, C) or (N, C)
-        x = x + self.position_embeddings(position_ids)
+        x = self.word_embeddings(layout.unpad(input_ids)) + self.token_type_embeddings(layout.unpad(token_type_ids))
+        x = x + self.position_embeddings(layout.unpad(position_ids))  # (B, T, C) or (N, C)
         return self.dropout(self.LayerNorm(x))
-
-
-class BertSelfOutput(nn.Module):
-    """Projection after attention, then dropout, residual and LayerNorm (post-LN)."""
-
-    def __init__(self, config: BertConfig, in_features: int):
-        super().__init__()
-        self.dense = nn.Linear(in_features, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = Dropout(config.hidden_dropout_prob)
-
-    def forward(self, x: Tensor, residual: Tensor, packed: bool = False) -> Tensor:
-        projected = onednn.linear_module(x, self.dense, fp32=packed)  # oneDNN in CPU inference, else ATen
-        return self.LayerNorm(self.dropout(projected) + residual)
-
-
-# The feed-forward output block has the same shape as the attention output block; HF names it
-# `output` in both places, so one class serves both.
-BertOutput = BertSelfOutput
 
 
 class BertAttention(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
-        self.self = BertSelfAttention(config.hidden_size, config.num_attention_heads, config.attention_probs_dropout_prob)
-        self.output = BertSelfOutput(config, config.hidden_size)
+        self.self = EncoderSelfAttention(config.hidden_size, config.num_attention_heads,
+                                         config.attention_probs_dropout_prob)
+        self.output = PostNormOutput(config.hidden_size, config.hidden_size, config.layer_norm_eps,
+                                     config.hidden_dropout_prob)
 
-    def forward(self, x: Tensor, mask: Tensor | None, output_attentions: bool) -> tuple[Tensor, Tensor | None]:
-        context, probs = self.self(x, mask, output_attentions)
-        return self.output(context, x), probs
-
-    def forward_packed(self, x: Tensor, packing: Packing) -> Tensor:
-        return self.output(self.self.forward_packed(x, packing), x, packed=True)  # (N, C)
-
-
-class DenseActivation(nn.Module):
-    """`act(dense(x))`; in CPU inference the activation is fused into the oneDNN matmul where it can be
-    (in fp32 on `packed` activations only: see `onednn.compute_dtype`)."""
-
-    def __init__(self, in_features: int, out_features: int, hidden_act: str):
-        super().__init__()
-        self.dense = nn.Linear(in_features, out_features)
-        self.act = ACTIVATIONS[hidden_act]
-        self.hidden_act = hidden_act
-
-    def forward(self, x: Tensor, packed: bool = False) -> Tensor:
-        if self.hidden_act in onednn.FUSED_ACTIVATIONS:  # oneDNN in CPU inference, else ATen + the same activation
-            return onednn.linear_module(x, self.dense, fp32=packed, activation=self.hidden_act)
-        return self.act(self.dense(x))
-
-
-class BertIntermediate(DenseActivation):
-    def __init__(self, config: BertConfig):
-        super().__init__(config.hidden_size, config.intermediate_size, config.hidden_act)  # (..., C) -> (..., I)
+    def forward(self, x: Tensor, layout: Padded | Packing, output_attentions: bool) -> tuple[Tensor, Tensor | None]:
+        context, probs = self.self(x, layout, output_attentions)  # (..., C)
+        return self.output(context, x), probs  # LN(x + dropout(W context))
 
 
 class BertLayer(nn.Module):
-    """One post-LN encoder layer: x = LN(x + Attn(x)); x = LN(x + FFN(x))."""
+    """One post-LN encoder layer: x = LN(x + Attn(x)); x = LN(x + FFN(x)). x: (B, T, C) or (N, C)."""
 
     def __init__(self, config: BertConfig):
         super().__init__()
         self.attention = BertAttention(config)
-        self.intermediate = BertIntermediate(config)
-        self.output = BertOutput(config, config.intermediate_size)
+        self.intermediate = DenseAct(config.hidden_size, config.intermediate_size, config.hidden_act)
+        self.output = PostNormOutput(config.intermediate_size, config.hidden_size, config.layer_norm_eps,
+                                     config.hidden_dropout_prob)
 
-    def forward(self, x: Tensor, mask: Tensor | None, output_attentions: bool) -> tuple[Tensor, Tensor | None]:
-        x, probs = self.attention(x, mask, output_attentions)
-        return self.output(self.intermediate(x), x), probs
-
-    def forward_packed(self, x: Tensor, packing: Packing) -> Tensor:
-        """x: (N, C) real tokens only; the feed-forward block never sees padding."""
-        x = self.attention.forward_packed(x, packing)
-        return self.output(self.intermediate(x, packed=True), x, packed=True)  # (N, C)
+    def forward(self, x: Tensor, layout: Padded | Packing, output_attentions: bool) -> tuple[Tensor, Tensor | None]:
+        x, probs = self.attention(x, layout, output_attentions)
+        return self.output(self.intermediate(x), x), probs  # (..., I) -> (..., C)
 
 
 class BertEncoder(nn.Module):
@@ -166,33 +98,23 @@ class BertEncoder(nn.Module):
         self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
 
     def forward(
-        self, x: Tensor, mask: Tensor | None, output_hidden_states: bool, output_attentions: bool
+        self, x: Tensor, layout: Padded | Packing, output_hidden_states: bool, output_attentions: bool
     ) -> tuple[Tensor, tuple[Tensor, ...] | None, tuple[Tensor, ...] | None]:
-        hidden_states = [x] if output_hidden_states else None
+        """x: (B, T, C) or (N, C) -> the last layer (B, T, C), hidden states (B, T, C) each, probabilities."""
+        hidden_states = [layout.pad(x)] if output_hidden_states else None
         attentions = [] if output_attentions else None
         for layer in self.layer:
-            x, probs = layer(x, mask, output_attentions)
+            x, probs = layer(x, layout, output_attentions)
             if hidden_states is not None:
-                hidden_states.append(x)
+                hidden_states.append(layout.pad(x))
             if attentions is not None:
                 attentions.append(probs)
+        x = hidden_states[-1] if hidden_states is not None else layout.pad(x)  # (B, T, C)
         return (
             x,
             tuple(hidden_states) if hidden_states is not None else None,
             tuple(attentions) if attentions is not None else None,
         )
-
-    def forward_packed(
-        self, x: Tensor, packing: Packing, output_hidden_states: bool
-    ) -> tuple[Tensor, tuple[Tensor, ...] | None]:
-        """x: (N, C). Returns the last layer re-padded to (B, T, C), and re-padded hidden states."""
-        hidden_states = [packing.pad(x)] if output_hidden_states else None
-        for layer in self.layer:
-            x = layer.forward_packed(x, packing)
-            if hidden_states is not None:
-                hidden_states.append(packing.pad(x))
-        last = hidden_states[-1] if hidden_states is not None else packing.pad(x)
-        return last, tuple(hidden_states) if hidden_states is not None else None
 
 
 class BertPooler(nn.Module):
@@ -210,19 +132,13 @@ class BertPreTrainedModel(PreTrainedModel):
     config_class = BertConfig
     base_model_prefix = "bert"
     key_rules = BERT_KEY_RULES
+    attn_implementations = ENCODER_ATTN_IMPLEMENTATIONS
 
     def _init_weights(self, module: nn.Module) -> None:
         # BERT's initialisation: N(0, initializer_range) weights, zero biases, unit LayerNorm.
         std = self.config.initializer_range
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=std)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=std)
-            if module.padding_idx is not None:
-                with torch.no_grad():
-                    module.weight[module.padding_idx].zero_()
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            normal_init(module, std)
         elif isinstance(module, nn.LayerNorm):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
@@ -233,18 +149,18 @@ class BertPreTrainedModel(PreTrainedModel):
 class BertModel(BertPreTrainedModel):
     """The bare encoder: embeddings -> N encoder layers -> (optional) pooler.
 
-    `attn_implementation` (see `attention.ATTN_IMPLEMENTATIONS`; `from_pretrained(...,
+    `attn_implementation` (see `nn.attention.ENCODER_ATTN_IMPLEMENTATIONS`; `from_pretrained(...,
     attn_implementation=...)` or `model.set_attn_implementation(...)`):
     - "unpadded", the default: padding tokens are dropped before the layers (embeddings, linear
-      layers, attention and feed-forward run on real tokens only) and the outputs are re-padded.
-      `last_hidden_state` and `hidden_states` equal transformers' at real tokens (fp32, within 1e-5)
-      and hold zeros at padding positions, as ModernBERT's unpadded path does. On mixed-length
-      batches this is ~2x faster on a CPU. `pooler_output` reads position 0, a real token with
-      right padding (BERT tokenizers' default).
+      layers, attention and feed-forward run on real tokens only: `nn.packing.Packing`) and the outputs
+      are re-padded. `last_hidden_state` and `hidden_states` equal transformers' at real tokens (fp32,
+      within 1e-5) and hold zeros at padding positions, as ModernBERT's unpadded path does. On
+      mixed-length batches this is ~2x faster on a CPU. `pooler_output` reads position 0, a real token
+      with right padding (BERT tokenizers' default).
     - "sdpa": padded batches; outputs identical to transformers' at every position, padding included.
     Padded batches run anyway when attention probabilities are requested (`output_attentions=True`)
     or when `keep_padding=True` (heads pass it when a token-level loss reads padding positions:
-    labels there other than -100). Gradients are the same in both modes.
+    labels there other than IGNORE_INDEX). Gradients are the same in both modes.
     """
 
     def __init__(self, config: BertConfig, add_pooling_layer: bool = True):
@@ -269,19 +185,11 @@ class BertModel(BertPreTrainedModel):
         *,
         keep_padding: bool = False,
     ) -> BaseModelOutput:
-        padded = attention_mask is not None and not bool(attention_mask.all())
-        if padded and self.attn_implementation == "unpadded" and not (output_attentions or keep_padding):
-            packing = Packing(attention_mask, self.embeddings.word_embeddings.weight.dtype)
-            if torch.is_autocast_enabled(input_ids.device.type):
-                packing.additive_mask = packing.additive_mask.to(torch.get_autocast_dtype(input_ids.device.type))
-            x = self.embeddings(input_ids, token_type_ids, position_ids, packing)  # (N, C)
-            x, hidden_states = self.encoder.forward_packed(x, packing, output_hidden_states)  # (B, T, C)
-            attentions = None
-        else:
-            x = self.embeddings(input_ids, token_type_ids, position_ids)  # (B, T, C)
-            mask = padding_mask_to_additive(attention_mask, x.dtype) if padded else None  # (B, 1, 1, T)
-            x, hidden_states, attentions = self.encoder(x, mask, output_hidden_states, output_attentions)
-        pooled = self.pooler(x) if self.pooler is not None else None
+        layout = batch_layout(attention_mask, self.attn_implementation, output_attentions or keep_padding,
+                              self.embeddings.word_embeddings.weight.dtype)  # Packing: real tokens only
+        x = self.embeddings(input_ids, token_type_ids, position_ids, layout)  # (B, T, C) or (N, C)
+        x, hidden_states, attentions = self.encoder(x, layout, output_hidden_states, output_attentions)  # (B, T, C)
+        pooled = self.pooler(x) if self.pooler is not None else None  # (B, C)
         return BaseModelOutput(last_hidden_state=x, pooler_output=pooled, hidden_states=hidden_states, attentions=attentions)
 
 
@@ -290,25 +198,16 @@ def labels_at_padding(labels: Tensor | None, attention_mask: Tensor | None) -> b
     Then the model runs padded, whatever its attention mode, so the loss equals transformers'."""
     if labels is None or attention_mask is None or labels.shape != attention_mask.shape:
         return False
-    return bool((labels[attention_mask == 0] != -100).any())
+    return bool((labels[attention_mask == 0] != IGNORE_INDEX).any())
 
 
 # ---------------------------------------------------------------------------------------------- heads
-class BertPredictionHeadTransform(DenseActivation):
-    def __init__(self, config: BertConfig):
-        super().__init__(config.hidden_size, config.hidden_size, config.hidden_act)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.LayerNorm(super().forward(x))
-
-
 class BertLMPredictionHead(nn.Module):
     """transform -> decoder (weight tied to the word embeddings) + per-token bias."""
 
     def __init__(self, config: BertConfig):
         super().__init__()
-        self.transform = BertPredictionHeadTransform(config)
+        self.transform = DenseActNorm(config.hidden_size, config.hidden_act, config.layer_norm_eps)
         self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
 
@@ -333,31 +232,6 @@ class BertPreTrainingHeads(nn.Module):
         super().__init__()
         self.predictions = BertLMPredictionHead(config)
         self.seq_relationship = nn.Linear(config.hidden_size, 2)
-
-
-def _mlm_logits_and_loss(
-    head: BertLMPredictionHead, sequence_output: Tensor, labels: Tensor | None, sparse: bool
-) -> tuple[Tensor, Tensor | None]:
-    """Dense: logits for every position (B, T, V). Sparse: only where labels != -100, (N, V), and
-    with gradients enabled no logits at all (None): `linear_cross_entropy` gives the loss directly.
-
-    The sparse path is Google BERT's gather of masked positions: with 15% masking it skips ~85%
-    of the vocabulary projection, the largest matmul of a small BERT. The loss is the same.
-    """
-    if labels is None:
-        return head(sequence_output), None
-    if sparse:
-        flat_labels = labels.reshape(-1)  # (B*T,)
-        keep = flat_labels != -100
-        masked = sequence_output.reshape(-1, sequence_output.size(-1))[keep]  # (N, C)
-        if torch.is_grad_enabled():
-            # Training: projection and loss fused; the (N, V) logits are never materialised.
-            loss = linear_cross_entropy(head.transform(masked), head.decoder.weight, head.bias, flat_labels[keep])
-            return None, loss
-        logits = head(masked)  # (N, V)
-        return logits, F.cross_entropy(logits.float(), flat_labels[keep])
-    logits = head(sequence_output)  # (B, T, V)
-    return logits, F.cross_entropy(logits.float().view(-1, logits.size(-1)), labels.reshape(-1))
 
 
 class _TiedMLMMixin:
@@ -391,7 +265,7 @@ class BertForMaskedLM(_TiedMLMMixin, BertPreTrainedModel):
     ) -> MaskedLMOutput:
         out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states, output_attentions,
                         keep_padding=labels_at_padding(labels, attention_mask))
-        logits, loss = _mlm_logits_and_loss(self.cls.predictions, out.last_hidden_state, labels, sparse_mlm)
+        logits, loss = mlm_logits_and_loss(self.cls.predictions, out.last_hidden_state, labels, sparse_mlm)
         return MaskedLMOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
 
 
@@ -418,7 +292,7 @@ class BertForPreTraining(_TiedMLMMixin, BertPreTrainedModel):
     ) -> PreTrainingOutput:
         out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states, output_attentions,
                         keep_padding=labels_at_padding(labels, attention_mask))
-        logits, mlm_loss = _mlm_logits_and_loss(self.cls.predictions, out.last_hidden_state, labels, sparse_mlm)
+        logits, mlm_loss = mlm_logits_and_loss(self.cls.predictions, out.last_hidden_state, labels, sparse_mlm)
         nsp_logits = self.cls.seq_relationship(out.pooler_output)  # (B, 2)
         loss = nsp_loss = None
         if mlm_loss is not None and next_sentence_label is not None:
@@ -460,29 +334,10 @@ class BertForNextSentencePrediction(BertPreTrainedModel):
         return NextSentencePredictorOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
 
 
-def classifier_dropout(config: BertConfig) -> Dropout:
+def classifier_dropout(config: BertConfig) -> nn.Dropout:
     """Dropout before a task head: `classifier_dropout`, else the hidden dropout (as HF)."""
     p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
-    return Dropout(p)
-
-
-def sequence_classification_loss(logits: Tensor, labels: Tensor, num_labels: int, problem_type: str | None) -> Tensor:
-    """HF's rule: regression if one label; single-label CE for integer labels; multi-label BCE otherwise."""
-    if problem_type is None:
-        if num_labels == 1:
-            problem_type = "regression"
-        elif labels.dtype in (torch.long, torch.int, torch.int16, torch.int8, torch.uint8):
-            problem_type = "single_label_classification"
-        else:
-            problem_type = "multi_label_classification"
-    logits = logits.float()
-    if problem_type == "regression":
-        if num_labels == 1:
-            return F.mse_loss(logits.squeeze(), labels.squeeze().to(logits.dtype))
-        return F.mse_loss(logits, labels.to(logits.dtype))
-    if problem_type == "single_label_classification":
-        return F.cross_entropy(logits.view(-1, num_labels), labels.view(-1))
-    return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+    return nn.Dropout(p)
 
 
 class BertForSequenceClassification(BertPreTrainedModel):

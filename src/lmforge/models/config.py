@@ -1,7 +1,7 @@
 """Model configuration: one typed dataclass per architecture, with Hugging Face field names.
 
 `PretrainedConfig` holds what every family shares (task labels, (de)serialisation, validation
-helpers); `BertConfig` here and each decoder family's config (`models/<family>/config.py`) subclass it.
+helpers); each family's config (`models/<family>/config.py`) subclasses it.
 `from_json_file` / `to_json_file` read and write the `config.json` of an HF checkpoint folder. Keys we do not model (e.g. `_name_or_path`, `gradient_checkpointing`) are kept in `extra`
 and written back on save, so a round trip through lmforge loses nothing.
 """
@@ -17,7 +17,6 @@ from typing import Any, ClassVar
 
 CONFIG_NAME = "config.json"
 
-SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu", "silu", "swish", "tanh")
 PROBLEM_TYPES = (None, "regression", "single_label_classification", "multi_label_classification")
 TORCH_DTYPES = (None, "float32", "float16", "bfloat16", "float64", "auto")
 
@@ -186,54 +185,3 @@ def probability(config: Any, name: str) -> None:
     value = getattr(config, name)
     if value is not None and not (isinstance(value, (int, float)) and 0.0 <= float(value) < 1.0):
         raise ConfigError(f"{name} must be in [0, 1), got {value!r}")
-
-
-@dataclass
-class BertConfig(PretrainedConfig):
-    model_type: ClassVar[str] = "bert"
-    _omit_if_none: ClassVar[tuple[str, ...]] = ("torch_dtype", "problem_type", "classifier_dropout")
-
-    vocab_size: int = 30522
-    hidden_size: int = 768
-    num_hidden_layers: int = 12
-    num_attention_heads: int = 12
-    intermediate_size: int = 3072
-    hidden_act: str = "gelu"
-    hidden_dropout_prob: float = 0.1
-    attention_probs_dropout_prob: float = 0.1
-    classifier_dropout: float | None = None
-    max_position_embeddings: int = 512
-    type_vocab_size: int = 2
-    layer_norm_eps: float = 1e-12
-    initializer_range: float = 0.02
-    pad_token_id: int = 0
-    position_embedding_type: str = "absolute"
-    tie_word_embeddings: bool = True
-
-    def _validate(self) -> None:
-        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                     "intermediate_size", "max_position_embeddings"):
-            positive_int(self, name)
-        if not isinstance(self.type_vocab_size, int) or self.type_vocab_size < 1:
-            raise ConfigError(f"type_vocab_size must be >= 1, got {self.type_vocab_size!r}")
-        if self.hidden_size % self.num_attention_heads != 0:
-            raise ConfigError(
-                f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
-                f"({self.num_attention_heads})"
-            )
-        if self.hidden_act not in SUPPORTED_ACTIVATIONS:
-            raise ConfigError(f"hidden_act {self.hidden_act!r} is not supported; choose one of {SUPPORTED_ACTIVATIONS}")
-        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"):
-            probability(self, name)
-        if not (float(self.layer_norm_eps) > 0):
-            raise ConfigError(f"layer_norm_eps must be > 0, got {self.layer_norm_eps!r}")
-        if not (0 <= self.pad_token_id < self.vocab_size):
-            raise ConfigError(f"pad_token_id ({self.pad_token_id}) must be in [0, vocab_size={self.vocab_size})")
-        if self.position_embedding_type != "absolute":
-            raise ConfigError(
-                f"position_embedding_type {self.position_embedding_type!r} is not supported (only 'absolute')"
-            )
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads

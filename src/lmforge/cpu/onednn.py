@@ -30,11 +30,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import cpu_caps
+from . import capabilities as cpu_caps
 
-# hidden_act -> (oneDNN post-op, its algorithm, the same function in torch for the ATen path).
-# Exact-erf GELU only: the approximations differ.
-FUSED_ACTIVATIONS = {"gelu": ("gelu", "none", F.gelu), "relu": ("relu", "", F.relu)}
+# activation name (a key of `nn.mlp.ACTIVATIONS`) -> (oneDNN post-op, algorithm): the activations oneDNN fuses
+# into the matmul. Others run as ATen after it.
+POST_OPS = {
+    "gelu": ("gelu", "none"),
+    "gelu_new": ("gelu", "tanh"),  # GPT-2's tanh approximation, the same formula as torch's approximate="tanh"
+    "gelu_pytorch_tanh": ("gelu", "tanh"),
+    "relu": ("relu", ""),
+    "silu": ("swish", ""),
+    "swish": ("swish", ""),
+}
 
 
 def _bf16_autocast() -> bool:
@@ -100,9 +107,17 @@ def prepared(owner: object, dtype: torch.dtype, params: Callable[[], tuple[Tenso
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None, activation: str | None = None) -> Tensor:
     """`activation(F.linear(x, weight, bias))` through oneDNN, in `weight`'s dtype (x is cast to it).
-    Call only where `active(x, weight, ...)`. activation: a key of FUSED_ACTIVATIONS or None."""
-    attr, algorithm, _ = FUSED_ACTIVATIONS[activation] if activation else ("none", "", None)
+    Call only where `active(x, weight, ...)`. activation: a key of POST_OPS or None."""
+    attr, algorithm = POST_OPS[activation] if activation else ("none", "")
     return torch.ops.mkldnn._linear_pointwise(x.to(weight.dtype), weight, bias, attr, [], algorithm)
+
+
+def _activation(name: str) -> Callable[[Tensor], Tensor]:
+    """The torch function of a POST_OPS activation, for the ATen path. Looked up at call time:
+    `nn.mlp` imports `nn.linear`, which imports this module."""
+    from ..nn.mlp import ACTIVATIONS
+
+    return ACTIVATIONS[name]
 
 
 def weights_in(dtype: torch.dtype, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor | None]:
@@ -117,7 +132,7 @@ def linear_module(x: Tensor, module: nn.Linear, fp32: bool, activation: str | No
     if dtype is None:
         if eval_with_grad(x, module.weight, module.training, fp32):
             return linear_with_grad(x, module.weight, module.bias, activation)
-        return FUSED_ACTIVATIONS[activation][2](module(x)) if activation else module(x)
+        return _activation(activation)(module(x)) if activation else module(x)
     weight, bias = prepared(module, dtype, lambda: (module.weight, module.bias))
     return linear(x, weight, bias, activation)
 
@@ -159,7 +174,7 @@ class _Linear(torch.autograd.Function):
         if ctx.activation is not None:
             with torch.enable_grad():
                 pre = F.linear(x, weight, bias).detach().requires_grad_()  # (..., out)
-                (grad,) = torch.autograd.grad(FUSED_ACTIVATIONS[ctx.activation][2](pre), pre, grad)
+                (grad,) = torch.autograd.grad(_activation(ctx.activation)(pre), pre, grad)
         flat = grad.reshape(-1, grad.size(-1))  # (M, out)
         grad_x = grad @ weight if ctx.needs_input_grad[0] else None  # (..., in)
         grad_weight = flat.T @ x.reshape(-1, x.size(-1)) if ctx.needs_input_grad[1] else None  # (out, in)

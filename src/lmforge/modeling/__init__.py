@@ -1,1 +1,0 @@
-"""Model architectures. See attention.py for the dimension legend used in shape comments."""

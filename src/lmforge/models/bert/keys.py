@@ -1,0 +1,19 @@
+"""BERT checkpoint key rules: TF-era LayerNorm names, and keys some checkpoints carry that hold nothing."""
+
+import re
+
+from ...hub import KeyRules
+
+# Foreign / legacy key fragments -> ours. Applied to every key on load.
+LEGACY_KEY_RENAMES = {
+    "LayerNorm.gamma": "LayerNorm.weight",
+    "LayerNorm.beta": "LayerNorm.bias",
+}
+# Keys some checkpoints carry that hold nothing a model needs (buffers, or a duplicate of a
+# tied parameter); dropped silently rather than reported as unexpected.
+IGNORED_KEY_PATTERNS = (
+    re.compile(r"(^|\.)embeddings\.position_ids$"),
+    re.compile(r"(^|\.)embeddings\.token_type_ids$"),
+    re.compile(r"^cls\.predictions\.decoder\.bias$"),  # HF ties it to cls.predictions.bias
+)
+BERT_KEY_RULES = KeyRules(renames=LEGACY_KEY_RENAMES, ignored=IGNORED_KEY_PATTERNS)
