@@ -28,7 +28,7 @@ from lmforge.recipes.finetune import (
     run,
     subsample,
 )
-from lmforge.tokenization import AutoTokenizer, train_tokenizer
+from lmforge.tokenizers import AutoTokenizer, train_tokenizer
 
 torch.set_num_threads(1)  # tiny models: one thread is fastest (and the machine's cores are shared)
 

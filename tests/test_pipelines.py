@@ -9,7 +9,7 @@ import torch
 
 from lmforge import BertConfig, BertForMaskedLM, BertForSequenceClassification, BertForTokenClassification
 from lmforge.pipelines import length_sorted_batches, pipeline
-from lmforge.tokenization import train_tokenizer
+from lmforge.tokenizers import train_tokenizer
 
 TEXTS = [f"the movie number {i} was {'good' if i % 2 else 'bad'} and the actors were fine ." for i in range(200)]
 

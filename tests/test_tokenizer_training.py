@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from lmforge.tokenization import AutoTokenizer, Tokenizer, train_tokenizer
+from lmforge.tokenizers import AutoTokenizer, Tokenizer, train_tokenizer
 
 transformers = pytest.importorskip("transformers")
 

@@ -395,7 +395,7 @@ def test_interrupted_save_leftovers_are_ignored(tmp_path, toy, monkeypatch):
     (leftover / "model.safetensors").write_bytes(b"garbage")
     assert latest_checkpoint_path(tmp_path).name == "step-000002"
     # Killed after the rename but before the pointer update: the pointer still names step 2.
-    monkeypatch.setattr(state_mod, "_atomic_write_text", lambda *a: (_ for _ in ()).throw(OSError("killed")))
+    monkeypatch.setattr(state_mod, "atomic_write_text", lambda *a: (_ for _ in ()).throw(OSError("killed")))
     with pytest.raises(OSError):
         save_checkpoint(tmp_path, 4, model, opt, sched, {"index": 4})
     assert latest_checkpoint_path(tmp_path).name == "step-000002"

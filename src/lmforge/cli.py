@@ -45,7 +45,7 @@ def _add_tokenizer_commands(sub) -> None:
 def cmd_tokenizer_train(args) -> int:
     from .data.corpus import read_documents
     from .recipes.common import resolve_corpus
-    from .tokenization import train_tokenizer
+    from .tokenizers import train_tokenizer
 
     paths = resolve_corpus(args.corpus)
     texts = (sentence for doc in read_documents(paths, txt_format=args.txt_format, text_field=args.text_field,

@@ -19,7 +19,7 @@ import torch
 
 from .auto import AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoModelForTokenClassification
 from .modeling import cpu_caps, onednn
-from .tokenization import AutoTokenizer
+from .tokenizers import AutoTokenizer
 
 
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:

@@ -54,7 +54,7 @@ Split = Literal["train", "eval"]
 
 
 class TokenizerLike(Protocol):
-    """The part of `lmforge.tokenization.Tokenizer` this module uses."""
+    """The part of `lmforge.tokenizers.Tokenizer` this module uses."""
 
     backend: tokenizers.Tokenizer
     vocab_size: int

@@ -604,7 +604,7 @@ def load_finetuned(folder: str | os.PathLike, unpad: bool = True, device: str | 
     """(model, tokenizer, task, label_map, info) of a fine-tuned folder."""
     from ..auto import AutoConfig
     from ..data.tasks import LabelMap
-    from ..tokenization import AutoTokenizer
+    from ..tokenizers import AutoTokenizer
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -628,7 +628,7 @@ def _max_length(requested: int | None, info: dict[str, Any], model, tokenizer) -
 # ------------------------------------------------------------------------------------------ finetune
 def run(opts: FinetuneOptions) -> dict[str, Any]:
     """Fine-tune, keep the best model, evaluate it on the test split; returns the results summary."""
-    from ..tokenization import AutoTokenizer
+    from ..tokenizers import AutoTokenizer
     from ..training import TrainArgs, list_checkpoints, train
 
     t0 = time.perf_counter()

@@ -96,7 +96,7 @@ def model_config(opts: PretrainOptions, vocab_size: int, pad_token_id: int):
 
 def get_tokenizer(opts: PretrainOptions, corpus: list, is_main: bool):
     from ..data.corpus import read_documents
-    from ..tokenization import AutoTokenizer, train_tokenizer
+    from ..tokenizers import AutoTokenizer, train_tokenizer
 
     if opts.tokenizer:
         return AutoTokenizer.from_pretrained(opts.tokenizer)
