@@ -16,18 +16,14 @@ import torch.nn.functional as F
 
 from lmforge.auto import AutoConfig, AutoModelForSequenceClassification
 from lmforge.config import BertConfig
-from lmforge.data.tasks import DataError, Example, LabelMap, pad_collate
+from lmforge.data.batches import TaskBatches
+from lmforge.data.collators import pad_collate
+from lmforge.data.labelled import DataError, Example
+from lmforge.data.labels import LabelMap
+from lmforge.data.splits import subsample
 from lmforge.modeling.bert import BertForPreTraining
 from lmforge.recipes import finetune
-from lmforge.recipes.finetune import (
-    BestTracker,
-    FinetuneOptions,
-    TaskBatches,
-    evaluate,
-    predict,
-    run,
-    subsample,
-)
+from lmforge.recipes.finetune import BestTracker, FinetuneOptions, evaluate, predict, run
 from lmforge.tokenizers import AutoTokenizer, train_tokenizer
 
 torch.set_num_threads(1)  # tiny models: one thread is fastest (and the machine's cores are shared)

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from lmforge import BertConfig, BertForMaskedLM, BertForSequenceClassification, BertForTokenClassification
-from lmforge.pipelines import length_sorted_batches, pipeline
+from lmforge.data.batches import length_sorted_batches
+from lmforge.pipelines import pipeline
 from lmforge.tokenizers import train_tokenizer
 
 TEXTS = [f"the movie number {i} was {'good' if i % 2 else 'bad'} and the actors were fine ." for i in range(200)]

@@ -12,20 +12,15 @@ batch holds sequences of similar length and little padding.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from .auto import AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoModelForTokenClassification
+from .data.batches import length_sorted_batches
 from .modeling import cpu_caps, onednn
 from .tokenizers import AutoTokenizer
-
-
-def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Indices grouped into batches of similar length (longest first, so OOM shows up at once)."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 class Pipeline:

@@ -38,7 +38,6 @@ import csv
 import json
 import math
 import os
-import random
 import re
 import shutil
 import time
@@ -49,16 +48,12 @@ from typing import Any
 
 import torch
 
+from ..data.batches import TaskBatches
+from ..data.labels import PROBLEM_TYPES, TASKS
+from ..data.splits import load_splits, raw_splits, subsample
 from ..modeling import cpu_caps, onednn
 from .common import option
 
-TASKS = ("single_label", "multi_label", "regression", "token_classification")
-PROBLEM_TYPES = {
-    "single_label": "single_label_classification",
-    "multi_label": "multi_label_classification",
-    "regression": "regression",
-    "token_classification": None,
-}
 # Metrics each task reports on evaluation; the first is the default `metric_for_best`.
 TASK_METRICS = {
     "single_label": ("accuracy", "macro_f1", "mcc", "loss"),
@@ -180,123 +175,16 @@ def _metric_name(name: str, task: str) -> str:
     return name
 
 
-# ------------------------------------------------------------------------------------------- data
-def _conll_folder(path: Path) -> dict[str, list]:
-    from ..data.tasks import DataError, load_conll
-
-    aliases = {"train": "train", "validation": "validation", "valid": "validation", "dev": "validation",
-               "test": "test"}
-    splits: dict[str, list] = {}
-    for file in sorted(path.iterdir()):
-        split = aliases.get(file.name.split(".", 1)[0].lower())
-        if split is None or not file.is_file():
-            continue
-        if split in splits:
-            raise DataError(f"{path}: more than one file for the {split!r} split (e.g. {file.name})")
-        splits[split] = load_conll(file)
-    if "train" not in splits and "validation" not in splits and "test" not in splits:
-        raise DataError(f"{path}: no train/validation/test CoNLL files in this folder")
-    return splits
-
-
-def _load_raw_splits(data: str, task: str, columns: dict[str, Any], seed: int) -> tuple[dict[str, list], Any]:
-    """The splits `data` names as given (no splitting), and a loader for extra files."""
-    from ..data.datasets import dataset_names, resolve_task_data
-    from ..data.tasks import DataError, load_conll, load_examples
-
-    if task == "token_classification":
-        if data in dataset_names():
-            raise ValueError(f"dataset {data!r} is not a token-classification dataset; pass CoNLL files")
-        path = Path(data)
-        if path.is_dir():
-            return _conll_folder(path), load_conll
-        if not path.is_file():
-            raise DataError(f"{data}: no such file or folder")
-        return {"train": load_conll(path)}, load_conll
-    kwargs = dict(columns, task=task)
-    if data in dataset_names():
-        resolved = resolve_task_data(data, seed=seed)
-        if resolved.task != task:
-            raise ValueError(f"dataset {data!r} is a {resolved.task} task, not {task}")
-        if columns.get("text_pair_column"):
-            raise ValueError(f"dataset {data!r} has no text pairs; drop --text-pair-column")
-    else:
-        resolved = resolve_task_data(data, seed=seed, **kwargs)
-    return dict(resolved), lambda file: load_examples(file, **kwargs)
-
-
-def load_splits(
-    data: str,
-    task: str = "single_label",
-    *,
-    text_column: str = "text",
-    text_pair_column: str | None = None,
-    label_column: str = "label",
-    label_delimiter: str = "|",
-    validation_file: str | None = None,
-    test_file: str | None = None,
-    seed: int = 0,
-) -> dict[str, list]:
-    """`{"train", "validation"[, "test"]}` lists of `Example` (or `TaggedSentence` for token
-    classification), completed by seeded splits of the training data where the data lacks them."""
-    from ..data.tasks import DataError, split_examples
-
-    columns = {"text_column": text_column, "text_pair_column": text_pair_column, "label_column": label_column,
-               "label_delimiter": label_delimiter}
-    splits, load_file = _load_raw_splits(str(data), task, columns, seed)
-    if validation_file:
-        splits["validation"] = load_file(validation_file)
-    if test_file:
-        splits["test"] = load_file(test_file)
-    if not splits.get("train"):
-        raise DataError(f"{data}: no training examples")
-    stratify = task == "single_label"
-    if "validation" not in splits and "test" not in splits:
-        train, validation, test = split_examples(splits["train"], (0.8, 0.1, 0.1), seed=seed, stratify=stratify)
-        splits = {"train": train, "validation": validation, "test": test}
-    elif "validation" not in splits:
-        train, validation = split_examples(splits["train"], (0.9, 0.1), seed=seed, stratify=stratify)
-        splits = {"train": train, "validation": validation, "test": splits["test"]}
-    for name in ("train", "validation"):
-        if not splits[name]:
-            raise DataError(f"{data}: the {name} split is empty (too few examples to split)")
-    if "test" in splits and not splits["test"]:
-        del splits["test"]
-    return {k: splits[k] for k in ("train", "validation", "test") if k in splits}
-
-
-def subsample(examples: Sequence[Any], fraction: float, seed: int = 0, stratify: bool = False) -> list[Any]:
-    """A seeded `fraction` of `examples`, in their original order. `stratify` (single-label) takes
-    that fraction of every class, at least one example each."""
-    if fraction >= 1.0:
-        return list(examples)
-    rng = random.Random(seed)
-    if stratify:
-        groups: dict[str, list[int]] = {}
-        for i, ex in enumerate(examples):
-            groups.setdefault(ex.label, []).append(i)
-        keep: list[int] = []
-        for label in sorted(groups):
-            indices = groups[label]
-            rng.shuffle(indices)
-            keep.extend(indices[: max(1, round(len(indices) * fraction))])
-    else:
-        indices = list(range(len(examples)))
-        rng.shuffle(indices)
-        keep = indices[: max(1, round(len(indices) * fraction))]
-    return [examples[i] for i in sorted(keep)]
-
-
 def build_label_map(task: str, train: Sequence[Any]):
     """LabelMap of the training split (sorted label names); None for regression."""
-    from ..data.tasks import LabelMap
+    from ..data.labels import LabelMap
 
     return None if task == "regression" else LabelMap.from_examples(train)
 
 
 def _check_tags(sentences: Sequence[Any], label_map) -> None:
     """Name the exact file:line of a tag the label map does not know (a sentence's lines are consecutive)."""
-    from ..data.tasks import DataError
+    from ..data.labelled import DataError
 
     for sent in sentences:
         for i, tag in enumerate(sent.tags):
@@ -309,64 +197,13 @@ def _check_tags(sentences: Sequence[Any], label_map) -> None:
 
 def encode(task: str, items: Sequence[Any], tokenizer, label_map, max_length: int) -> list[dict[str, Any]]:
     """Feature dicts (input_ids, attention_mask, token_type_ids, labels[, word_ids])."""
-    from ..data.tasks import encode_classification, encode_token_classification
+    from ..data.collators import encode_classification, encode_token_classification
 
     if task == "token_classification":
         if label_map is not None:
             _check_tags(items, label_map)
         return encode_token_classification(items, tokenizer, label_map, max_length)
     return encode_classification(items, tokenizer, label_map, max_length)
-
-
-class TaskBatches:
-    """The training batch source: epoch-based, seeded, length-grouped shuffled batches of feature dicts,
-    padded per batch (`pad_collate`). Epoch `e` uses the order `length_grouped_order(seed + e)`.
-
-    Resumable: `state_dict()` is `{"epoch", "position"}` (batches handed out in that epoch); once an
-    epoch is used up, the next iteration starts the following one.
-    """
-
-    def __init__(self, features: Sequence[dict[str, Any]], batch_size: int, pad_token_id: int, seed: int = 0):
-        if not features:
-            raise ValueError("TaskBatches needs at least one example")
-        self.features = features
-        self.batch_size = batch_size
-        self.pad_token_id = pad_token_id
-        self.seed = seed
-        self.lengths = [len(f["input_ids"]) for f in features]
-        self.epoch = 0
-        self.position = 0
-        self._order: tuple[int, list[list[int]]] | None = None
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.features) / self.batch_size)
-
-    def batches_of_epoch(self, epoch: int) -> list[list[int]]:
-        if self._order is None or self._order[0] != epoch:
-            from ..data.tasks import length_grouped_order
-
-            order = length_grouped_order(self.lengths, self.batch_size, seed=self.seed * 1_000_003 + epoch)
-            self._order = (epoch, [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)])
-        return self._order[1]
-
-    def __iter__(self):
-        from ..data.tasks import pad_collate
-
-        if self.position >= len(self):
-            self.epoch += 1
-            self.position = 0
-        batches = self.batches_of_epoch(self.epoch)
-        while self.position < len(batches):
-            indices = batches[self.position]
-            self.position += 1  # counted as handed out before the caller sees it
-            yield pad_collate([self.features[i] for i in indices], self.pad_token_id)
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "position": self.position}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch = int(state["epoch"])
-        self.position = int(state["position"])
 
 
 # ----------------------------------------------------------------------------------- model running
@@ -381,8 +218,8 @@ def run_model(model, features: Sequence[dict[str, Any]], batch_size: int, pad_to
     """Logits of every feature, in the given order (batches of similar length, order restored):
     `[num_labels]` per sequence or `[length, num_labels]` per token sequence; plus the mean loss
     when the features have labels."""
-    from ..data.tasks import pad_collate
-    from ..pipelines import length_sorted_batches
+    from ..data.batches import length_sorted_batches
+    from ..data.collators import pad_collate
 
     device = next(model.parameters()).device
     outputs: list[torch.Tensor] = [torch.empty(0)] * len(features)
@@ -603,7 +440,7 @@ def model_task(folder: str | os.PathLike, config) -> str:
 def load_finetuned(folder: str | os.PathLike, unpad: bool = True, device: str | None = None):
     """(model, tokenizer, task, label_map, info) of a fine-tuned folder."""
     from ..auto import AutoConfig
-    from ..data.tasks import LabelMap
+    from ..data.labels import LabelMap
     from ..tokenizers import AutoTokenizer
 
     folder = Path(folder)
@@ -787,7 +624,7 @@ def evaluate(
     the model was not trained on raises DataError naming its file and line.
     """
     from ..data.datasets import dataset_names
-    from ..data.tasks import DataError
+    from ..data.labelled import DataError
 
     if split is not None and split not in SPLIT_CHOICES:
         raise ValueError(f"split must be one of {SPLIT_CHOICES}, got {split!r}")
@@ -797,7 +634,7 @@ def evaluate(
                "label_column": label_column or info.get("label_column") or "label",
                "label_delimiter": label_delimiter}
     data = str(data)
-    raw, _ = _load_raw_splits(data, task, columns, seed)
+    raw, _ = raw_splits(data, task, columns, seed)
     lone_file = Path(data).is_file() and data not in dataset_names()
     if split == "all" or (split is None and lone_file):
         split, items = "all", [x for part in raw.values() for x in part]
@@ -902,7 +739,7 @@ def predict(
 ) -> int:
     """Predict every row of `input` (CSV / TSV / JSONL) into `output` (.jsonl / .csv / .tsv), in the
     input's order; returns the number of rows."""
-    from ..data.tasks import load_examples
+    from ..data.labelled import load_examples
 
     _output_format(Path(output))  # fail before the work
     net, tokenizer, task, label_map, info = load_finetuned(model, unpad=unpad, device=device)

@@ -115,24 +115,6 @@ def _barrier() -> None:
         torch.distributed.barrier()
 
 
-class SparseMLMBatches:
-    """The batch source, with `sparse_mlm=True` added to each batch: the MLM decoder then runs on
-    masked positions only. Resumable like the source it wraps."""
-
-    def __init__(self, source):
-        self.source = source
-
-    def __iter__(self):
-        for batch in self.source:
-            yield {**batch, "sparse_mlm": True}
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.source.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.source.load_state_dict(state)
-
-
 def make_evaluator(eval_batches: list[dict[str, torch.Tensor]]):
     """MLM loss / accuracy / perplexity and NSP accuracy over fixed, pre-masked batches."""
 
@@ -162,8 +144,10 @@ def make_evaluator(eval_batches: list[dict[str, torch.Tensor]]):
 
 def run(opts: PretrainOptions) -> dict[str, Any]:
     """Run pretraining; returns a summary (losses, eval metrics, final folder)."""
+    from ..data.batches import PretrainingBatches, SparseMLMBatches
+    from ..data.collators import MaskingCollator
     from ..data.datasets import cache_dir
-    from ..data.pretraining import MaskingCollator, PretrainingBatches, build_or_load_cache
+    from ..data.pretraining.cache import build_or_load_cache
     from ..modeling.bert import BertForMaskedLM, BertForPreTraining
     from ..training.loop import TrainArgs, train
     from .common import resolve_corpus

@@ -564,6 +564,23 @@ class AutoTokenizer:
 # ---------------------------------------------------------------------- helpers
 
 
+def plain_backend(tokenizer: Any) -> BackendTokenizer:
+    """A copy of a tokenizer's `tokenizers.Tokenizer` backend (`.backend` for lmforge tokenizers,
+    `.backend_tokenizer` for HF fast ones, or a backend itself) with padding and truncation off: a copy,
+    because the backend object is shared with the caller, whose settings must not leak in (or out)."""
+    backend = None
+    for candidate in (getattr(tokenizer, "backend", None), getattr(tokenizer, "backend_tokenizer", None), tokenizer):
+        if candidate is not None and hasattr(candidate, "encode_batch"):
+            backend = candidate
+            break
+    if backend is None:
+        raise TypeError("needs a fast tokenizer (with a `tokenizers.Tokenizer` backend)")
+    backend = BackendTokenizer.from_str(backend.to_str())
+    backend.no_padding()
+    backend.no_truncation()
+    return backend
+
+
 def _strategy(name: str, value: bool | str | None, on: str, off: str, choices: Sequence[str]) -> str:
     """A padding/truncation argument as a strategy name: True -> `on`, False/None -> `off`, or a name."""
     if value is True:
