@@ -26,8 +26,6 @@ from lmforge.training import (
 )
 from lmforge.training import state as state_mod
 
-torch.set_num_threads(1)
-
 # The toy model and batch source, as a file: imported here and run as a script by the subprocess
 # tests (where it trains once and writes its per-step losses to a JSON file).
 TOY_SOURCE = textwrap.dedent(
@@ -106,7 +104,6 @@ TOY_SOURCE = textwrap.dedent(
         import torch.distributed as dist
         from lmforge.training import TrainArgs, train
 
-        torch.set_num_threads(1)
         cfg = json.loads(sys.argv[1])
         rank = 0
         if "RANK" in os.environ:  # under torchrun

@@ -13,7 +13,6 @@ from torch import nn
 
 from lmforge.training import TrainArgs, TrainingError, load_latest_checkpoint, train
 
-torch.set_num_threads(1)
 VOCAB = 16
 
 

@@ -334,3 +334,24 @@ class MaskingCollator:
             chosen.append(positions[bounds[word] : bounds[word + 1]])
             count += size
         return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)
+
+
+def _check_tags(sentences: Sequence[Any], label_map) -> None:
+    """Name the exact file:line of a tag the label map does not know (a sentence's lines are consecutive)."""
+    for sent in sentences:
+        for i, tag in enumerate(sent.tags):
+            if tag not in label_map:
+                path, _, line = sent.source.rpartition(":")
+                where = f"{path}:{int(line) + i}" if line.isdigit() else sent.source
+                raise DataError(f"{where}: label {tag!r} was not seen in the training data; "
+                                f"known labels: {', '.join(map(repr, label_map.names))}")
+
+
+def encode(task: str, items: Sequence[Any], tokenizer, label_map, max_length: int) -> list[dict[str, Any]]:
+    """Feature dicts of a task's examples (input_ids, attention_mask, token_type_ids, labels[, word_ids]); a tag
+    the label map does not know raises DataError naming its file and line."""
+    if task == "token_classification":
+        if label_map is not None:
+            _check_tags(items, label_map)
+        return encode_token_classification(items, tokenizer, label_map, max_length)
+    return encode_classification(items, tokenizer, label_map, max_length)

@@ -3,7 +3,7 @@ ids, round-tripping through a config's id2label / label2id)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from .labelled import DataError, Example, TaggedSentence
@@ -98,3 +98,8 @@ class LabelMap:
 
     def decode(self, idx: int) -> str:
         return self.names[int(idx)]
+
+
+def build_label_map(task: str, train: Sequence[Any]):
+    """LabelMap of the training split (sorted label names); None for regression."""
+    return None if task == "regression" else LabelMap.from_examples(train)

@@ -81,6 +81,10 @@ class PretrainOptions:
     threads: int | None = option(None, "torch CPU threads")
     progress: bool = option(True, "progress bar")
 
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
+
 
 def model_config(opts: PretrainOptions, vocab_size: int, pad_token_id: int):
     from ..config import BertConfig
