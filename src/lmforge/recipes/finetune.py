@@ -1,9 +1,7 @@
-"""Fine-tuning recipe: labelled data -> fine-tuned model (best checkpoint) -> metrics; evaluate; predict.
+"""Fine-tuning recipe: labelled data -> fine-tuned model (best checkpoint) -> metrics.
 
     lmforge finetune --model runs/pretrain/final --data movie-sentences -o runs/ft
     lmforge finetune --config ft.yaml --label-fraction 0.1 --init random
-    lmforge evaluate runs/ft/best --data movie-sentences --split test
-    lmforge predict runs/ft/best input.csv -o predictions.jsonl
 
 Tasks: single_label (softmax), multi_label (sigmoid, labels above 0.5), regression (one raw value) on
 CSV / TSV / JSONL files or a named dataset (movie-sentences, movie-reviews); token_classification on

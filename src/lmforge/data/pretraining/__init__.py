@@ -1,4 +1,6 @@
-"""BERT pretraining data: instances (NSP sentence pairs), a memory-mapped cache, dynamic masking.
+"""BERT pretraining data: documents.py (tokenized documents), instances.py (NSP sentence pairs or packed
+MLM instances), cache.py (the memory-mapped cache); dynamic masking and batches live in data/collators.py and
+data/batches.py.
 
 The recipe follows Google BERT's `create_pretraining_data.py`, with masking moved out of the
 static data and into the collator (RoBERTa's "dynamic masking"), so every epoch sees new masks:
