@@ -192,6 +192,12 @@ class Tokenizer:
 
         model_max_length = config.get("model_max_length")
         optional = {k: config[k] for k in ("model_input_names", "chat_template") if config.get(k) is not None}
+        if "model_input_names" not in optional:
+            # As HF's per-family tokenizer classes: the model folder's family decides (decoders take no
+            # token_type_ids); a folder without a config.json gets BERT's.
+            family = read_json(folder / "config.json").get("model_type")
+            if family in TEMPLATES:
+                optional["model_input_names"] = TEMPLATES[family].model_input_names
         return cls(
             backend,
             special_tokens=special,
