@@ -16,7 +16,7 @@ def test_library_logger_has_a_null_handler_and_propagates():
 
 
 def test_a_record_reaches_the_applications_root_handler(caplog):
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.WARNING, logger="lmforge"):  # other tests may have raised its level
         logging.getLogger("lmforge.some_module").warning("newly initialized: classifier.weight")
     assert [r.name for r in caplog.records] == ["lmforge.some_module"]
 
