@@ -33,6 +33,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..files import atomic_write_text
 from .labelled import DataError, Example, load_examples
 from .splits import SPLIT_NAMES, split_examples, split_files
 
@@ -278,14 +279,7 @@ def dataset_text_file(name: str, split: str | None = None, seed: int = 0, txt_fo
         text = "\n\n".join("\n".join(d) for d in docs) + "\n"
     else:
         text = "\n".join(" ".join(d) for d in docs) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(out, text)
     return out
 
 

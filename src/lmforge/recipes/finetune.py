@@ -205,7 +205,7 @@ def run(opts: FinetuneOptions) -> dict[str, Any]:
         for stale in [output_dir / BEST_DIR, *output_dir.glob(f".{BEST_DIR}-tmp-*"),
                       *output_dir.glob(f".{BEST_DIR}-old-*")]:
             shutil.rmtree(stale, ignore_errors=True)
-    (output_dir / "options.json").write_text(json.dumps(asdict(opts), indent=2) + "\n", encoding="utf-8")
+    write_json(output_dir / "options.json", asdict(opts))
 
     current = {"step": 0}
 

@@ -10,7 +10,6 @@ Multi-process: `torchrun --nproc_per_node N -m lmforge.cli pretrain ...` (gloo o
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import asdict, dataclass
@@ -21,7 +20,7 @@ import torch
 
 from ..auto import AutoConfig, AutoModelForMaskedLM, AutoModelForPreTraining
 from ..data.labels import IGNORE_INDEX
-from .common import option
+from .common import option, write_json
 
 PRESETS: dict[str, dict[str, int]] = {
     # name: layers x hidden, as in Google's BERT miniatures (Turc et al., 2019); heads = hidden / 64.
@@ -166,7 +165,7 @@ def run(opts: PretrainOptions) -> dict[str, Any]:
     output_dir = Path(opts.output_dir)
     if rank == 0:
         output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "options.json").write_text(json.dumps(asdict(opts), indent=2) + "\n")
+        write_json(output_dir / "options.json", asdict(opts))
 
     corpus = resolve_corpus(opts.corpus, seed=opts.seed) if rank == 0 else None
     if world_size > 1:
@@ -236,5 +235,5 @@ def run(opts: PretrainOptions) -> dict[str, Any]:
         "cache_hit": train_set.cache_hit,
     }
     if rank == 0:
-        (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_json(output_dir / "summary.json", summary)
     return summary

@@ -40,6 +40,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..files import atomic_write_text
 from ..modeling import cpu_caps
 from .distributed import DistInfo, dist_info
 from .optim import build_optimizer, build_scheduler
@@ -218,7 +219,7 @@ class _MetricsLog:
                     continue
                 if record.get("step", 0) <= resume_step:
                     kept.append(line)
-        self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 
     def write(self, record: dict[str, Any]) -> None:
         if self.enabled:
