@@ -51,7 +51,8 @@ def load_data(train_limit: int | None, test_limit: int | None):
 
 def features(tokenizer, examples, label_names: list[str]) -> list[dict]:
     """Feature dicts (input_ids, attention_mask, token_type_ids, labels) of either library's tokenizer."""
-    from lmforge.data.tasks import LabelMap, encode_classification
+    from lmforge.data.collators import encode_classification
+    from lmforge.data.labels import LabelMap
 
     return encode_classification(examples, tokenizer, LabelMap(label_names), MAX_LENGTH)
 
@@ -59,8 +60,8 @@ def features(tokenizer, examples, label_names: list[str]) -> list[dict]:
 @torch.no_grad()
 def accuracy(model, feats: list[dict], pad_id: int, batch_size: int = 64) -> float:
     """Test accuracy; the same code scores both libraries' models (HF argument names)."""
-    from lmforge.data.tasks import pad_collate
-    from lmforge.pipelines import length_sorted_batches
+    from lmforge.data.batches import length_sorted_batches
+    from lmforge.data.collators import pad_collate
 
     model.eval()
     correct = 0
@@ -79,7 +80,8 @@ def steps_per_epoch(n: int) -> int:
 def finetune_lmforge(path, train_feats: list[dict], label_names: list[str], seed: int) -> tuple[float, Any]:
     """(seconds of the training call, the fine-tuned model)."""
     import lmforge
-    from lmforge.data.tasks import length_grouped_order, pad_collate
+    from lmforge.data.batches import length_grouped_order
+    from lmforge.data.collators import pad_collate
     from lmforge.training.loop import TrainArgs, train
 
     torch.manual_seed(seed)
@@ -133,7 +135,7 @@ def warm_up(path, lf_feats: list[dict], hf_feats: list[dict], num_labels: int) -
     import transformers
 
     import lmforge
-    from lmforge.data.tasks import pad_collate
+    from lmforge.data.collators import pad_collate
 
     for auto, feats in [(lmforge.AutoModelForSequenceClassification, lf_feats),
                         (transformers.AutoModelForSequenceClassification, hf_feats)]:

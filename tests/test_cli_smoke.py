@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from lmforge.cli import build_parser, main
-from lmforge.tokenization import AutoTokenizer
+from lmforge.tokenizers import AutoTokenizer
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 TINY_PRETRAIN = ["--preset", "bert-tiny", "--hidden-size", "32", "--num-hidden-layers", "1",

@@ -19,7 +19,7 @@ from lmforge.data.datasets import (
     movie_reviews_text_file,
     resolve_task_data,
 )
-from lmforge.data.tasks import DataError
+from lmforge.data.labelled import DataError
 
 REVIEWS = "polarity-en-pang&lee1.csv"
 SENTENCES = "polarity-en-pang&lee2.csv"

@@ -15,21 +15,27 @@ import torch
 import torch.nn.functional as F
 
 from lmforge.auto import AutoConfig, AutoModelForSequenceClassification
-from lmforge.data.tasks import DataError, Example, LabelMap, pad_collate
+from lmforge.data.batches import TaskBatches
+from lmforge.data.collators import encode, pad_collate
+from lmforge.data.labelled import DataError, Example
+from lmforge.data.labels import LabelMap
+from lmforge.data.splits import subsample
+from lmforge.eval import scoring
 from lmforge.models.bert import BertConfig, BertForPreTraining
+from lmforge.recipes import evaluate as evaluate_recipe
 from lmforge.recipes import finetune
-from lmforge.recipes.finetune import (
-    BestTracker,
-    FinetuneOptions,
-    TaskBatches,
-    evaluate,
-    predict,
-    run,
-    subsample,
-)
-from lmforge.tokenization import AutoTokenizer, train_tokenizer
+from lmforge.recipes import predict as predict_recipe
+from lmforge.recipes.finetune import FinetuneOptions, run
+from lmforge.recipes.finetuned import BestTracker, model_task
+from lmforge.tokenizers import AutoTokenizer, train_tokenizer
 
-torch.set_num_threads(1)  # tiny models: one thread is fastest (and the machine's cores are shared)
+
+def evaluate(*args, **kwargs):
+    return evaluate_recipe.run(evaluate_recipe.EvaluateOptions(*args, **kwargs))
+
+
+def predict(*args, **kwargs):
+    return predict_recipe.run(predict_recipe.PredictOptions(*args, **kwargs))
 
 POS = ["good", "great", "superb", "lovely"]
 NEG = ["bad", "awful", "boring", "poor"]
@@ -238,7 +244,7 @@ def test_pair_input(ckpt, tmp_path):
 def _first_batch_loss(folder: Path, data_rows: list[Example], label_map):
     model = AutoModelForSequenceClassification.from_pretrained(folder)
     tok = AutoTokenizer.from_pretrained(folder)
-    feats = finetune.encode(finetune.model_task(folder, model.config), data_rows, tok, label_map, 64)
+    feats = encode(model_task(folder, model.config), data_rows, tok, label_map, 64)
     batch = pad_collate(feats, tok.pad_token_id)
     with torch.no_grad():
         out = model(**batch)
@@ -344,7 +350,7 @@ def _scripted(monkeypatch, values: list[float]) -> list[float]:
     """Validation accuracies follow `values`; returns the weight sums seen by each evaluation."""
     calls = {"n": 0}
     sums: list[float] = []
-    real_run_model = finetune.run_model
+    real_run_model = scoring.run_model
 
     def fake_metrics(task, logits, items, features, label_map):
         value = values[min(calls["n"], len(values) - 1)]
@@ -355,8 +361,8 @@ def _scripted(monkeypatch, values: list[float]) -> list[float]:
         sums.append(sum(float(p.detach().double().sum()) for p in model.parameters()))
         return real_run_model(model, *args, **kwargs)
 
-    monkeypatch.setattr(finetune, "task_metrics", fake_metrics)
-    monkeypatch.setattr(finetune, "run_model", recording_run_model)
+    monkeypatch.setattr(scoring, "task_metrics", fake_metrics)
+    monkeypatch.setattr(scoring, "run_model", recording_run_model)
     return sums
 
 
@@ -404,7 +410,7 @@ def test_eval_every_steps(ckpt, sentiment_csv, tmp_path):
 def test_resume_after_a_crash_matches_an_uninterrupted_run(ckpt, sentiment_csv, tmp_path, monkeypatch):
     reference = run(options(ckpt, sentiment_csv, tmp_path / "ref", epochs=3))
 
-    real_run_model = finetune.run_model
+    real_run_model = scoring.run_model
     calls = {"n": 0}
 
     def crash_on_second_evaluation(*args, **kwargs):
@@ -413,10 +419,10 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(ckpt, sentiment_csv, 
             raise KeyboardInterrupt("simulated crash")
         return real_run_model(*args, **kwargs)
 
-    monkeypatch.setattr(finetune, "run_model", crash_on_second_evaluation)
+    monkeypatch.setattr(scoring, "run_model", crash_on_second_evaluation)
     with pytest.raises(KeyboardInterrupt):
         run(options(ckpt, sentiment_csv, tmp_path / "run", epochs=3))
-    monkeypatch.setattr(finetune, "run_model", real_run_model)
+    monkeypatch.setattr(scoring, "run_model", real_run_model)
     with pytest.raises(ValueError, match="--resume"):
         run(options(ckpt, sentiment_csv, tmp_path / "run", epochs=3))
     resumed = run(options(ckpt, sentiment_csv, tmp_path / "run", epochs=3, resume=True))

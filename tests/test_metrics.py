@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from lmforge.metrics import (
+from lmforge.eval.metrics import (
     accuracy,
     compute_metrics,
     entity_f1,

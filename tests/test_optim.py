@@ -10,8 +10,6 @@ from torch import nn
 
 from lmforge.training import build_optimizer, build_scheduler, lr_multiplier
 
-torch.set_num_threads(1)
-
 
 class MyLayerNorm(nn.Module):
     """A hand-written norm: recognised by its class name."""

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from lmforge import BertConfig, BertForMaskedLM, BertForSequenceClassification, BertForTokenClassification
-from lmforge.pipelines import length_sorted_batches, pipeline
-from lmforge.tokenization import train_tokenizer
+from lmforge.data.batches import length_sorted_batches
+from lmforge.pipelines import pipeline
+from lmforge.tokenizers import train_tokenizer
 
 TEXTS = [f"the movie number {i} was {'good' if i % 2 else 'bad'} and the actors were fine ." for i in range(200)]
 
@@ -170,13 +171,49 @@ def test_pipelines_unpad_by_default_with_the_same_results(tokenizer, task, cls):
     results = {}
     for unpad in (True, False):
         run = pipeline(task, model=model, tokenizer=tokenizer, batch_size=4, unpad=unpad)
-        assert model.bert.attn_implementation == ("unpadded" if unpad else "sdpa")
+        assert run.model.bert.attn_implementation == ("unpadded" if unpad else "sdpa")
         results[unpad] = list(_flatten(run(texts)))
     floats = [isinstance(v, float) for v in results[False]]
     assert [isinstance(v, float) for v in results[True]] == floats
     assert [v for v, f in zip(results[True], floats) if not f] == [v for v, f in zip(results[False], floats) if not f]
     assert [v for v, f in zip(results[True], floats) if f] == pytest.approx(
         [v for v, f in zip(results[False], floats) if f], abs=1e-5)
+
+
+def test_pipeline_leaves_the_callers_model_untouched(tokenizer):
+    model = tiny(BertForSequenceClassification, tokenizer, id2label={0: "neg", 1: "pos"})
+    model.train().set_attn_implementation("sdpa")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    clf = pipeline("text-classification", model=model, tokenizer=tokenizer, device="cpu")
+    scores = clf.scores([("the movie was good .", None)])
+    assert model.training and all(m.training for m in model.modules())
+    assert model.bert.attn_implementation == "sdpa"
+    assert model.device == torch.device("cpu")
+    assert not clf.model.training and clf.model.bert.attn_implementation == "unpadded"
+    # The pipeline's view shares the caller's tensors (no copy of the weights), and did not change them.
+    assert clf.model.bert.embeddings.word_embeddings.weight is model.bert.embeddings.word_embeddings.weight
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    with torch.no_grad():
+        model.eval()
+        batch = tokenizer(["the movie was good ."], return_tensors="pt")
+        assert torch.allclose(scores, model(**batch).logits.softmax(-1), atol=1e-5)
+
+
+def test_pipeline_refuses_to_move_the_callers_model(tokenizer):
+    model = tiny(BertForSequenceClassification, tokenizer, id2label={0: "neg", 1: "pos"})
+    with pytest.raises(ValueError, match="move the model first"):
+        pipeline("text-classification", model=model, tokenizer=tokenizer, device="meta")
+    assert model.device == torch.device("cpu")
+
+
+def test_pipeline_inputs_are_the_tokenizers_model_input_names(tokenizer, monkeypatch):
+    model = tiny(BertForSequenceClassification, tokenizer, id2label={0: "neg", 1: "pos"})
+    clf = pipeline("text-classification", model=model, tokenizer=tokenizer)
+    seen = []
+    clf.model.register_forward_pre_hook(lambda module, args, kwargs: seen.append(sorted(kwargs)), with_kwargs=True)
+    monkeypatch.setattr(tokenizer, "model_input_names", ["input_ids", "attention_mask"])
+    clf("the movie was good .")
+    assert seen == [["attention_mask", "input_ids"]]
 
 
 def _flatten(value):

@@ -97,3 +97,14 @@ def test_help_documents_every_option(capsys):
     text = capsys.readouterr().out
     for name in ("--max-minutes", "--whole-word-mask", "--objective", "--resume", "--preset", "--bf16"):
         assert name in text
+
+
+def test_the_model_family_comes_from_model_type_through_lmforge_auto():
+    from lmforge import ConfigError
+    from lmforge.recipes.pretrain import model_config
+
+    config = model_config(PretrainOptions(preset="bert-tiny", dropout=0.0), vocab_size=300, pad_token_id=0)
+    assert type(config).__name__ == "BertConfig" and config.model_type == "bert"
+    assert config.vocab_size == 300 and config.hidden_dropout_prob == 0.0
+    with pytest.raises(ConfigError, match="not-a-family"):
+        model_config(PretrainOptions(model_type="not-a-family"), vocab_size=300, pad_token_id=0)

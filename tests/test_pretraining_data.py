@@ -11,16 +11,13 @@ import pytest
 import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 
-from lmforge.data import pretraining
-from lmforge.data.pretraining import (
-    IGNORE_INDEX,
-    MaskingCollator,
-    PretrainingBatches,
-    build_or_load_cache,
-    create_instances,
-    tokenize_documents,
-    word_start_table,
-)
+from lmforge.data.batches import PretrainingBatches
+from lmforge.data.collators import MaskingCollator
+from lmforge.data.pretraining import cache
+from lmforge.data.pretraining.cache import build_or_load_cache
+from lmforge.data.pretraining.documents import tokenize_documents, word_start_table
+from lmforge.data.pretraining.instances import create_instances
+from lmforge.nn.heads import IGNORE_INDEX
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 PAD, UNK, CLS, SEP, MASK = range(5)
@@ -177,7 +174,7 @@ def test_second_build_hits_the_cache_and_changed_settings_rebuild(tmp_path, monk
     def no_tokenizing(*args, **kwargs):
         raise AssertionError("tokenized again")
 
-    monkeypatch.setattr(pretraining, "tokenize_documents", no_tokenizing)
+    monkeypatch.setattr(cache, "tokenize_documents", no_tokenizing)
     second = build_or_load_cache(corpus, tok, tmp_path / "cache", max_seq_length=32)
     assert second.cache_hit and second.directory == first.directory
     np.testing.assert_array_equal(second.input_ids, first.input_ids)

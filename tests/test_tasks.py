@@ -8,20 +8,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmforge.data.tasks import (
-    DataError,
-    Example,
-    LabelMap,
-    TaggedSentence,
+from lmforge.data.batches import length_grouped_order
+from lmforge.data.collators import (
     align_labels_to_subtokens,
     encode_classification,
     encode_token_classification,
-    length_grouped_order,
-    load_conll,
-    load_examples,
     pad_collate,
-    split_examples,
 )
+from lmforge.data.labelled import DataError, Example, TaggedSentence, load_conll, load_examples
+from lmforge.data.labels import LabelMap
+from lmforge.data.splits import split_examples
 
 
 def write(path: Path, text: str, bom: bool = False) -> Path:

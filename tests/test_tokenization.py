@@ -1,4 +1,4 @@
-"""lmforge.tokenization.Tokenizer against transformers' fast BERT tokenizer on a real checkpoint folder."""
+"""lmforge.tokenizers.Tokenizer against transformers' fast BERT tokenizer on a real checkpoint folder."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from lmforge.tokenization import AutoTokenizer, BatchEncoding, Tokenizer
+from lmforge.tokenizers import AutoTokenizer, BatchEncoding, Tokenizer
 
 transformers = pytest.importorskip("transformers")
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from lmforge.tokenization import AutoTokenizer, Tokenizer, train_tokenizer
+from lmforge.tokenizers import AutoTokenizer, Tokenizer, train_tokenizer
 
 transformers = pytest.importorskip("transformers")
 
@@ -124,3 +124,21 @@ def test_training_streams_and_validates(tmp_path):
         train_tokenizer(corpus(5), tmp_path / "b", kind="unigram")
     with pytest.raises(ValueError, match="vocab_size"):
         train_tokenizer(corpus(5), tmp_path / "c", vocab_size=3)
+
+
+def test_model_input_names_follow_the_model_family_when_the_folder_does_not_say(bpe_dir, tmp_path):
+    source, _ = bpe_dir
+    import json
+    import shutil
+
+    folder = tmp_path / "decoder"
+    shutil.copytree(source, folder)
+    config_file = folder / "tokenizer_config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    del config["model_input_names"]
+    config_file.write_text(json.dumps(config), encoding="utf-8")
+    assert "token_type_ids" in AutoTokenizer.from_pretrained(folder)("a b")  # no config.json: BERT's
+    (folder / "config.json").write_text(json.dumps({"model_type": "gpt2"}), encoding="utf-8")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    assert tokenizer.model_input_names == ["input_ids", "attention_mask"]
+    assert set(tokenizer("a b")) == {"input_ids", "attention_mask"}

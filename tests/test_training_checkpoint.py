@@ -26,8 +26,6 @@ from lmforge.training import (
 )
 from lmforge.training import state as state_mod
 
-torch.set_num_threads(1)
-
 # The toy model and batch source, as a file: imported here and run as a script by the subprocess
 # tests (where it trains once and writes its per-step losses to a JSON file).
 TOY_SOURCE = textwrap.dedent(
@@ -106,7 +104,6 @@ TOY_SOURCE = textwrap.dedent(
         import torch.distributed as dist
         from lmforge.training import TrainArgs, train
 
-        torch.set_num_threads(1)
         cfg = json.loads(sys.argv[1])
         rank = 0
         if "RANK" in os.environ:  # under torchrun
@@ -395,7 +392,7 @@ def test_interrupted_save_leftovers_are_ignored(tmp_path, toy, monkeypatch):
     (leftover / "model.safetensors").write_bytes(b"garbage")
     assert latest_checkpoint_path(tmp_path).name == "step-000002"
     # Killed after the rename but before the pointer update: the pointer still names step 2.
-    monkeypatch.setattr(state_mod, "_atomic_write_text", lambda *a: (_ for _ in ()).throw(OSError("killed")))
+    monkeypatch.setattr(state_mod, "atomic_write_text", lambda *a: (_ for _ in ()).throw(OSError("killed")))
     with pytest.raises(OSError):
         save_checkpoint(tmp_path, 4, model, opt, sched, {"index": 4})
     assert latest_checkpoint_path(tmp_path).name == "step-000002"

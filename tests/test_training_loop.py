@@ -13,7 +13,6 @@ from torch import nn
 
 from lmforge.training import TrainArgs, TrainingError, load_latest_checkpoint, train
 
-torch.set_num_threads(1)
 VOCAB = 16
 
 
@@ -238,3 +237,36 @@ def test_args_validation():
         TrainArgs("x", max_steps=1, grad_accum_steps=0)
     assert TrainArgs("x", max_steps=100, warmup_ratio=0.1).num_warmup_steps == 10
     assert TrainArgs("x", max_steps=100, warmup_ratio=0.1, warmup_steps=3).num_warmup_steps == 3
+
+
+@dataclass
+class TwoPartOutput:
+    loss: torch.Tensor
+    logits: torch.Tensor
+    token_loss: torch.Tensor | None = None
+    aux_loss: torch.Tensor | None = None
+    unused_loss: torch.Tensor | None = None  # never set: not a part of this model's loss
+
+
+class TwoPartLM(ToyLM):
+    """Its loss is token loss + 0.5 x a weight penalty; reports both parts under names the loop never saw."""
+
+    def forward(self, input_ids, labels, attention_mask=None):
+        logits = self.head(self.norm(self.emb(input_ids)))
+        token_loss = F.cross_entropy(logits.reshape(-1, VOCAB), labels.reshape(-1))
+        aux_loss = 0.5 * self.head.weight.square().mean()
+        return TwoPartOutput(loss=token_loss + aux_loss, logits=logits, token_loss=token_loss.detach(),
+                             aux_loss=aux_loss.detach())
+
+
+def test_loss_parts_of_any_name_are_logged(tmp_path):
+    torch.manual_seed(0)
+    args = TrainArgs(tmp_path, max_steps=4, log_every=2, grad_accum_steps=2, progress=False, learning_rate=1e-3)
+    result = train(TwoPartLM(), ToyBatches(), args)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 4]
+    for r in records:
+        assert "unused_loss" not in r and "mlm_loss" not in r
+        assert r["token_loss"] > 0 and r["aux_loss"] > 0
+        assert r["token_loss"] + r["aux_loss"] == pytest.approx(r["loss"], rel=1e-5)
+    assert records[0]["loss"] == pytest.approx(sum(result.losses[:2]) / 2)

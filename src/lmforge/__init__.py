@@ -1,5 +1,7 @@
 """lmforge: pretrained Transformer language models on PyTorch, with a Hugging-Face-compatible surface."""
 
+import logging
+
 from .auto import (
     AutoConfig,
     AutoModel,
@@ -27,6 +29,9 @@ from .models.bert import (
 )
 from .models.config import ConfigError
 
+# A library only adds a NullHandler; the application (lmforge.cli, or the caller) configures output.
+logging.getLogger("lmforge").addHandler(logging.NullHandler())
+
 # Decoder families and the KV cache, imported on first use: `import lmforge` stays light.
 _LAZY = {
     **{name: "lmforge.models.gpt2" for name in (
@@ -45,9 +50,9 @@ def __getattr__(name: str):
         return getattr(importlib.import_module(_LAZY[name]), name)
     # Tokenizer and pipelines are imported lazily: `import lmforge` stays light.
     if name in ("AutoTokenizer", "Tokenizer"):
-        from . import tokenization
+        from . import tokenizers
 
-        return getattr(tokenization, name)
+        return getattr(tokenizers, name)
     if name == "pipeline":
         from .pipelines import pipeline
 

@@ -9,15 +9,19 @@
     lmforge classify          classify texts given on the command line
     lmforge demo              the main job: pretrain, fine-tune three models, report with plots
 
-Heavy modules are imported inside each command so `lmforge --help` is instant.
+Heavy modules are imported inside each command so `lmforge --help` stays quick; recipe commands share one
+helper (`_recipe_command`) over the recipes' options dataclasses.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 
 def _add_tokenizer_commands(sub) -> None:
@@ -45,7 +49,7 @@ def _add_tokenizer_commands(sub) -> None:
 def cmd_tokenizer_train(args) -> int:
     from .data.corpus import read_documents
     from .recipes.common import resolve_corpus
-    from .tokenization import train_tokenizer
+    from .tokenizers import train_tokenizer
 
     paths = resolve_corpus(args.corpus)
     texts = (sentence for doc in read_documents(paths, txt_format=args.txt_format, text_field=args.text_field,
@@ -104,20 +108,82 @@ def cmd_classify(args) -> int:
     return 0
 
 
+def _print_json(keys: tuple[str, ...]) -> Callable[[dict[str, Any], Any], None]:
+    return lambda result, _: print(json.dumps({k: result[k] for k in keys} if keys else result, indent=2))
+
+
+# name: (recipe module, options class, help, positional options, takes --config, show(result, options))
+RECIPES: dict[str, tuple[str, str, str, tuple[str, ...], bool, Callable[[Any, Any], None]]] = {
+    "pretrain": ("pretrain", "PretrainOptions", "pretrain BERT (MLM + NSP, or MLM only) on raw text", (), True,
+                 _print_json(("final_dir", "steps", "first_loss", "last_loss", "final_eval"))),
+    "finetune": ("finetune", "FinetuneOptions",
+                 "fine-tune a pretrained model on labelled data (classification, tagging)", (), True,
+                 _print_json(("best_dir", "best_step", "best_epoch", "metric_for_best", "validation", "test",
+                              "steps", "stopped_early", "elapsed_s"))),
+    "evaluate": ("evaluate", "EvaluateOptions", "metrics of a fine-tuned model on labelled data (JSON)", ("model",),
+                 False, _print_json(())),
+    "predict": ("predict", "PredictOptions", "labels + probabilities for a file -> JSONL / CSV", ("model", "input"),
+                False, lambda n, opts: print(f"{n} predictions written to {opts.output}")),
+    "demo": ("demo", "DemoOptions", "the main job: pretrain, fine-tune three models, report with plots", (), False,
+             lambda _, __: None),
+}
+
+
+def _recipe_command(sub, name: str) -> None:
+    """`lmforge <name>`: one flag per field of the recipe's options dataclass (plus --config for a YAML /
+    JSON file of options, where the recipe takes one); runs `recipes.<module>.run(options)`."""
+    from .recipes.common import add_options
+
+    module_name, options_name, help, positional, config_file, show = RECIPES[name]
+    module = importlib.import_module(f"{__package__}.recipes.{module_name}")
+    options = getattr(module, options_name)
+    p = sub.add_parser(name, help=help, description=module.__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    if config_file:
+        p.add_argument("--config", help="YAML or JSON file of options (flags given here override it)")
+    add_options(p, options, positional=positional)
+    p.set_defaults(func=lambda args: _run_recipe(args, name, options, module.run, show))
+
+
+def _run_recipe(args, name: str, options: type, run: Callable[[Any], Any], show: Callable[[Any, Any], None]) -> int:
+    from .recipes.common import build_options, read_config_file
+
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "func", "config")}
+    config = getattr(args, "config", None)
+    file_options = read_config_file(config) if config else {}
+    opts = build_options(options, file_options, flags, source=config or f"{name} options")
+    show(run(opts), opts)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lmforge", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_tokenizer_commands(sub)
+    _recipe_command(sub, "pretrain")
     _add_fill_mask(sub)
+    for name in ("finetune", "evaluate", "predict"):
+        _recipe_command(sub, name)
     _add_classify(sub)
-    from .recipes import register_commands
-
-    register_commands(sub)
+    _recipe_command(sub, "demo")
     return parser
 
 
+def configure_logging() -> None:
+    """What the application does and the library never does: show lmforge's log records (INFO and up) on
+    stderr, unless logging is configured already (a root handler, or a level set on "lmforge")."""
+    logger = logging.getLogger("lmforge")
+    if logging.getLogger().handlers or logger.level != logging.NOTSET:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("[lmforge] %(levelname)s: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    configure_logging()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -28,6 +28,7 @@ does for HF checkpoints. Every error names the file.
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import re
 from pathlib import Path
@@ -37,9 +38,8 @@ import numpy as np
 import torch
 
 from .hub import CheckpointError, adapt_prefix
-from .utils import get_logger
 
-logger = get_logger(__name__)
+logger = logging.getLogger(__name__)
 
 GGUF_MAGIC = b"GGUF"
 # GGUF general.architecture -> the family package whose keys.py maps its metadata and tensor names.
@@ -283,7 +283,7 @@ def load_gguf_tokenizer(path: str | os.PathLike, gguf_file: str | os.PathLike | 
     from tokenizers import Tokenizer as BackendTokenizer
     from tokenizers.models import BPE
 
-    from .tokenization import Tokenizer
+    from .tokenizers import Tokenizer
 
     file = GGUFFile(resolve(path, gguf_file))
     meta = file.metadata

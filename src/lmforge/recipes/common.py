@@ -5,12 +5,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import types
 import typing
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+
+import torch
+
+from ..files import atomic_write_json
 
 
 def option(default: Any, help: str, **extra: Any) -> Any:
@@ -122,8 +127,29 @@ def cache_root() -> Path:
 def fast_bf16_available() -> bool:
     """bf16 matmuls are native here: a GPU, or a CPU with native bf16 as `cpu_caps` probes it (AVX-512
     BF16 / AMX; else bf16 is emulated and slower than fp32)."""
-    import torch
-
     from ..cpu import capabilities as cpu_caps
 
     return torch.cuda.is_available() or cpu_caps.get().native_bf16
+
+
+def pick_device(name: str | None) -> torch.device:
+    """The device a recipe runs on: `name`, else cuda when available, else cpu."""
+    if name:
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with non-finite floats as None (JSON has no NaN) and keys as strings."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def write_json(path: str | os.PathLike, data: Any) -> None:
+    """`json_safe(data)`, written atomically."""
+    atomic_write_json(path, json_safe(data))

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .common import fast_bf16_available, option
+from .common import fast_bf16_available, option, write_json
 
 
 @dataclass
@@ -216,8 +216,7 @@ def run(opts: DemoOptions) -> dict[str, Any]:
     rows = finetune_step(opts, out, pretrained)
     print("[demo] 3/3 writing the report")
     report = write_report(out, rows, pretrained.parent, fills)
-    (out / "results.json").write_text(json.dumps({"rows": rows, "fill_mask": fills,
-                                                  "options": asdict(opts)}, indent=2) + "\n")
+    write_json(out / "results.json", {"rows": rows, "fill_mask": fills, "options": asdict(opts)})
     table = results_table(rows)
     minutes = (time.perf_counter() - started) / 60
     print("\n" + table + "\n")

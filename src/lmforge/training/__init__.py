@@ -1,4 +1,5 @@
-"""Training: the one loop (`train` + `TrainArgs`), AdamW + lr schedules, atomic checkpoints."""
+"""Training: the one loop (loop.py: `train` + `TrainArgs`), AdamW + lr schedules (optim.py), atomic checkpoints and
+resume (state.py), torch.distributed set-up (distributed.py)."""
 
 from .loop import TrainArgs, TrainingError, TrainResult, train
 from .optim import build_optimizer, build_scheduler, lr_multiplier, param_groups

@@ -30,7 +30,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..cpu import capabilities as cpu_caps
+from ..files import atomic_write_text
+from .distributed import DistInfo, dist_info
 from .optim import build_optimizer, build_scheduler
 from .state import (
     CHECKPOINTS_DIR,
@@ -54,7 +56,6 @@ from .state import (
 
 METRICS_NAME = "metrics.jsonl"
 # Optional detached parts of the loss that models expose for logging (BERT pretraining).
-LOSS_PARTS = ("mlm_loss", "nsp_loss")
 
 
 class TrainingError(RuntimeError):
@@ -127,36 +128,11 @@ class TrainResult:
     elapsed: float = 0.0  # seconds spent in this call
 
 
-# --------------------------------------------------------------------------------------- helpers
-@dataclass
-class _Dist:
-    rank: int = 0
-    world_size: int = 1
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.enabled:
-            dist.barrier()
-
-    def gather(self, obj: Any) -> list[Any]:
-        if not self.enabled:
-            return [obj]
-        out: list[Any] = [None] * self.world_size
-        dist.all_gather_object(out, obj)
-        return out
-
-
-def _dist_info() -> _Dist:
-    if dist.is_available() and dist.is_initialized():
-        return _Dist(rank=dist.get_rank(), world_size=dist.get_world_size())
-    return _Dist()
+def loss_parts(outputs: Any) -> dict[str, torch.Tensor]:
+    """The parts of a model output's loss it reports: its `*_loss` fields other than `loss` that are set
+    (detached parts of `loss`, the contract of lmforge.outputs), by field name."""
+    return {f.name: getattr(outputs, f.name) for f in fields(outputs)
+            if f.name.endswith("_loss") and f.name != "loss" and getattr(outputs, f.name) is not None}
 
 
 def _seed_everything(seed: int) -> None:
@@ -243,7 +219,7 @@ class _MetricsLog:
                     continue
                 if record.get("step", 0) <= resume_step:
                     kept.append(line)
-        self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 
     def write(self, record: dict[str, Any]) -> None:
         if self.enabled:
@@ -283,7 +259,7 @@ def train(
     called (model in eval mode, no grad) every `eval_every` steps and at the end. `optimizer` /
     `scheduler` default to `build_optimizer` / `build_scheduler` from `args`.
     """
-    ddp = _dist_info()
+    ddp = dist_info()
     output_dir = Path(args.output_dir)
     device = _model_device(model)
     if ddp.is_main:
@@ -349,13 +325,14 @@ def train(
         cpu_caps.warn_if_bf16_slow(device)
     # Per step: [loss, tokens, out of time, *loss parts], all-reduced once across ranks (so all
     # ranks agree on the loss check and on stopping for max_time).
-    n_stats = 3 + len(LOSS_PARTS)
-    parts_seen: set[str] = set()
+    # Loss parts: the output's `*_loss` fields other than `loss` (lmforge.outputs), named by the first
+    # micro-batch (the same model, so the same names on every rank).
+    part_names: list[str] | None = None
 
     step = start_step
     t_start = time.perf_counter()
     t_log, tokens_since_log, loss_since_log, steps_since_log = t_start, 0, 0.0, 0
-    parts_since_log = [0.0] * len(LOSS_PARTS)
+    parts_since_log: list[float] = []
     last_eval_step = -1
     pbar = tqdm(
         total=args.max_steps,
@@ -369,7 +346,8 @@ def train(
     try:
         while step < args.max_steps:
             lr = optimizer.param_groups[0]["lr"]  # the lr this step uses
-            stats = torch.zeros(n_stats, device=device, dtype=torch.float32)
+            stats = torch.zeros(3, device=device, dtype=torch.float32)
+            parts: torch.Tensor | None = None
             for micro in range(accum):
                 batch = _to_device(stream.next(), device)
                 # DDP: all-reduce gradients only on the last micro-batch of the step.
@@ -381,11 +359,16 @@ def train(
                     (loss / accum).backward()
                 stats[0] += loss.detach().float() / accum
                 stats[1] += _count_tokens(batch)
-                for i, name in enumerate(LOSS_PARTS):
-                    part = getattr(outputs, name, None)
-                    if part is not None:
-                        parts_seen.add(name)
-                        stats[3 + i] += part.detach().float() / accum
+                found = loss_parts(outputs)
+                if part_names is None:
+                    part_names = list(found)
+                    parts_since_log = [0.0] * len(part_names)
+                if parts is None:
+                    parts = torch.zeros(len(part_names), device=device, dtype=torch.float32)
+                for i, name in enumerate(part_names):
+                    if name in found:
+                        parts[i] += found[name].detach().float() / accum
+            stats = torch.cat([stats, parts])  # [loss, tokens, out of time, *loss parts]
             if args.max_time is not None and time.perf_counter() - t_start >= args.max_time:
                 stats[2] = 1.0
             if ddp.enabled:
@@ -417,7 +400,7 @@ def train(
             tokens_since_log += step_tokens
             loss_since_log += step_loss
             steps_since_log += 1
-            for i in range(len(LOSS_PARTS)):
+            for i in range(len(part_names)):
                 parts_since_log[i] += values[3 + i]
             now = time.perf_counter()
 
@@ -431,16 +414,15 @@ def train(
                     "grad_norm": grad_norm,
                     "elapsed": elapsed_before + now - t_start,
                 }
-                for i, name in enumerate(LOSS_PARTS):
-                    if name in parts_seen:
-                        record[name] = parts_since_log[i] / steps_since_log
+                for name, total in zip(part_names, parts_since_log):
+                    record[name] = total / steps_since_log
                 metrics.write(record)
                 pbar.set_postfix(
                     loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}", tok_s=f"{record['tokens_per_s']:.0f}",
                     refresh=False,
                 )
                 t_log, tokens_since_log, loss_since_log, steps_since_log = now, 0, 0.0, 0
-                parts_since_log = [0.0] * len(LOSS_PARTS)
+                parts_since_log = [0.0] * len(part_names)
             pbar.update(1)
 
             if evaluate is not None and (
@@ -481,7 +463,7 @@ def _save(
     scheduler: Any,
     batches: Any,
     args: TrainArgs,
-    ddp: _Dist,
+    ddp: DistInfo,
     elapsed: float,
 ) -> Path:
     """Checkpoint on rank 0 with every rank's batch position and RNG states (a collective call)."""

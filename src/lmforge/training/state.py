@@ -19,7 +19,6 @@ the one that resumes. Old checkpoints are renamed away before they are deleted, 
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
@@ -33,11 +32,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..files import atomic_write_text, fsync_path, fsync_tree, remove_dir
+from ..hub import SAFE_WEIGHTS_NAME, read_state_dict
+
 CHECKPOINTS_DIR = "checkpoints"
 LATEST_NAME = "latest"
 TRAINING_STATE_NAME = "training_state.pt"
-WEIGHTS_NAME = "model.safetensors"
-WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -93,43 +93,6 @@ def restore_rng_state(state: dict[str, Any]) -> None:
             torch.cuda.set_rng_state_all(cuda_states)
 
 
-# ------------------------------------------------------------------------------------- fs helpers
-def _fsync_path(path: Path) -> None:
-    """fsync a file or a directory (directories: so that renames/creations inside are durable)."""
-    if path.is_dir() and os.name == "nt":  # Windows cannot open directories for fsync
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(root: Path) -> None:
-    for dirpath, _, filenames in os.walk(root):
-        for name in filenames:
-            _fsync_path(Path(dirpath, name))
-        _fsync_path(Path(dirpath))
-
-
-def _remove_dir(path: Path) -> None:
-    """Delete a folder via a rename to a hidden name first, so a crash mid-delete cannot leave a
-    half-deleted `step-*` folder that looks like a checkpoint."""
-    trash = path.with_name(f".trash-{path.name}-{os.getpid()}")
-    os.rename(path, trash)
-    shutil.rmtree(trash, ignore_errors=True)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_path(path.parent)
-
-
 # ---------------------------------------------------------------------------------------- weights
 def _write_weights(model: nn.Module, directory: Path) -> None:
     """Write the model's weights into `directory` (a module-level function so tests can break it)."""
@@ -140,22 +103,7 @@ def _write_weights(model: nn.Module, directory: Path) -> None:
         from safetensors.torch import save_model
 
         # save_model drops the duplicate names of shared (tied) tensors, which save_file refuses.
-        save_model(model, str(directory / WEIGHTS_NAME))
-
-
-def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    single, index = directory / WEIGHTS_NAME, directory / WEIGHTS_INDEX_NAME
-    if single.is_file():
-        return load_file(str(single))
-    if index.is_file():
-        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        state: dict[str, torch.Tensor] = {}
-        for shard in sorted(set(weight_map.values())):
-            state.update(load_file(str(directory / shard)))
-        return state
-    raise FileNotFoundError(f"{directory}: no {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME}")
+        save_model(model, str(directory / SAFE_WEIGHTS_NAME))
 
 
 def load_weights(model: nn.Module, directory: str | os.PathLike) -> None:
@@ -166,7 +114,7 @@ def load_weights(model: nn.Module, directory: str | os.PathLike) -> None:
     """
     directory = Path(directory)
     model = unwrap_model(model)
-    state = _read_weights(directory)
+    state, _ = read_state_dict(directory)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected:
         raise RuntimeError(f"{directory}: weights not in the model: {sorted(unexpected)[:10]}")
@@ -330,17 +278,17 @@ def save_checkpoint(
         tmp.mkdir()
         _write_weights(unwrap_model(model), tmp)
         torch.save(state, tmp / TRAINING_STATE_NAME)
-        _fsync_tree(tmp)
+        fsync_tree(tmp)
         if final.exists():
             # Re-saving a step (e.g. a run restarted from an earlier checkpoint): move the old
             # folder away first; if we crash in between, `latest` falls back to the newest folder.
-            _remove_dir(final)
+            remove_dir(final)
         os.rename(tmp, final)
-        _fsync_path(root)
+        fsync_path(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _atomic_write_text(root / LATEST_NAME, name + "\n")
+    atomic_write_text(root / LATEST_NAME, name + "\n")
     _rotate(root, keep=final, keep_last=keep_last)
     return final
 
@@ -356,4 +304,4 @@ def _rotate(root: Path, keep: Path, keep_last: int) -> None:
     found = list_checkpoints(root.parent)
     for path in found[:-keep_last]:
         if path != keep:
-            _remove_dir(path)
+            remove_dir(path)

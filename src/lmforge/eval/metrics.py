@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from ..data.labels import TASKS
+
 __all__ = [
-    "METRIC_TASKS",
     "accuracy",
     "compute_metrics",
     "entity_f1",
@@ -32,7 +33,6 @@ __all__ = [
     "spearman",
 ]
 
-METRIC_TASKS = ("single_label", "multi_label", "regression", "token_classification")
 
 
 def _pair(predictions: Any, references: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -337,4 +337,4 @@ def compute_metrics(task: str, predictions: Any, references: Any) -> dict[str, f
         out = entity_f1(references, predictions)
         out["accuracy"] = accuracy(_flatten(predictions), _flatten(references))
         return out
-    raise ValueError(f"unknown task {task!r}; expected one of {METRIC_TASKS}")
+    raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")

@@ -1,57 +1,47 @@
-"""Tokenizers: an HF-compatible wrapper over the `tokenizers` library, plus tokenizer training.
+"""`Tokenizer`: an HF-compatible wrapper over the `tokenizers` library; `BatchEncoding`; `AutoTokenizer`.
 
-`Tokenizer` behaves like `transformers`' fast BERT tokenizer (`BertTokenizerFast`, which is
-`BertTokenizer` in transformers 5): same ids, token type ids, attention masks, offsets and decoded
-text. All the real work (normalisation, WordPiece/BPE, truncation, padding, batching) is done by the
+`Tokenizer` behaves like `transformers`' fast tokenizers (`BertTokenizerFast`, which is `BertTokenizer` in
+transformers 5, and the byte-level BPE decoders'): same ids, token type ids, attention masks, offsets and
+decoded text. All the real work (normalisation, WordPiece/BPE, truncation, padding, batching) is done by the
 Rust `tokenizers.Tokenizer` held in `.backend`, which data pipelines may also call directly for fast
-batch encoding; `.backend` never carries truncation or padding settings between calls.
-
-Folder format (read and written): `tokenizer.json` (preferred) or `vocab.txt` (BERT WordPiece),
-`tokenizer_config.json`, `special_tokens_map.json`. Saved folders load in `transformers.AutoTokenizer`.
-
-`train_tokenizer` trains a WordPiece (BERT) or byte-level BPE vocabulary from a stream of texts. Both
-kinds start with BERT's special tokens `[PAD] [UNK] [CLS] [SEP] [MASK]` (ids 0-4) and use BERT's
-`[CLS] A [SEP] B [SEP]` template, so every BERT head (MLM included) works with either. The same texts
-and options give byte-identical files in every process (see `_train_wordpiece_vocab`).
+batch encoding; `.backend` never carries truncation or padding settings between calls. Folders are read and
+written by `loading.py`; `model_input_names` (what `__call__` returns) comes from tokenizer_config.json, else
+the family template (templates.py).
 
 `transformers` is never imported here; the tests compare against it.
 """
 
 from __future__ import annotations
 
-import itertools
-import json
 import logging
 import os
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from tokenizers import AddedToken, Regex, decoders, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import AddedToken
 from tokenizers import Tokenizer as BackendTokenizer
-from tokenizers.models import BPE, WordPiece
+
+from ..files import atomic_write_json
+from .loading import (
+    SPECIAL_TOKENS_MAP_FILE,
+    TOKENIZER_CONFIG_FILE,
+    TOKENIZER_FILE,
+    VOCAB_FILE,
+    backend_json,
+    build_bert_backend,
+    read_json,
+    read_vocab_txt,
+    sync_bert_normalizer,
+    token_content,
+)
+from .templates import BERT_SPECIAL_TOKENS, SPECIAL_TOKEN_ATTRIBUTES, TEMPLATES
 
 logger = logging.getLogger(__name__)
 
-TOKENIZER_FILE = "tokenizer.json"
-VOCAB_FILE = "vocab.txt"
-TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
-SPECIAL_TOKENS_MAP_FILE = "special_tokens_map.json"
-
-# Same order as transformers' SPECIAL_TOKENS_ATTRIBUTES, so `all_special_tokens` lists them identically.
-SPECIAL_TOKEN_ATTRIBUTES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
-BERT_SPECIAL_TOKENS = {
-    "unk_token": "[UNK]",
-    "sep_token": "[SEP]",
-    "pad_token": "[PAD]",
-    "cls_token": "[CLS]",
-    "mask_token": "[MASK]",
-}
-# Ids 0..4 of every tokenizer lmforge trains.
-TRAINED_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 DEFAULT_MODEL_MAX_LENGTH = 512
 # transformers stores "no limit" as int(1e30); anything above 1e20 means "do not truncate/pad to it".
@@ -59,12 +49,6 @@ LARGE_INTEGER = int(1e20)
 
 PADDING_STRATEGIES = ("longest", "max_length", "do_not_pad")
 TRUNCATION_STRATEGIES = ("longest_first", "only_first", "only_second", "do_not_truncate")
-
-# CJK ideograph blocks, the same ranges BERT's `_is_chinese_char` (and BertNormalizer) uses.
-_CJK_PATTERN = (
-    "[\u4e00-\u9fff\u3400-\u4dbf\U00020000-\U0002a6df\U0002a700-\U0002b73f"
-    "\U0002b740-\U0002b81f\U0002b820-\U0002ceaf\uf900-\ufaff\U0002f800-\U0002fa1f]"
-)
 
 
 class BatchEncoding(dict):
@@ -106,61 +90,6 @@ class BatchEncoding(dict):
         return self.encodings[batch_index].word_ids
 
 
-def _token_content(value: Any) -> str | None:
-    """Special tokens appear as plain strings or as serialised AddedToken dicts ({"content": ...})."""
-    if value is None:
-        return None
-    if isinstance(value, dict):
-        return value.get("content")
-    return str(value)
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
-    if not isinstance(data, dict):
-        raise TypeError(f"{path} must hold a JSON object, got {type(data).__name__}")
-    return data
-
-
-def _read_vocab_txt(path: Path) -> dict[str, int]:
-    # Same reading rule as transformers' `load_vocab`: one token per line, only "\n" stripped,
-    # later duplicates win. (`WordPiece.from_file` strips all trailing whitespace, which differs.)
-    vocab: dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
-        for index, line in enumerate(f):
-            vocab[line.rstrip("\n")] = index
-    if not vocab:
-        raise ValueError(f"vocabulary file {path} is empty")
-    return vocab
-
-
-def _bert_template(cls_token: str, sep_token: str, cls_id: int, sep_id: int) -> processors.TemplateProcessing:
-    return processors.TemplateProcessing(
-        single=f"{cls_token}:0 $A:0 {sep_token}:0",
-        pair=f"{cls_token}:0 $A:0 {sep_token}:0 $B:1 {sep_token}:1",
-        special_tokens=[(cls_token, cls_id), (sep_token, sep_id)],
-    )
-
-
-def _bert_normalizer(
-    lowercase: bool, strip_accents: bool | None, tokenize_chinese_chars: bool, clean_text: bool = True
-) -> normalizers.BertNormalizer:
-    # strip_accents=None means "follow lowercase", as in original BERT (BertNormalizer does the same).
-    return normalizers.BertNormalizer(
-        clean_text=clean_text,
-        handle_chinese_chars=tokenize_chinese_chars,
-        strip_accents=strip_accents,
-        lowercase=lowercase,
-    )
-
-
-def _backend_json(backend: BackendTokenizer) -> dict[str, Any]:
-    return json.loads(backend.to_str())
-
-
 class Tokenizer:
     """HF-compatible tokenizer over a `tokenizers.Tokenizer` (`.backend`).
 
@@ -179,7 +108,7 @@ class Tokenizer:
         truncation_side: str = "right",
         clean_up_tokenization_spaces: bool = False,
         name_or_path: str = "",
-        model_input_names: Sequence[str] = ("input_ids", "token_type_ids", "attention_mask"),
+        model_input_names: Sequence[str] = TEMPLATES["bert"].model_input_names,
         chat_template: str | None = None,
     ) -> None:
         if padding_side not in ("right", "left") or truncation_side not in ("right", "left"):
@@ -231,25 +160,25 @@ class Tokenizer:
         folder = Path(path)
         if not folder.is_dir():
             raise FileNotFoundError(f"tokenizer folder not found: {folder}")
-        config = _read_json(folder / TOKENIZER_CONFIG_FILE)
-        special_map = _read_json(folder / SPECIAL_TOKENS_MAP_FILE)
+        config = read_json(folder / TOKENIZER_CONFIG_FILE)
+        special_map = read_json(folder / SPECIAL_TOKENS_MAP_FILE)
         config.update(overrides)
 
         # tokenizer_config.json wins over special_tokens_map.json where both name a token.
         special: dict[str, str | None] = {}
         for attr in SPECIAL_TOKEN_ATTRIBUTES:
-            value = _token_content(config.get(attr, special_map.get(attr)))
+            value = token_content(config.get(attr, special_map.get(attr)))
             if value is not None:
                 special[attr] = value
         extra = config.get("additional_special_tokens") or config.get("extra_special_tokens") \
             or special_map.get("additional_special_tokens") or []
-        extra_tokens = [t for t in (_token_content(v) for v in extra) if t is not None]
+        extra_tokens = [t for t in (token_content(v) for v in extra) if t is not None]
 
         tokenizer_file = folder / TOKENIZER_FILE
         vocab_file = folder / VOCAB_FILE
         if tokenizer_file.is_file():
             backend = BackendTokenizer.from_file(str(tokenizer_file))
-            _sync_bert_normalizer(backend, config)
+            sync_bert_normalizer(backend, config)
             if backend.model.__class__.__name__ == "WordPiece":
                 # A BERT tokenizer.json may name no tokens in the JSON configs: use BERT's defaults.
                 for attr, value in BERT_SPECIAL_TOKENS.items():
@@ -257,12 +186,18 @@ class Tokenizer:
         elif vocab_file.is_file():
             for attr, value in BERT_SPECIAL_TOKENS.items():
                 special.setdefault(attr, value)
-            backend = _build_bert_backend(_read_vocab_txt(vocab_file), config, special)
+            backend = build_bert_backend(read_vocab_txt(vocab_file), config, special)
         else:
             raise ValueError(f"no {TOKENIZER_FILE} or {VOCAB_FILE} in tokenizer folder {folder}")
 
         model_max_length = config.get("model_max_length")
         optional = {k: config[k] for k in ("model_input_names", "chat_template") if config.get(k) is not None}
+        if "model_input_names" not in optional:
+            # As HF's per-family tokenizer classes: the model folder's family decides (decoders take no
+            # token_type_ids); a folder without a config.json gets BERT's.
+            family = read_json(folder / "config.json").get("model_type")
+            if family in TEMPLATES:
+                optional["model_input_names"] = TEMPLATES[family].model_input_names
         return cls(
             backend,
             special_tokens=special,
@@ -418,22 +353,9 @@ class Tokenizer:
         """Resolve padding/truncation arguments exactly as transformers' `_get_padding_truncation_strategies`."""
         if max_length is not None and padding is False and truncation is None:
             truncation = "longest_first"
-        if padding is True:
-            padding_strategy = "longest"
-        elif padding is False or padding is None:
-            padding_strategy = "do_not_pad"
-        elif padding in PADDING_STRATEGIES:
-            padding_strategy = str(padding)
-        else:
-            raise ValueError(f"padding must be a bool or one of {PADDING_STRATEGIES}, got {padding!r}")
-        if truncation is True:
-            truncation_strategy = "longest_first"
-        elif truncation is False or truncation is None:
-            truncation_strategy = "do_not_truncate"
-        elif truncation in TRUNCATION_STRATEGIES:
-            truncation_strategy = str(truncation)
-        else:
-            raise ValueError(f"truncation must be a bool or one of {TRUNCATION_STRATEGIES}, got {truncation!r}")
+        padding_strategy = _strategy("padding", padding, "longest", "do_not_pad", PADDING_STRATEGIES)
+        truncation_strategy = _strategy("truncation", truncation, "longest_first", "do_not_truncate",
+                                        TRUNCATION_STRATEGIES)
 
         if max_length is None:
             # A "no limit" model_max_length (transformers' 1e30 sentinel) disables the default
@@ -561,7 +483,7 @@ class Tokenizer:
         written = [folder / TOKENIZER_FILE, folder / TOKENIZER_CONFIG_FILE, folder / SPECIAL_TOKENS_MAP_FILE]
         self.backend.save(str(folder / TOKENIZER_FILE))
 
-        state = _backend_json(self.backend)
+        state = backend_json(self.backend)
         normalizer = state.get("normalizer") or {}
         is_wordpiece = state.get("model", {}).get("type") == "WordPiece"
         # transformers' BertTokenizer rebuilds its normaliser, pre-tokeniser and decoder from the config
@@ -601,8 +523,8 @@ class Tokenizer:
             }
             for index, tok in sorted(self.backend.get_added_tokens_decoder().items())
         }
-        _write_json(folder / TOKENIZER_CONFIG_FILE, config)
-        _write_json(folder / SPECIAL_TOKENS_MAP_FILE, self.special_tokens_map)
+        atomic_write_json(folder / TOKENIZER_CONFIG_FILE, config)
+        atomic_write_json(folder / SPECIAL_TOKENS_MAP_FILE, self.special_tokens_map)
 
         if is_wordpiece:
             vocab = self.backend.get_vocab(with_added_tokens=False)
@@ -639,13 +561,41 @@ class AutoTokenizer:
         """A tokenizer folder, or with `gguf_file` the tokenizer stored in a llama.cpp GGUF file (in the
         folder `path`, or a path of its own)."""
         if gguf_file is not None:
-            from .gguf import load_gguf_tokenizer
+            from ..gguf import load_gguf_tokenizer
 
             return load_gguf_tokenizer(path, gguf_file)
         return Tokenizer.from_pretrained(path, **overrides)
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def plain_backend(tokenizer: Any) -> BackendTokenizer:
+    """A copy of a tokenizer's `tokenizers.Tokenizer` backend (`.backend` for lmforge tokenizers,
+    `.backend_tokenizer` for HF fast ones, or a backend itself) with padding and truncation off: a copy,
+    because the backend object is shared with the caller, whose settings must not leak in (or out)."""
+    backend = None
+    for candidate in (getattr(tokenizer, "backend", None), getattr(tokenizer, "backend_tokenizer", None), tokenizer):
+        if candidate is not None and hasattr(candidate, "encode_batch"):
+            backend = candidate
+            break
+    if backend is None:
+        raise TypeError("needs a fast tokenizer (with a `tokenizers.Tokenizer` backend)")
+    backend = BackendTokenizer.from_str(backend.to_str())
+    backend.no_padding()
+    backend.no_truncation()
+    return backend
+
+
+def _strategy(name: str, value: bool | str | None, on: str, off: str, choices: Sequence[str]) -> str:
+    """A padding/truncation argument as a strategy name: True -> `on`, False/None -> `off`, or a name."""
+    if value is True:
+        return on
+    if value is False or value is None:
+        return off
+    if value in choices:
+        return str(value)
+    raise ValueError(f"{name} must be a bool or one of {tuple(choices)}, got {value!r}")
 
 
 def clean_up_tokenization(text: str) -> str:
@@ -673,243 +623,14 @@ def _as_tensor(key: str, rows: list[Any], kind: str) -> Any:
     return np.array(rows, dtype=np.int64)
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, ensure_ascii=False)
-        f.write("\n")
-
-
-def _sync_bert_normalizer(backend: BackendTokenizer, config: dict[str, Any]) -> None:
-    """Apply tokenizer_config's BERT flags to a tokenizer.json BertNormalizer, as transformers does.
-
-    transformers' BertTokenizer builds its normaliser from `do_lower_case` / `strip_accents` /
-    `tokenize_chinese_chars`, so when the config states them they beat tokenizer.json. Flags the config
-    does not state keep tokenizer.json's value (transformers would use its defaults, which can silently
-    lowercase a cased model).
-    """
-    normalizer = _backend_json(backend).get("normalizer") or {}
-    keys = ("do_lower_case", "strip_accents", "tokenize_chinese_chars")
-    if normalizer.get("type") != "BertNormalizer" or not any(k in config for k in keys):
-        return
-    backend.normalizer = _bert_normalizer(
-        lowercase=bool(config.get("do_lower_case", normalizer.get("lowercase", True))),
-        strip_accents=config.get("strip_accents", normalizer.get("strip_accents")),
-        tokenize_chinese_chars=bool(config.get("tokenize_chinese_chars", normalizer.get("handle_chinese_chars", True))),
-        clean_text=bool(normalizer.get("clean_text", True)),
-    )
-
-
-def _build_bert_backend(
-    vocab: dict[str, int], config: dict[str, Any], special: dict[str, str | None]
-) -> BackendTokenizer:
-    """The BERT WordPiece pipeline for a folder that has only vocab.txt (what transformers builds)."""
-    unk, cls_token, sep = special["unk_token"], special["cls_token"], special["sep_token"]
-    assert unk is not None and cls_token is not None and sep is not None
-    backend = BackendTokenizer(WordPiece(vocab, unk_token=unk, continuing_subword_prefix="##",
-                                         max_input_chars_per_word=100))
-    backend.normalizer = _bert_normalizer(
-        lowercase=bool(config.get("do_lower_case", True)),
-        strip_accents=config.get("strip_accents"),
-        tokenize_chinese_chars=bool(config.get("tokenize_chinese_chars", True)),
-        clean_text=bool(config.get("clean_text", True)),
-    )
-    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    backend.decoder = decoders.WordPiece(prefix="##")
-    # Special tokens must exist before the template can name their ids.
-    backend.add_special_tokens([AddedToken(t, special=True, normalized=False)
-                                for t in (unk, sep, special["pad_token"], cls_token, special["mask_token"])
-                                if t is not None])
-    cls_id, sep_id = backend.token_to_id(cls_token), backend.token_to_id(sep)
-    assert cls_id is not None and sep_id is not None
-    backend.post_processor = _bert_template(cls_token, sep, cls_id, sep_id)
-    return backend
-
-
 # ---------------------------------------------------------------------- training
 
 
-def train_tokenizer(
-    texts: Iterable[str],
-    output_dir: str | os.PathLike[str],
-    *,
-    kind: str = "wordpiece",
-    vocab_size: int = 30522,
-    min_frequency: int = 2,
-    lowercase: bool = True,
-    strip_accents: bool | None = None,
-    tokenize_chinese_chars: bool = True,
-    model_max_length: int = DEFAULT_MODEL_MAX_LENGTH,
-    length: int | None = None,
-    show_progress: bool = False,
-) -> Tokenizer:
-    """Train a WordPiece (BERT) or byte-level BPE tokenizer on a stream of texts, save it, return it.
-
-    `texts` is consumed once, lazily (never materialised); `length` (or `len(texts)` when it has one)
-    only feeds the progress bar. Both kinds reserve ids 0-4 for `[PAD] [UNK] [CLS] [SEP] [MASK]` and use
-    BERT's `[CLS] A [SEP] B [SEP]` template. `strip_accents=None` follows `lowercase`.
-    `tokenize_chinese_chars` makes every CJK ideograph its own word (so it becomes a single token).
-    """
-    if kind not in ("wordpiece", "bpe"):
-        raise ValueError(f"kind must be 'wordpiece' or 'bpe', got {kind!r}")
-    special = list(TRAINED_SPECIAL_TOKENS)
-    if vocab_size <= len(special):
-        raise ValueError(f"vocab_size must exceed the {len(special)} special tokens, got {vocab_size}")
-    pad, unk, cls_token, sep, mask = special
-
-    if length is None and hasattr(texts, "__len__"):
-        length = len(texts)  # type: ignore[arg-type]
-    backend: BackendTokenizer
-    if kind == "wordpiece":
-        normalizer = _bert_normalizer(lowercase, strip_accents, tokenize_chinese_chars)
-        vocab = _train_wordpiece_vocab(_iter_texts(texts), normalizer, vocab_size=vocab_size,
-                                       min_frequency=min_frequency, special=special, show_progress=show_progress,
-                                       length=length)
-        config = {"do_lower_case": lowercase, "strip_accents": strip_accents,
-                  "tokenize_chinese_chars": tokenize_chinese_chars}
-        backend = _build_bert_backend(vocab, config, {"unk_token": unk, "sep_token": sep, "pad_token": pad,
-                                                      "cls_token": cls_token, "mask_token": mask})
-    else:
-        # Byte-level BPE never needs [UNK] (every byte is in the alphabet); [UNK] still gets id 1 so the
-        # special-token layout is the same for both kinds. Every symbol is in the trainer's alphabet from
-        # the start (the 256 byte characters, sorted), so its tie-breaking by symbol id is the same in
-        # every process (see _train_wordpiece_vocab for the case where it is not).
-        backend = BackendTokenizer(BPE())
-        steps: list[normalizers.Normalizer] = []
-        if strip_accents or (strip_accents is None and lowercase):
-            # NFC afterwards recomposes what StripAccents leaves decomposed (e.g. Hangul).
-            steps += [normalizers.NFD(), normalizers.StripAccents(), normalizers.NFC()]
-        if lowercase:
-            steps.append(normalizers.Lowercase())
-        if steps:
-            backend.normalizer = normalizers.Sequence(steps)
-        # Isolating CJK ideographs keeps each one a single token without inserting spaces, so
-        # decoding stays an exact round trip (BertNormalizer's padding spaces would show up in BPE).
-        pre: list[pre_tokenizers.PreTokenizer] = []
-        if tokenize_chinese_chars:
-            pre.append(pre_tokenizers.Split(Regex(_CJK_PATTERN), behavior="isolated"))
-        pre.append(pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True))
-        backend.pre_tokenizer = pre_tokenizers.Sequence(pre)
-        backend.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=special,
-                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                      show_progress=show_progress)
-        backend.train_from_iterator(_iter_texts(texts), trainer=trainer, length=length)
-
-    ids = [backend.token_to_id(t) for t in special]
-    if ids != list(range(len(special))):
-        raise RuntimeError(f"special tokens did not get ids 0-4 after training: {dict(zip(special, ids))}")
-    template = _bert_template(cls_token, sep, ids[2], ids[3])
-    if kind == "bpe":
-        # ByteLevel post-processing trims the leading-space byte from offsets; the template adds BERT's
-        # special tokens.
-        backend.post_processor = processors.Sequence([processors.ByteLevel(trim_offsets=True), template])
-    else:
-        backend.post_processor = template
-
-    tokenizer = Tokenizer(
-        backend,
-        special_tokens={"unk_token": unk, "sep_token": sep, "pad_token": pad, "cls_token": cls_token,
-                        "mask_token": mask},
-        model_max_length=model_max_length,
-        # WordPiece's decoder already joins "##" pieces; transformers' extra clean-up would change text.
-        clean_up_tokenization_spaces=False,
-    )
-    tokenizer.save_pretrained(output_dir)
-    # Reload so the returned object is exactly what later runs (and transformers) will see.
-    return Tokenizer.from_pretrained(output_dir)
 
 
-def _iter_texts(texts: Iterable[str]) -> Iterator[str]:
-    for text in texts:
-        if not isinstance(text, str):
-            raise TypeError(f"train_tokenizer expects str texts, got {type(text).__name__}")
-        yield text
 
 
-# Stand-in characters for training (_train_wordpiece_vocab): Unicode's supplementary private-use planes.
-_STAND_IN_CODES = (range(0xF0000, 0xFFFFE), range(0x100000, 0x10FFFE))
 
 
-class _StandIns:
-    """Names every character of the training words with a private-use stand-in, a different one for its
-    word-initial and its continuing ("##") occurrences, numbered in order of first appearance."""
-
-    def __init__(self) -> None:
-        self._codes = itertools.chain(*_STAND_IN_CODES)
-        self.initial: dict[str, str] = {}
-        self.continuing: dict[str, str] = {}
-        self._words: dict[str, str] = {}  # word -> its stand-in spelling (each word is spelled once)
-
-    def _name(self, table: dict[str, str], char: str) -> str:
-        if char not in table:
-            code = next(self._codes, None)
-            if code is None:
-                raise ValueError("the corpus has more distinct characters than WordPiece training can name")
-            table[char] = chr(code)
-        return table[char]
-
-    def spell(self, word: str) -> str:
-        spelled = self._words.get(word)
-        if spelled is None:
-            spelled = self._name(self.initial, word[0]) + "".join(self._name(self.continuing, c) for c in word[1:])
-            self._words[word] = spelled
-        return spelled
-
-    def restore(self, tokens: Iterable[str]) -> list[str]:
-        """The WordPiece tokens that learned stand-in tokens stand for ("##" marks a continuing piece)."""
-        initial = {v: k for k, v in self.initial.items()}
-        continuing = {v: k for k, v in self.continuing.items()}
-        restored = []
-        for token in tokens:
-            rest = "".join(continuing[c] for c in token[1:])  # only a word's first symbol is initial
-            head = initial.get(token[0])
-            restored.append(head + rest if head is not None else "##" + continuing[token[0]] + rest)
-        return restored
 
 
-def _train_wordpiece_vocab(
-    texts: Iterator[str],
-    normalizer: normalizers.Normalizer,
-    *,
-    vocab_size: int,
-    min_frequency: int,
-    special: list[str],
-    show_progress: bool,
-    length: int | None,
-) -> dict[str, int]:
-    """A WordPiece vocabulary learned as `tokenizers`' WordPieceTrainer does, but the same in every process.
-
-    WordPieceTrainer is a BPE trainer with a "##" prefix. Among pairs of equal count it merges the one
-    with the smallest symbol ids; the characters of its alphabet get ids in sorted order, but each "##c"
-    gets the next free id when first met while walking the corpus's word counts, a hash map whose order
-    changes from process to process (Rust's random hash seeds; neither PYTHONHASHSEED nor
-    RAYON_RS_NUM_THREADS / TOKENIZERS_PARALLELISM fix it). So two runs on the same corpus tie-break
-    differently and learn different vocabularies. Here every character of the normalised, BERT-split
-    words is renamed to a private-use stand-in (word-initial and continuing occurrences to different ones,
-    numbered in order of first appearance in the stream), and plain BPE, with no prefix, learns on those
-    words: every symbol is then in the sorted alphabet before the first merge, so ids and ties are the
-    same in every process. The merges are the ones WordPieceTrainer makes, up to the order of ties.
-    """
-    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    stand_ins = _StandIns()
-
-    def spelled_texts() -> Iterator[str]:
-        for text in texts:
-            words = pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))
-            yield " ".join(stand_ins.spell(word) for word, _ in words if word)
-
-    learner = BackendTokenizer(BPE())
-    learner.pre_tokenizer = pre_tokenizers.WhitespaceSplit()  # stand-ins are never whitespace
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=special,
-                                  show_progress=show_progress)
-    learner.train_from_iterator(spelled_texts(), trainer=trainer, length=length)
-
-    learned = [t for t, _ in sorted(learner.get_vocab().items(), key=lambda item: item[1]) if t not in special]
-    characters = sorted(stand_ins.restore(t for t in learned if len(t) == 1))
-    merged = stand_ins.restore(t for t in learned if len(t) > 1)  # in the order learned
-    # BERT's layout: special tokens, characters, "##" characters, then the merges.
-    tokens = special + sorted(characters, key=lambda t: t.startswith("##")) + merged
-    vocab = {token: i for i, token in enumerate(tokens)}
-    if len(vocab) != len(tokens):
-        raise RuntimeError("WordPiece training produced the same token twice")
-    return vocab

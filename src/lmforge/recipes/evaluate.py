@@ -1,0 +1,87 @@
+"""`lmforge evaluate`: metrics of a fine-tuned model folder on a dataset, a labelled file or a folder.
+
+    lmforge evaluate runs/ft/best --data movie-sentences --split test
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..data.collators import encode
+from ..data.datasets import dataset_names
+from ..data.labelled import DataError
+from ..data.splits import load_splits, raw_splits
+from ..eval.scoring import make_scorer
+from .common import json_safe, option, write_json
+from .finetuned import load_finetuned, max_length_for
+
+SPLIT_CHOICES = ("train", "validation", "test", "all")
+
+
+@dataclass
+class EvaluateOptions:
+    model: str | None = option(None, "fine-tuned model folder (e.g. runs/ft/best)")
+    data: str | None = option(None, "dataset name, labelled file, or folder of train/validation/test files")
+    split: str | None = option(None, "split to score (default: test for dataset names and folders, the whole "
+                                     "file for a file; a split of a file is the finetune's seeded 80/10/10 one)",
+                               choices=list(SPLIT_CHOICES))
+    text_column: str | None = option(None, "column holding the text (default: as in fine-tuning, else text)")
+    text_pair_column: str | None = option(None, "column holding the second text of a pair (default: as in "
+                                                "fine-tuning)")
+    label_column: str | None = option(None, "column holding the label (default: as in fine-tuning, else label)")
+    label_delimiter: str = option("|", "separator of labels in a multi_label string")
+    max_length: int | None = option(None, "tokens per sequence (default: the one used in fine-tuning)")
+    batch_size: int = option(64, "examples per batch")
+    seed: int = option(0, "seed of the split of a single file (as in finetune)")
+    output: str | None = option(None, "also write the metrics JSON to this file", short="-o")
+    bf16: bool = option(False, "bfloat16 autocast")
+    unpad: bool = option(True, "drop padding tokens before the encoder layers")
+    device: str | None = option(None, "cpu, cuda, ... (default: cuda when available)")
+    threads: int | None = option(None, "torch CPU threads")
+
+
+def run(opts: EvaluateOptions) -> dict[str, Any]:
+    """Metrics of a fine-tuned folder on labelled data: `{"model", "data", "split", "task", "examples",
+    "metrics"}`, also written to `opts.output` when given.
+
+    Columns default to the ones used in fine-tuning (finetune_info.json), else text / label. A label
+    the model was not trained on raises DataError naming its file and line.
+    """
+    if not opts.data:
+        raise ValueError("no data given (--data DATASET|FILE|FOLDER)")
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    split, data = opts.split, str(opts.data)
+    if split is not None and split not in SPLIT_CHOICES:
+        raise ValueError(f"split must be one of {SPLIT_CHOICES}, got {split!r}")
+    net, tokenizer, task, label_map, info = load_finetuned(opts.model, unpad=opts.unpad, device=opts.device)
+    columns = {"text_column": opts.text_column or info.get("text_column") or "text",
+               "text_pair_column": opts.text_pair_column or info.get("text_pair_column"),
+               "label_column": opts.label_column or info.get("label_column") or "label",
+               "label_delimiter": opts.label_delimiter}
+    raw, _ = raw_splits(data, task, columns, opts.seed)
+    lone_file = Path(data).is_file() and data not in dataset_names()
+    if split == "all" or (split is None and lone_file):
+        split, items = "all", [x for part in raw.values() for x in part]
+    else:
+        split = split or "test"
+        if split in raw and not lone_file:
+            items = raw[split]
+        else:  # the same completed splits finetune uses (a lone file: its seeded 80/10/10 split)
+            splits = load_splits(data, task, seed=opts.seed, **columns)
+            if split not in splits:
+                raise DataError(f"{data}: no {split!r} split (has {', '.join(splits)})")
+            items = splits[split]
+    length = max_length_for(opts.max_length, info, net, tokenizer)
+    features = encode(task, items, tokenizer, label_map, length)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else net.config.pad_token_id
+    metrics = make_scorer(task, items, features, label_map, opts.batch_size, pad_id, opts.bf16)(net)
+    report = {"model": str(opts.model), "data": data, "split": split, "task": task, "examples": len(items),
+              "metrics": json_safe(metrics)}
+    if opts.output:
+        write_json(opts.output, report)
+    return report

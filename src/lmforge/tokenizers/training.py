@@ -1,0 +1,209 @@
+"""Tokenizer training: WordPiece (BERT) or byte-level BPE from a stream of texts, deterministic across
+processes (see `_train_wordpiece_vocab`)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterable, Iterator
+
+from tokenizers import Regex, decoders, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer as BackendTokenizer
+from tokenizers.models import BPE
+
+from .loading import build_bert_backend
+from .templates import TRAINED_SPECIAL_TOKENS, bert_normalizer, bert_template
+from .tokenizer import DEFAULT_MODEL_MAX_LENGTH, Tokenizer
+
+# CJK ideograph blocks, the same ranges BERT's `_is_chinese_char` (and BertNormalizer) uses.
+_CJK_PATTERN = (
+    "[\u4e00-\u9fff\u3400-\u4dbf\U00020000-\U0002a6df\U0002a700-\U0002b73f"
+    "\U0002b740-\U0002b81f\U0002b820-\U0002ceaf\uf900-\ufaff\U0002f800-\U0002fa1f]"
+)
+
+
+def train_tokenizer(
+    texts: Iterable[str],
+    output_dir: str | os.PathLike[str],
+    *,
+    kind: str = "wordpiece",
+    vocab_size: int = 30522,
+    min_frequency: int = 2,
+    lowercase: bool = True,
+    strip_accents: bool | None = None,
+    tokenize_chinese_chars: bool = True,
+    model_max_length: int = DEFAULT_MODEL_MAX_LENGTH,
+    length: int | None = None,
+    show_progress: bool = False,
+) -> Tokenizer:
+    """Train a WordPiece (BERT) or byte-level BPE tokenizer on a stream of texts, save it, return it.
+
+    `texts` is consumed once, lazily (never materialised); `length` (or `len(texts)` when it has one)
+    only feeds the progress bar. Both kinds reserve ids 0-4 for `[PAD] [UNK] [CLS] [SEP] [MASK]` and use
+    BERT's `[CLS] A [SEP] B [SEP]` template. `strip_accents=None` follows `lowercase`.
+    `tokenize_chinese_chars` makes every CJK ideograph its own word (so it becomes a single token).
+    """
+    if kind not in ("wordpiece", "bpe"):
+        raise ValueError(f"kind must be 'wordpiece' or 'bpe', got {kind!r}")
+    special = list(TRAINED_SPECIAL_TOKENS)
+    if vocab_size <= len(special):
+        raise ValueError(f"vocab_size must exceed the {len(special)} special tokens, got {vocab_size}")
+    pad, unk, cls_token, sep, mask = special
+
+    if length is None and hasattr(texts, "__len__"):
+        length = len(texts)  # type: ignore[arg-type]
+    backend: BackendTokenizer
+    if kind == "wordpiece":
+        normalizer = bert_normalizer(lowercase, strip_accents, tokenize_chinese_chars)
+        vocab = _train_wordpiece_vocab(_iter_texts(texts), normalizer, vocab_size=vocab_size,
+                                       min_frequency=min_frequency, special=special, show_progress=show_progress,
+                                       length=length)
+        config = {"do_lower_case": lowercase, "strip_accents": strip_accents,
+                  "tokenize_chinese_chars": tokenize_chinese_chars}
+        backend = build_bert_backend(vocab, config, {"unk_token": unk, "sep_token": sep, "pad_token": pad,
+                                                      "cls_token": cls_token, "mask_token": mask})
+    else:
+        # Byte-level BPE never needs [UNK] (every byte is in the alphabet); [UNK] still gets id 1 so the
+        # special-token layout is the same for both kinds. Every symbol is in the trainer's alphabet from
+        # the start (the 256 byte characters, sorted), so its tie-breaking by symbol id is the same in
+        # every process (see _train_wordpiece_vocab for the case where it is not).
+        backend = BackendTokenizer(BPE())
+        steps: list[normalizers.Normalizer] = []
+        if strip_accents or (strip_accents is None and lowercase):
+            # NFC afterwards recomposes what StripAccents leaves decomposed (e.g. Hangul).
+            steps += [normalizers.NFD(), normalizers.StripAccents(), normalizers.NFC()]
+        if lowercase:
+            steps.append(normalizers.Lowercase())
+        if steps:
+            backend.normalizer = normalizers.Sequence(steps)
+        # Isolating CJK ideographs keeps each one a single token without inserting spaces, so
+        # decoding stays an exact round trip (BertNormalizer's padding spaces would show up in BPE).
+        pre: list[pre_tokenizers.PreTokenizer] = []
+        if tokenize_chinese_chars:
+            pre.append(pre_tokenizers.Split(Regex(_CJK_PATTERN), behavior="isolated"))
+        pre.append(pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True))
+        backend.pre_tokenizer = pre_tokenizers.Sequence(pre)
+        backend.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=special,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                      show_progress=show_progress)
+        backend.train_from_iterator(_iter_texts(texts), trainer=trainer, length=length)
+
+    ids = [backend.token_to_id(t) for t in special]
+    if ids != list(range(len(special))):
+        raise RuntimeError(f"special tokens did not get ids 0-4 after training: {dict(zip(special, ids))}")
+    template = bert_template(cls_token, sep, ids[2], ids[3])
+    if kind == "bpe":
+        # ByteLevel post-processing trims the leading-space byte from offsets; the template adds BERT's
+        # special tokens.
+        backend.post_processor = processors.Sequence([processors.ByteLevel(trim_offsets=True), template])
+    else:
+        backend.post_processor = template
+
+    tokenizer = Tokenizer(
+        backend,
+        special_tokens={"unk_token": unk, "sep_token": sep, "pad_token": pad, "cls_token": cls_token,
+                        "mask_token": mask},
+        model_max_length=model_max_length,
+        # WordPiece's decoder already joins "##" pieces; transformers' extra clean-up would change text.
+        clean_up_tokenization_spaces=False,
+    )
+    tokenizer.save_pretrained(output_dir)
+    # Reload so the returned object is exactly what later runs (and transformers) will see.
+    return Tokenizer.from_pretrained(output_dir)
+
+
+def _iter_texts(texts: Iterable[str]) -> Iterator[str]:
+    for text in texts:
+        if not isinstance(text, str):
+            raise TypeError(f"train_tokenizer expects str texts, got {type(text).__name__}")
+        yield text
+
+
+# Stand-in characters for training (_train_wordpiece_vocab): Unicode's supplementary private-use planes.
+_STAND_IN_CODES = (range(0xF0000, 0xFFFFE), range(0x100000, 0x10FFFE))
+
+
+class _StandIns:
+    """Names every character of the training words with a private-use stand-in, a different one for its
+    word-initial and its continuing ("##") occurrences, numbered in order of first appearance."""
+
+    def __init__(self) -> None:
+        self._codes = itertools.chain(*_STAND_IN_CODES)
+        self.initial: dict[str, str] = {}
+        self.continuing: dict[str, str] = {}
+        self._words: dict[str, str] = {}  # word -> its stand-in spelling (each word is spelled once)
+
+    def _name(self, table: dict[str, str], char: str) -> str:
+        if char not in table:
+            code = next(self._codes, None)
+            if code is None:
+                raise ValueError("the corpus has more distinct characters than WordPiece training can name")
+            table[char] = chr(code)
+        return table[char]
+
+    def spell(self, word: str) -> str:
+        spelled = self._words.get(word)
+        if spelled is None:
+            spelled = self._name(self.initial, word[0]) + "".join(self._name(self.continuing, c) for c in word[1:])
+            self._words[word] = spelled
+        return spelled
+
+    def restore(self, tokens: Iterable[str]) -> list[str]:
+        """The WordPiece tokens that learned stand-in tokens stand for ("##" marks a continuing piece)."""
+        initial = {v: k for k, v in self.initial.items()}
+        continuing = {v: k for k, v in self.continuing.items()}
+        restored = []
+        for token in tokens:
+            rest = "".join(continuing[c] for c in token[1:])  # only a word's first symbol is initial
+            head = initial.get(token[0])
+            restored.append(head + rest if head is not None else "##" + continuing[token[0]] + rest)
+        return restored
+
+
+def _train_wordpiece_vocab(
+    texts: Iterator[str],
+    normalizer: normalizers.Normalizer,
+    *,
+    vocab_size: int,
+    min_frequency: int,
+    special: list[str],
+    show_progress: bool,
+    length: int | None,
+) -> dict[str, int]:
+    """A WordPiece vocabulary learned as `tokenizers`' WordPieceTrainer does, but the same in every process.
+
+    WordPieceTrainer is a BPE trainer with a "##" prefix. Among pairs of equal count it merges the one
+    with the smallest symbol ids; the characters of its alphabet get ids in sorted order, but each "##c"
+    gets the next free id when first met while walking the corpus's word counts, a hash map whose order
+    changes from process to process (Rust's random hash seeds; neither PYTHONHASHSEED nor
+    RAYON_RS_NUM_THREADS / TOKENIZERS_PARALLELISM fix it). So two runs on the same corpus tie-break
+    differently and learn different vocabularies. Here every character of the normalised, BERT-split
+    words is renamed to a private-use stand-in (word-initial and continuing occurrences to different ones,
+    numbered in order of first appearance in the stream), and plain BPE, with no prefix, learns on those
+    words: every symbol is then in the sorted alphabet before the first merge, so ids and ties are the
+    same in every process. The merges are the ones WordPieceTrainer makes, up to the order of ties.
+    """
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    stand_ins = _StandIns()
+
+    def spelled_texts() -> Iterator[str]:
+        for text in texts:
+            words = pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))
+            yield " ".join(stand_ins.spell(word) for word, _ in words if word)
+
+    learner = BackendTokenizer(BPE())
+    learner.pre_tokenizer = pre_tokenizers.WhitespaceSplit()  # stand-ins are never whitespace
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=special,
+                                  show_progress=show_progress)
+    learner.train_from_iterator(spelled_texts(), trainer=trainer, length=length)
+
+    learned = [t for t, _ in sorted(learner.get_vocab().items(), key=lambda item: item[1]) if t not in special]
+    characters = sorted(stand_ins.restore(t for t in learned if len(t) == 1))
+    merged = stand_ins.restore(t for t in learned if len(t) > 1)  # in the order learned
+    # BERT's layout: special tokens, characters, "##" characters, then the merges.
+    tokens = special + sorted(characters, key=lambda t: t.startswith("##")) + merged
+    vocab = {token: i for i, token in enumerate(tokens)}
+    if len(vocab) != len(tokens):
+        raise RuntimeError("WordPiece training produced the same token twice")
+    return vocab
