@@ -1,4 +1,4 @@
-"""What task heads share: IGNORE_INDEX, the next-token loss, last-token pooling, the classification loss rule,
+"""What task heads share: IGNORE_INDEX, the next-token loss, logits_to_keep slicing, last-token pooling, the classification loss rule,
 and the masked-LM projection + loss (sparse: only the masked positions)."""
 
 from __future__ import annotations
@@ -27,6 +27,16 @@ def causal_lm_loss(logits: Tensor, labels: Tensor, attention_mask: Tensor | None
         shifted_labels = shifted_labels.masked_fill(from_padding.to(logits.device), IGNORE_INDEX)
     shifted_logits = logits[:, :-1].float().reshape(-1, V)  # (B*(T-1), V)
     return F.cross_entropy(shifted_logits, shifted_labels.reshape(-1), ignore_index=IGNORE_INDEX)
+
+
+def keep_last_positions(h: Tensor, logits_to_keep: int, labels: Tensor | None) -> Tensor:
+    """h (B, T, C) -> (B, logits_to_keep, C) when logits_to_keep > 0: generation reads only the last positions,
+    so the LM head need not project the others. The loss needs them all, hence the refusal with labels."""
+    if not logits_to_keep:
+        return h
+    if labels is not None:
+        raise ValueError("labels need the logits of every position: leave logits_to_keep at 0")
+    return h[:, -logits_to_keep:]
 
 
 def last_token_index(input_ids: Tensor | None, pad_token_id: int | None, batch_size: int) -> Tensor | int:

@@ -28,9 +28,10 @@ from ...nn.attention import (
     padding_mask,
     position_ids_from_mask,
 )
-from ...nn.heads import causal_lm_loss, last_token_index, sequence_classification_loss
+from ...nn.heads import causal_lm_loss, keep_last_positions, last_token_index, sequence_classification_loss
 from ...nn.linear import Conv1D
 from ...nn.mlp import ACTIVATIONS
+from ...nn.outputs import LayerOutputs
 from ...outputs import (
     BaseModelOutputWithPast,
     CausalLMOutputWithPast,
@@ -208,25 +209,18 @@ class GPT2Model(GPT2PreTrainedModel):
 
         mask, is_causal = causal_mask(attention_mask, T, past + T, mask_dtype(x), x.device)
         encoder_mask = padding_mask(encoder_attention_mask, mask_dtype(x)) if encoder_hidden_states is not None else None
-        hidden_states = [x] if output_hidden_states else None
-        attentions = [] if output_attentions else None
+        layer_outputs = LayerOutputs(x, output_hidden_states, output_attentions)
         cross_attentions = [] if output_attentions and self.config.add_cross_attention else None
         for block in self.h:
             x, probs, cross_probs = block(x, mask, is_causal, cache, encoder_hidden_states, encoder_mask,
                                           output_attentions)
-            if hidden_states is not None:
-                hidden_states.append(x)
-            if attentions is not None:
-                attentions.append(probs)
+            layer_outputs.add(x, probs)
             if cross_attentions is not None:
                 cross_attentions.append(cross_probs)
         x = self.ln_f(x)
-        if hidden_states is not None:
-            hidden_states[-1] = x  # as in HF: the last entry is the normed output
+        hidden_states, attentions = layer_outputs.tuples(x)
         return BaseModelOutputWithPast(
-            last_hidden_state=x, past_key_values=cache,
-            hidden_states=tuple(hidden_states) if hidden_states is not None else None,
-            attentions=tuple(attentions) if attentions is not None else None,
+            last_hidden_state=x, past_key_values=cache, hidden_states=hidden_states, attentions=attentions,
             cross_attentions=tuple(cross_attentions) if cross_attentions is not None else None,
         )
 
@@ -271,11 +265,7 @@ class GPT2LMHeadModel(GPT2PreTrainedModel):
             input_ids, past_key_values, attention_mask, token_type_ids, position_ids, inputs_embeds,
             encoder_hidden_states, encoder_attention_mask, use_cache, output_attentions, output_hidden_states,
         )
-        h = out.last_hidden_state
-        if logits_to_keep:
-            if labels is not None:
-                raise ValueError("labels need the logits of every position: leave logits_to_keep at 0")
-            h = h[:, -logits_to_keep:]
+        h = keep_last_positions(out.last_hidden_state, logits_to_keep, labels)  # (B, T or logits_to_keep, C)
         logits = self.lm_head(h)  # (B, T, V)
         loss = causal_lm_loss(logits, labels, attention_mask) if labels is not None else None
         return CausalLMOutputWithPast(

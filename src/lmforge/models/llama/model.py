@@ -24,10 +24,11 @@ from ...nn.attention import (
     mask_dtype,
     position_ids_from_mask,
 )
-from ...nn.heads import causal_lm_loss, last_token_index, sequence_classification_loss
+from ...nn.heads import causal_lm_loss, keep_last_positions, last_token_index, sequence_classification_loss
 from ...nn.linear import linear
 from ...nn.mlp import GatedMLP
 from ...nn.norms import RMSNorm
+from ...nn.outputs import LayerOutputs
 from ...nn.rotary import RotaryEmbedding
 from ...outputs import BaseModelOutputWithPast, CausalLMOutputWithPast, SequenceClassifierOutputWithPast
 from ..base import PreTrainedModel, normal_init
@@ -118,22 +119,14 @@ class LlamaModel(LlamaPreTrainedModel):
         rotary = self.rotary_emb(position_ids)  # (cos, sin), each (B or 1, T, 1, D/2)
         mask, is_causal = causal_mask(attention_mask, T, past + T, mask_dtype(x), x.device)
 
-        hidden_states = [x] if output_hidden_states else None
-        attentions = [] if output_attentions else None
+        layer_outputs = LayerOutputs(x, output_hidden_states, output_attentions)
         for layer in self.layers:
             x, probs = layer(x, mask, is_causal, rotary, cache, output_attentions)
-            if hidden_states is not None:
-                hidden_states.append(x)
-            if attentions is not None:
-                attentions.append(probs)
+            layer_outputs.add(x, probs)
         x = self.norm(x)
-        if hidden_states is not None:
-            hidden_states[-1] = x  # as in HF: the last entry is the normed output
-        return BaseModelOutputWithPast(
-            last_hidden_state=x, past_key_values=cache,
-            hidden_states=tuple(hidden_states) if hidden_states is not None else None,
-            attentions=tuple(attentions) if attentions is not None else None,
-        )
+        hidden_states, attentions = layer_outputs.tuples(x)
+        return BaseModelOutputWithPast(last_hidden_state=x, past_key_values=cache, hidden_states=hidden_states,
+                                       attentions=attentions)
 
 
 class LlamaForCausalLM(LlamaPreTrainedModel):
@@ -171,11 +164,7 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         logits_to_keep > 0 computes logits for the last that many positions only (generation)."""
         out = self.model(input_ids, attention_mask, position_ids, past_key_values, inputs_embeds, use_cache,
                          output_attentions, output_hidden_states)
-        h = out.last_hidden_state
-        if logits_to_keep:
-            if labels is not None:
-                raise ValueError("labels need the logits of every position: leave logits_to_keep at 0")
-            h = h[:, -logits_to_keep:]
+        h = keep_last_positions(out.last_hidden_state, logits_to_keep, labels)  # (B, T or logits_to_keep, C)
         logits = linear(h, self.lm_head)  # (B, T, V)
         loss = causal_lm_loss(logits, labels, attention_mask) if labels is not None else None
         return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values,
