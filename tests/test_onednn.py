@@ -291,7 +291,10 @@ def test_eval_model_with_autograd_on_takes_onednn_with_aten_gradients(monkeypatc
     torch.testing.assert_close(results[0], results[1], atol=1e-5, rtol=0)
     grads = dict(reference.named_parameters())
     for name, p in model.named_parameters():
-        torch.testing.assert_close(p.grad, grads[name].grad, atol=1e-5, rtol=1e-4, msg=name)
+        # Embedding rows sum many tokens' gradients (size ~10 here): the tolerance scales with the size, as
+        # oneDNN and ATen sum in other orders (AVX2 kernels: 1.1e-5 on 9.5).
+        scale = max(1.0, grads[name].grad.abs().max().item())
+        torch.testing.assert_close(p.grad, grads[name].grad, atol=1e-5 * scale, rtol=1e-4, msg=name)
     calls.clear()
     model.train()(ids, mask)  # dropout 0.1 here: only the path matters
     assert calls == []
