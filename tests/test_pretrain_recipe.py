@@ -160,3 +160,7 @@ def test_electra_objective_options_are_checked():
         PretrainOptions(objective="electra", model_type="gpt2")
     with pytest.raises(ValueError, match="next-sentence"):
         PretrainOptions(objective="mlm+nsp", model_type="electra")
+    with pytest.raises(ValueError, match="generator_size"):
+        PretrainOptions(objective="electra", generator_size=1.5)
+    with pytest.raises(ValueError, match="electra family only"):
+        PretrainOptions(objective="mlm", embedding_size=128)

@@ -111,6 +111,10 @@ class PretrainOptions:
                              "cannot be used with it")
         if self.model_type == "electra" and self.objective == "mlm+nsp":
             raise ValueError("--model-type electra has no next-sentence head: use --objective electra or mlm")
+        if not 0 < self.generator_size <= 1:
+            raise ValueError(f"generator_size must be in (0, 1], got {self.generator_size}")
+        if self.embedding_size is not None and family(self) != "electra":
+            raise ValueError("--embedding-size applies to the electra family only")
 
 
 def family(opts: PretrainOptions) -> str:
