@@ -61,12 +61,13 @@ def test_second_run_reuses_the_tokenizer_and_cache(tmp_path, corpus):
     assert json.loads((tmp_path / "b" / "summary.json").read_text())["cache_hit"] is True
 
 
-def test_mlm_only_objective_trains_a_masked_lm(tmp_path, corpus):
+@pytest.mark.parametrize("model_type,architecture", [("bert", "BertForMaskedLM"), ("electra", "ElectraForMaskedLM")])
+def test_mlm_only_objective_trains_a_masked_lm(tmp_path, corpus, model_type, architecture):
     out = tmp_path / "run"
     assert main(["pretrain", "--corpus", str(corpus), "-o", str(out), "--objective", "mlm", "--max-steps", "2",
-                 *TINY]) == 0
+                 "--model-type", model_type, *TINY]) == 0
     config = json.loads((out / "final" / "config.json").read_text())
-    assert config["architectures"] == ["BertForMaskedLM"]
+    assert config["architectures"] == [architecture]
 
 
 def test_config_file_is_overridden_by_flags(tmp_path):
