@@ -16,6 +16,7 @@ from lmforge.eval.metrics import (
     matthews_corrcoef,
     multilabel_f1,
     pearson,
+    roc_auc,
     spearman,
 )
 
@@ -91,6 +92,13 @@ def test_spearman_with_ties():
     # three-way tie: ranks of [5,5,5,1] = [3,3,3,1]; monotone transform -> 1
     assert spearman([5, 5, 5, 1], [7, 7, 7, 0]) == pytest.approx(1.0)
     assert spearman([10, 20, 30], [3, 2, 1]) == pytest.approx(-1.0)
+
+
+def test_roc_auc_counts_ordered_pairs_and_half_ties():
+    assert roc_auc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == pytest.approx(0.75)  # 3 of 4 (pos, neg) pairs
+    assert roc_auc([1.0, 1.0, 0.0], [1, 0, 0]) == pytest.approx(0.75)  # one tie: counts 1/2
+    assert roc_auc([3, 2, 1], [True, True, False]) == 1.0
+    assert math.isnan(roc_auc([0.2, 0.3], [1, 1]))
 
 
 def test_multilabel_f1():

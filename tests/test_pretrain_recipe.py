@@ -61,12 +61,13 @@ def test_second_run_reuses_the_tokenizer_and_cache(tmp_path, corpus):
     assert json.loads((tmp_path / "b" / "summary.json").read_text())["cache_hit"] is True
 
 
-def test_mlm_only_objective_trains_a_masked_lm(tmp_path, corpus):
+@pytest.mark.parametrize("model_type,architecture", [("bert", "BertForMaskedLM"), ("electra", "ElectraForMaskedLM")])
+def test_mlm_only_objective_trains_a_masked_lm(tmp_path, corpus, model_type, architecture):
     out = tmp_path / "run"
     assert main(["pretrain", "--corpus", str(corpus), "-o", str(out), "--objective", "mlm", "--max-steps", "2",
-                 *TINY]) == 0
+                 "--model-type", model_type, *TINY]) == 0
     config = json.loads((out / "final" / "config.json").read_text())
-    assert config["architectures"] == ["BertForMaskedLM"]
+    assert config["architectures"] == [architecture]
 
 
 def test_config_file_is_overridden_by_flags(tmp_path):
@@ -108,3 +109,59 @@ def test_the_model_family_comes_from_model_type_through_lmforge_auto():
     assert config.vocab_size == 300 and config.hidden_dropout_prob == 0.0
     with pytest.raises(ConfigError, match="not-a-family"):
         model_config(PretrainOptions(model_type="not-a-family"), vocab_size=300, pad_token_id=0)
+
+
+def test_electra_objective_exports_a_discriminator_transformers_loads(tmp_path, corpus):
+    out = tmp_path / "run"
+    assert main(["pretrain", "--corpus", str(corpus), "-o", str(out), "--objective", "electra", "--max-steps", "4",
+                 "--eval-every", "2", "--save-every", "2", *TINY]) == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any({"mlm_loss", "rtd_loss"} <= set(r) for r in records)  # the loop logs the output's loss parts
+    final_eval = json.loads((out / "summary.json").read_text())["final_eval"]
+    assert {"eval_mlm_accuracy", "eval_disc_accuracy", "eval_disc_auc"} <= set(final_eval)
+    config = json.loads((out / "final" / "config.json").read_text())
+    assert (config["model_type"], config["architectures"]) == ("electra", ["ElectraForPreTraining"])
+    generator = json.loads((out / "final" / "generator" / "config.json").read_text())
+    assert generator["architectures"] == ["ElectraForMaskedLM"] and generator["hidden_size"] == 8  # 32 / 4
+
+    from lmforge import AutoModelForPreTraining, AutoModelForSequenceClassification
+
+    transformers = pytest.importorskip("transformers")
+    tokenizer = AutoTokenizer.from_pretrained(out / "final")
+    batch = tokenizer(["the film was a drama .", "music"], padding=True, return_tensors="pt")
+    for ours, theirs in [(AutoModelForPreTraining, transformers.ElectraForPreTraining),
+                         (AutoModelForSequenceClassification, transformers.ElectraForSequenceClassification)]:
+        mine = ours.from_pretrained(out / "final", attn_implementation="sdpa")
+        reference = theirs.from_pretrained(out / "final").eval()
+        if hasattr(mine, "classifier"):  # a new head (initialised differently by each library): the same one in both
+            reference.classifier.load_state_dict(mine.classifier.state_dict())
+        with torch.no_grad():
+            torch.testing.assert_close(mine(**batch).logits, reference(**batch).logits, atol=1e-5, rtol=0)
+    mine = AutoModelForMaskedLM.from_pretrained(out / "final" / "generator", attn_implementation="sdpa")
+    reference = transformers.ElectraForMaskedLM.from_pretrained(out / "final" / "generator").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(mine(**batch).logits, reference(**batch).logits, atol=1e-5, rtol=0)
+
+
+def test_finetune_accepts_an_electra_export(tmp_path, corpus):
+    from test_finetune import sentiment_rows, write_csv
+
+    out = tmp_path / "run"
+    assert main(["pretrain", "--corpus", str(corpus), "-o", str(out), "--objective", "electra", "--max-steps", "2",
+                 "--eval-every", "0", *TINY]) == 0
+    data = write_csv(tmp_path / "reviews.csv", sentiment_rows(60))
+    assert main(["finetune", "--model", str(out / "final"), "--data", str(data), "-o", str(tmp_path / "ft"),
+                 "--epochs", "1", "--batch-size", "16", "--no-progress", "--threads", "1"]) == 0
+    config = json.loads((tmp_path / "ft" / "best" / "config.json").read_text())
+    assert config["architectures"] == ["ElectraForSequenceClassification"]
+
+
+def test_electra_objective_options_are_checked():
+    with pytest.raises(ValueError, match="electra family"):
+        PretrainOptions(objective="electra", model_type="gpt2")
+    with pytest.raises(ValueError, match="next-sentence"):
+        PretrainOptions(objective="mlm+nsp", model_type="electra")
+    with pytest.raises(ValueError, match="generator_size"):
+        PretrainOptions(objective="electra", generator_size=1.5)
+    with pytest.raises(ValueError, match="electra family only"):
+        PretrainOptions(objective="mlm", embedding_size=128)

@@ -245,6 +245,20 @@ def test_masking_statistics_and_never_specials_or_padding():
     assert torch.equal(batch["input_ids"][~chosen], original[~chosen])
 
 
+def test_electra_masking_puts_mask_at_every_chosen_position_with_the_same_choice():
+    tok = StandInTokenizer(backend=None, vocab_size=1000)
+    instances = toy_instances(16, (90, 130))
+    bert = MaskingCollator(tok, max_predictions_per_seq=1000)(instances, 5)
+    electra = MaskingCollator(tok, max_predictions_per_seq=1000, mask_replace_prob=1.0,
+                              random_replace_prob=0.0)(instances, 5)
+    chosen = electra["labels"] != IGNORE_INDEX
+    assert torch.equal(electra["labels"], bert["labels"])  # the same positions from the same seed
+    assert (electra["input_ids"][chosen] == MASK).all()
+    assert torch.equal(electra["input_ids"][~chosen], bert["input_ids"][~chosen])
+    with pytest.raises(ValueError, match="sum <= 1"):
+        MaskingCollator(tok, mask_replace_prob=0.9, random_replace_prob=0.2)
+
+
 def test_max_predictions_per_seq_is_respected():
     tok = StandInTokenizer(backend=None, vocab_size=1000)
     batch = MaskingCollator(tok, max_predictions_per_seq=7)(toy_instances(8, (100, 120)), 0)

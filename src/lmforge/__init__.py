@@ -32,13 +32,16 @@ from .models.config import ConfigError
 # A library only adds a NullHandler; the application (lmforge.cli, or the caller) configures output.
 logging.getLogger("lmforge").addHandler(logging.NullHandler())
 
-# Decoder families and the KV cache, imported on first use: `import lmforge` stays light.
+# Decoder families, ELECTRA and the KV cache, imported on first use: `import lmforge` stays light.
 _LAZY = {
     **{name: "lmforge.models.gpt2" for name in (
         "GPT2Config", "GPT2Model", "GPT2LMHeadModel", "GPT2ForSequenceClassification", "GPT2ForTokenClassification")},
     **{name: "lmforge.models.llama" for name in (
         "LlamaConfig", "LlamaModel", "LlamaForCausalLM", "LlamaForSequenceClassification",
         "Qwen2Config", "Qwen2Model", "Qwen2ForCausalLM", "Qwen2ForSequenceClassification")},
+    **{name: "lmforge.models.electra" for name in (
+        "ElectraConfig", "ElectraModel", "ElectraForPreTraining", "ElectraForMaskedLM",
+        "ElectraForSequenceClassification", "ElectraForTokenClassification")},
     "KVCache": "lmforge.nn",
 }
 

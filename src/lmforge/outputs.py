@@ -4,7 +4,8 @@
 not None, as in HF) also work so that code written for `transformers` runs unchanged.
 
 Loss parts: a field whose name ends in `_loss` (other than `loss`) is a detached part of `loss`
-(`PreTrainingOutput.mlm_loss` and `nsp_loss`), set whenever that part was computed, None otherwise.
+(`PreTrainingOutput.mlm_loss` and `nsp_loss`; `ElectraPretrainingOutput.mlm_loss` and `rtd_loss`, the latter
+unweighted), set whenever that part was computed, None otherwise.
 The training loop logs every such field by name, `{f.name: v for f in fields(out) if
 f.name.endswith("_loss") and v is not None}`, so a model with new loss terms adds fields, not loop code.
 """
@@ -65,6 +66,26 @@ class PreTrainingOutput(ModelOutput):
     attentions: tuple[Tensor, ...] | None = None
     mlm_loss: Tensor | None = None  # the two parts of `loss`, detached, for logging
     nsp_loss: Tensor | None = None
+
+
+@dataclass
+class ElectraForPreTrainingOutput(ModelOutput):
+    loss: Tensor | None = None  # binary cross-entropy over non-padding tokens
+    logits: Tensor | None = None  # (B, T): > 0 means "replaced"
+    hidden_states: tuple[Tensor, ...] | None = None
+    attentions: tuple[Tensor, ...] | None = None
+
+
+@dataclass
+class ElectraPretrainingOutput(ModelOutput):
+    """The ELECTRA objective (generator + discriminator, `models.electra.pretraining`)."""
+
+    loss: Tensor | None = None  # mlm_loss + disc_weight * rtd_loss
+    generator_logits: Tensor | None = None  # (N, V) at the N masked positions
+    logits: Tensor | None = None  # (B, T) discriminator logits on the corrupted input: > 0 means "replaced"
+    replaced: Tensor | None = None  # (B, T) bool: the token the discriminator saw differs from the original
+    mlm_loss: Tensor | None = None  # the generator's masked-LM loss, detached
+    rtd_loss: Tensor | None = None  # the discriminator's replaced-token-detection loss (unweighted), detached
 
 
 @dataclass

@@ -196,7 +196,8 @@ class MaskingCollator:
 
     Per sequence, `round(length * mlm_probability)` tokens (at least 1, at most
     `max_predictions_per_seq`; length counts [CLS]/[SEP], as Google does) are chosen among
-    non-special tokens; of those 80% become [MASK], 10% a random non-special token, 10% stay.
+    non-special tokens; of those `mask_replace_prob` (80%) become [MASK], `random_replace_prob` (10%) a
+    random non-special token, and the rest (10%) stay. ELECTRA masks with [MASK] only (1.0, 0.0).
     With `whole_word_mask`, whole words are chosen and all their pieces are masked together (a word
     that would overflow the budget is skipped, as in Google's code).
 
@@ -215,14 +216,21 @@ class MaskingCollator:
         max_predictions_per_seq: int = 20,
         whole_word_mask: bool = False,
         pad_to_multiple_of: int | None = None,
+        mask_replace_prob: float = 0.8,
+        random_replace_prob: float = 0.1,
     ) -> None:
         if not 0.0 <= mlm_probability <= 1.0:
             raise ValueError(f"mlm_probability must be in [0, 1], got {mlm_probability}")
+        if min(mask_replace_prob, random_replace_prob) < 0.0 or mask_replace_prob + random_replace_prob > 1.0:
+            raise ValueError(f"mask_replace_prob ({mask_replace_prob}) and random_replace_prob ({random_replace_prob}) "
+                             "must be >= 0 with a sum <= 1")
         if pad_to_multiple_of is not None and pad_to_multiple_of < 1:
             raise ValueError(f"pad_to_multiple_of must be >= 1, got {pad_to_multiple_of}")
         self.mlm_probability = mlm_probability
         self.max_predictions_per_seq = max_predictions_per_seq
         self.whole_word_mask = whole_word_mask
+        self.mask_replace_prob = mask_replace_prob
+        self.random_replace_prob = random_replace_prob
         self.pad_to_multiple_of = pad_to_multiple_of
         self.pad_token_id = tokenizer.pad_token_id
         self.mask_token_id = tokenizer.mask_token_id
@@ -277,15 +285,15 @@ class MaskingCollator:
             cols.append(chosen)
         row_index, col_index = np.concatenate(rows), np.concatenate(cols)
         labels[row_index, col_index] = input_ids[row_index, col_index]
-        # 80% [MASK], 10% random token, 10% unchanged. Draw for every chosen position, in one go,
-        # so the generator's stream does not depend on which branch each position takes.
+        # 80% [MASK], 10% random token, 10% unchanged (by default). Draw for every chosen position, in one
+        # go, so the generator's stream does not depend on which branch each position takes.
         n = len(row_index)
         action = torch.rand(n, generator=gen).numpy()  # float32 [n]
         random_ids = self._replacement_ids[
             torch.randint(len(self._replacement_ids), (n,), generator=gen)
         ].numpy()  # int64 [n]
-        masked = action < 0.8
-        replaced = action >= 0.9
+        masked = action < self.mask_replace_prob
+        replaced = action >= 1.0 - self.random_replace_prob
         input_ids[row_index[masked], col_index[masked]] = self.mask_token_id
         input_ids[row_index[replaced], col_index[replaced]] = random_ids[replaced]
         out = {

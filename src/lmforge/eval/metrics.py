@@ -7,6 +7,7 @@ references and predictions unless ``labels`` is given. Labels may be ints or str
 * :func:`accuracy`, :func:`macro_f1`, :func:`matthews_corrcoef` (multi-class general form, 0 when
   undefined) for single-label classification;
 * :func:`pearson`, :func:`spearman` (average ranks for ties; ``nan`` for constant input) for regression;
+* :func:`roc_auc` (Mann-Whitney: ties count one half; ``nan`` with one class only) for binary scores;
 * :func:`multilabel_f1` (micro / macro) for multi-label classification;
 * :func:`entity_f1` for BIO / IOB2 (and IOB1 / IOBES) tag sequences, with conlleval's chunk rules;
 * :func:`compute_metrics` picks the set for a task type and returns a flat ``dict[str, float]``.
@@ -30,6 +31,7 @@ __all__ = [
     "matthews_corrcoef",
     "multilabel_f1",
     "pearson",
+    "roc_auc",
     "spearman",
 ]
 
@@ -132,6 +134,18 @@ def _average_ranks(x: np.ndarray) -> np.ndarray:
     dense = new_group.cumsum()[inv]  # 1-based group id of each element
     bounds = np.r_[np.nonzero(new_group)[0], len(new_group)]  # group g spans [bounds[g-1], bounds[g])
     return 0.5 * (bounds[dense] + bounds[dense - 1] + 1)
+
+
+def roc_auc(scores: Sequence[float], labels: Sequence[Any]) -> float:
+    """Area under the ROC curve of `scores` for binary `labels` (truthy = positive): the probability that a
+    random positive scores above a random negative (ties count one half), from the rank sum."""
+    s, y = _pair(scores, labels)
+    s, y = s.astype(np.float64).ravel(), y.astype(bool).ravel()
+    positives, negatives = int(y.sum()), int((~y).sum())
+    if positives == 0 or negatives == 0:
+        return float("nan")
+    rank_sum = _average_ranks(s)[y].sum()
+    return float((rank_sum - positives * (positives + 1) / 2) / (positives * negatives))
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:

@@ -6,6 +6,7 @@ classes are top-level names) and no decoder family."""
 # model_type -> the package that defines and registers it
 FAMILIES = {
     "bert": "lmforge.models.bert",
+    "electra": "lmforge.models.electra",
     "gpt2": "lmforge.models.gpt2",
     "llama": "lmforge.models.llama",
     "qwen2": "lmforge.models.llama",  # Qwen2 is a configuration of the Llama code (bias on Q/K/V)

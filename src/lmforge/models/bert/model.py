@@ -38,17 +38,21 @@ from .keys import BERT_KEY_RULES
 
 # ---------------------------------------------------------------------------------------------- body
 class BertEmbeddings(nn.Module):
-    def __init__(self, config: BertConfig):
+    """Word + position + segment embeddings, LayerNorm, dropout. Their width is `hidden_size` in BERT and
+    `embedding_size` in ELECTRA (which projects up to the hidden size after them)."""
+
+    def __init__(self, config: BertConfig, embedding_size: int):
         super().__init__()
-        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
-        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
-        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        E = embedding_size
+        self.word_embeddings = nn.Embedding(config.vocab_size, E, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, E)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, E)
+        self.LayerNorm = nn.LayerNorm(E, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, input_ids: Tensor, token_type_ids: Tensor | None, position_ids: Tensor | None,
                 layout: Padded | Packing) -> Tensor:
-        """(B, T) ids -> (B, T, C); with a `Packing` layout, only the real tokens: (N, C)."""
+        """(B, T) ids -> (B, T, E); with a `Packing` layout, only the real tokens: (N, E)."""
         B, T = input_ids.shape
         if T > self.position_embeddings.num_embeddings:
             raise ValueError(
@@ -165,7 +169,7 @@ class BertModel(BertPreTrainedModel):
 
     def __init__(self, config: BertConfig, add_pooling_layer: bool = True):
         super().__init__(config)
-        self.embeddings = BertEmbeddings(config)
+        self.embeddings = BertEmbeddings(config, config.hidden_size)
         self.encoder = BertEncoder(config)
         self.pooler = BertPooler(config) if add_pooling_layer else None
         self.attn_implementation = DEFAULT_ATTN_IMPLEMENTATION  # (set again by post_init: heads may differ)
@@ -207,9 +211,13 @@ class BertLMPredictionHead(nn.Module):
 
     def __init__(self, config: BertConfig):
         super().__init__()
-        self.transform = DenseActNorm(config.hidden_size, config.hidden_act, config.layer_norm_eps)
+        self.transform = DenseActNorm(config.hidden_size, config.hidden_size, config.hidden_act, config.layer_norm_eps)
         self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def parts(self) -> tuple[nn.Module, Tensor, Tensor]:
+        """transform, decoder weight, bias: what `nn.heads.mlm_logits_and_loss` takes."""
+        return self.transform, self.decoder.weight, self.bias
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(self.transform(x), self.decoder.weight, self.bias)  # (..., V)
@@ -265,7 +273,7 @@ class BertForMaskedLM(_TiedMLMMixin, BertPreTrainedModel):
     ) -> MaskedLMOutput:
         out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states, output_attentions,
                         keep_padding=labels_at_padding(labels, attention_mask))
-        logits, loss = mlm_logits_and_loss(self.cls.predictions, out.last_hidden_state, labels, sparse_mlm)
+        logits, loss = mlm_logits_and_loss(*self.cls.predictions.parts(), out.last_hidden_state, labels, sparse_mlm)
         return MaskedLMOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
 
 
@@ -292,7 +300,7 @@ class BertForPreTraining(_TiedMLMMixin, BertPreTrainedModel):
     ) -> PreTrainingOutput:
         out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states, output_attentions,
                         keep_padding=labels_at_padding(labels, attention_mask))
-        logits, mlm_loss = mlm_logits_and_loss(self.cls.predictions, out.last_hidden_state, labels, sparse_mlm)
+        logits, mlm_loss = mlm_logits_and_loss(*self.cls.predictions.parts(), out.last_hidden_state, labels, sparse_mlm)
         nsp_logits = self.cls.seq_relationship(out.pooler_output)  # (B, 2)
         loss = nsp_loss = None
         if mlm_loss is not None and next_sentence_label is not None:
