@@ -14,9 +14,11 @@ from __future__ import annotations
 from torch import nn
 
 from ..nn.attention import CrossAttention, EncoderSelfAttention, SelfAttention
+from ..nn.heads import MaskedLMHead
 from ..nn.mlp import DenseAct, DenseActNorm, GatedMLP, PostNormOutput
 from .attention import CPUSelfAttention, FusedKVCrossAttention, FusedQKVSelfAttention
 from .dropout import Dropout
+from .losses import FusedLossMaskedLMHead
 from .mlp import OneDNNDenseAct, OneDNNDenseActNorm, OneDNNGatedMLP, OneDNNLinear, OneDNNPostNormOutput
 
 FAST_PATHS: dict[type[nn.Module], type[nn.Module]] = {
@@ -27,6 +29,7 @@ FAST_PATHS: dict[type[nn.Module], type[nn.Module]] = {
     SelfAttention: FusedQKVSelfAttention,  # decoders: one Q|K|V matmul (oneDNN in bf16 inference)
     CrossAttention: FusedKVCrossAttention,  # one K|V matmul over the encoder output
     GatedMLP: OneDNNGatedMLP,  # one gate|up matmul; bf16 inference: SiLU and the product fused (oneDNN)
+    MaskedLMHead: FusedLossMaskedLMHead,  # sparse MLM training: projection + cross-entropy in one node
     nn.Dropout: Dropout,  # 16-bit random draws on CPU (attention probabilities included)
 }
 # Plain `nn.Linear` layers become `OneDNNLinear` (bf16 inference: oneDNN, the weight cast and reordered once per
