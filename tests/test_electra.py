@@ -157,8 +157,7 @@ def test_loss_is_mlm_plus_weighted_rtd_and_sampling_passes_no_gradient():
     hidden = model.generator.electra(batch["input_ids"], batch["attention_mask"],
                                      batch["token_type_ids"]).last_hidden_state
     masked = batch["labels"] != -100
-    transform, weight, bias = model.generator.mlm_head()
-    logits = torch.nn.functional.linear(transform(hidden[masked]), weight, bias)
+    logits = model.generator.mlm_head()(hidden[masked])
     torch.nn.functional.cross_entropy(logits, batch["labels"][masked]).backward()
     for name, grad in with_rtd.items():
         torch.testing.assert_close(grad, dict(model.generator.named_parameters())[name].grad, atol=1e-6, rtol=0,

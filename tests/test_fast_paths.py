@@ -11,8 +11,10 @@ from test_unpadding import HEADS, config, labels_for, mixed_batch
 
 from lmforge.cpu import fast_paths
 from lmforge.cpu.attention import CPUSelfAttention
+from lmforge.cpu.losses import FusedLossMaskedLMHead
 from lmforge.models.bert import model as bert
 from lmforge.nn.attention import EncoderSelfAttention
+from lmforge.nn.heads import MaskedLMHead
 
 
 def build(head: str) -> torch.nn.Module:
@@ -88,6 +90,23 @@ def test_fast_paths_equal_readable_blocks_in_training(head):
         loss = model(**batch).loss
         loss.backward()
         losses.append(loss.detach())
+    torch.testing.assert_close(losses[0], losses[1], atol=1e-5, rtol=0)
+    for (name, p), q in zip(fast.named_parameters(), readable.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-5, rtol=0, msg=name)
+
+
+def test_sparse_mlm_loss_fused_head_equals_readable_head(cpu_path):
+    fast = build("BertForPreTraining").train()
+    assert type(fast.cls.predictions) is FusedLossMaskedLMHead
+    readable = fast_paths.restore(copy.deepcopy(fast))
+    assert type(readable.cls.predictions) is MaskedLMHead
+    batch = batch_for("BertForPreTraining")
+    losses = []
+    for model in (fast, readable):
+        out = model(**batch, sparse_mlm=True)
+        assert out.prediction_logits is None  # with gradients on, the sparse head gives the loss only
+        out.loss.backward()
+        losses.append(out.loss.detach())
     torch.testing.assert_close(losses[0], losses[1], atol=1e-5, rtol=0)
     for (name, p), q in zip(fast.named_parameters(), readable.parameters()):
         torch.testing.assert_close(p.grad, q.grad, atol=1e-5, rtol=0, msg=name)

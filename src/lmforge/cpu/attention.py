@@ -1,7 +1,9 @@
-"""Encoder self-attention on a CPU: one Q|K|V matmul (oneDNN in inference) and `varlen_attention` on
-packed (unpadded) tokens. `CPUSelfAttention` replaces `nn.attention.EncoderSelfAttention` in a model
-(`cpu.fast_paths`); both attend through `nn.attention.attend` on padded batches, and the tests check
-the paths agree. Shape legend: `lmforge.nn.attention`'s.
+"""Attention on a CPU. Encoders: one Q|K|V matmul (oneDNN in inference) and `varlen_attention` on packed
+(unpadded) tokens (`CPUSelfAttention` replaces `nn.attention.EncoderSelfAttention`). Decoders: Q|K|V (and
+cross-attention's K|V) as one matmul over the concatenated weights, through oneDNN in bf16 CPU inference
+(`FusedQKVSelfAttention`, `FusedKVCrossAttention` replace `SelfAttention`, `CrossAttention`). Each
+replaces its readable parent in a model (`cpu.fast_paths`); all attend through `nn.attention.attend` on
+padded batches, and the tests check the paths agree. Shape legend: `lmforge.nn.attention`'s.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..nn.attention import EncoderSelfAttention, attend
+from ..nn.attention import CrossAttention, EncoderSelfAttention, SelfAttention, attend
 from . import onednn
 from .dropout import dropout
 
@@ -30,13 +32,13 @@ class CPUSelfAttention(EncoderSelfAttention):
     def forward(self, x: Tensor, layout, output_attentions: bool = False) -> tuple[Tensor, Tensor | None]:
         packed = x.dim() == 2  # (N, C): the real tokens of a `Packing` layout
         qkv = self._qkv(x, packed)  # (..., 3C)
-        dropout_p = self.dropout_p if self.training else 0.0
+        dropout_p = self.dropout.p if self.training else 0.0
         if packed and x.device.type == "cpu" and not (self.training and torch.is_grad_enabled()):
             return varlen_attention(qkv, layout.lengths, self.num_heads, dropout_p, self.training), None  # (N, C)
         qkv = layout.pad(qkv)  # (B, T, 3C)
         B, T, _ = qkv.shape
         q, k, v = qkv.view(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, T, D)
-        context, probs = attend(q, k, v, layout.additive_mask, dropout_p=dropout_p, need_probs=output_attentions)
+        context, probs = attend(q, k, v, layout.additive_mask, dropout=self.dropout, need_probs=output_attentions)
         return layout.unpad(context), probs  # (B, T, C) or (N, C)
 
     def _qkv(self, x: Tensor, packed: bool) -> Tensor:
@@ -53,6 +55,25 @@ class CPUSelfAttention(EncoderSelfAttention):
         weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])  # (3C, C)
         bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])  # (3C,)
         return weight, bias
+
+
+class FusedQKVSelfAttention(SelfAttention):
+    """`SelfAttention` with Q, K and V from one matmul over the concatenated weights: the same numbers as three
+    (fp32 logits of SmolLM2 equal transformers' bit for bit), one pass over x and one GEMM launch instead of
+    three. bf16 CPU inference: oneDNN, the concatenation and cast made once per `frozen_weights()` block."""
+
+    def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        H, Hk, D = self.num_heads, self.num_kv_heads, self.head_dim
+        qkv = onednn.concat_linear(x, self, (self.q_proj, self.k_proj, self.v_proj))  # (B, T, (H + 2Hk) * D)
+        return qkv.split([H * D, Hk * D, Hk * D], dim=-1)
+
+
+class FusedKVCrossAttention(CrossAttention):
+    """`CrossAttention` with K and V of the encoder output from one matmul (as `FusedQKVSelfAttention`)."""
+
+    def project_kv(self, encoder_states: Tensor) -> tuple[Tensor, Tensor]:
+        kv = onednn.concat_linear(encoder_states, self, (self.k_proj, self.v_proj))  # (B, S, 2 * Hk * D)
+        return kv.chunk(2, dim=-1)
 
 
 def varlen_attention(qkv: Tensor, lengths: list[int], num_heads: int, dropout_p: float = 0.0,

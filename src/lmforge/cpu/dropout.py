@@ -52,7 +52,7 @@ def dropout(x: Tensor, p: float, training: bool) -> Tensor:
 
 class Dropout(nn.Dropout):
     """`nn.Dropout` with the cheap CPU draw above (no parameters, so checkpoints are unchanged). BERT's
-    `nn.Dropout` modules become this class (`cpu.fast_paths`); GPT-2 builds it directly."""
+    `nn.Dropout` modules (attention probabilities included) become this class (`cpu.fast_paths`)."""
 
     def forward(self, x: Tensor) -> Tensor:
         return dropout(x, self.p, self.training)

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..nn.mlp import ACTIVATIONS
 from . import capabilities as cpu_caps
 
 # activation name (a key of `nn.mlp.ACTIVATIONS`) -> (oneDNN post-op, algorithm): the activations oneDNN fuses
@@ -113,10 +114,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None, activation: str | Non
 
 
 def _activation(name: str) -> Callable[[Tensor], Tensor]:
-    """The torch function of a POST_OPS activation, for the ATen path. Looked up at call time:
-    `nn.mlp` imports `nn.linear`, which imports this module."""
-    from ..nn.mlp import ACTIVATIONS
-
+    """The torch function of a POST_OPS activation, for the ATen path."""
     return ACTIVATIONS[name]
 
 
@@ -135,6 +133,31 @@ def linear_module(x: Tensor, module: nn.Linear, fp32: bool, activation: str | No
         return _activation(activation)(module(x)) if activation else module(x)
     weight, bias = prepared(module, dtype, lambda: (module.weight, module.bias))
     return linear(x, weight, bias, activation)
+
+
+def concat_linear(x: Tensor, owner: nn.Module, layers: tuple[nn.Linear, ...]) -> Tensor:
+    """`torch.cat([layer(x) for layer in layers], -1)` as one matmul over the concatenated weights: the same
+    numbers as separate matmuls, one pass over x. oneDNN where `active(x, weight, fp32=False)` (bf16 CPU
+    inference; the concatenation and cast made once per `frozen_weights()` block, keyed by `owner`), else
+    ATen, concatenating on each call (cheap next to the matmul: (sum of outputs, C) copied once)."""
+
+    def params() -> tuple[Tensor, Tensor | None]:
+        weight = torch.cat([layer.weight for layer in layers])  # (sum of outputs, C)
+        bias = torch.cat([layer.bias for layer in layers]) if layers[0].bias is not None else None
+        return weight, bias
+
+    dtype = compute_dtype(x, layers[0].weight, fp32=False)
+    if dtype is None:
+        return F.linear(x, *params())
+    return linear(x, *prepared(owner, dtype, params))
+
+
+def linear_times(x: Tensor, module: nn.Linear, multiply: Tensor) -> Tensor:
+    """`module(x) * multiply` through oneDNN, the product fused into the matmul (a binary post-op: the output
+    is written once). Call only where `active(x, module.weight, fp32=False)`; multiply has the output's shape."""
+    weight, bias = prepared(module, compute_dtype(x, module.weight, fp32=False), lambda: (module.weight, module.bias))
+    return torch.ops.mkldnn._linear_pointwise.binary(x.to(weight.dtype), multiply.to(weight.dtype).contiguous(),
+                                                     weight, bias, "mul")
 
 
 # ------------------------------------------------------------------------ autograd on, eval mode

@@ -1,8 +1,8 @@
 """Building blocks the model families share, written to be read: attention (masks, the SDPA / written-out
 core, decoder and encoder self-attention, cross-attention, the KV cache), encoder batch layouts (packing),
-rotary embeddings, normalisation, feed-forward blocks and the activation table, head losses (IGNORE_INDEX).
-BERT's blocks hold no fast path: `lmforge.cpu` swaps in its own versions (`cpu.fast_paths`). The decoders'
-oneDNN-fused linears (`linear.py`) predate that mechanism and stay where they are."""
+rotary embeddings, normalisation, feed-forward blocks and the activation table, head losses (IGNORE_INDEX),
+GPT's Conv1D. The blocks hold no fast path and import nothing from `lmforge.cpu`, which swaps in its own
+versions when a model is built (`cpu.fast_paths`)."""
 
 from .attention import (
     ATTN_IMPLEMENTATIONS,

@@ -19,7 +19,8 @@ SDPA runs with `is_causal=True` and no mask at all (its fastest path).
 
 `attention_reference` is the formula written out: it runs when attention probabilities are requested, for
 `attn_implementation="eager"`, for `upcast` (scores and softmax in fp32 under half precision) and for dropout
-on CPU; the tests check SDPA against it.
+on CPU; the tests check SDPA against it. Dropout of the probabilities is the attention module's own
+`nn.Dropout`, so `lmforge.cpu.fast_paths` can swap in its cheaper CPU draw there as everywhere else.
 """
 
 from __future__ import annotations
@@ -28,8 +29,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..cpu.dropout import dropout
-from .linear import fused_linear
 from .rotary import apply_rotary
 
 # "sdpa": torch's fused kernels where they apply; "eager": the written-out formula everywhere (HF's name).
@@ -107,12 +106,13 @@ def mask_dtype(x: Tensor) -> torch.dtype:
 # ---------------------------------------------------------------------------------------------- the attention core
 def attention_reference(
     q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, is_causal: bool = False, scale: float | None = None,
-    dropout_p: float = 0.0, upcast: bool = False,
+    dropout: nn.Module | None = None, upcast: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """softmax(Q K^T * scale + mask) V written out. q: (B, H, T, D); k, v: (B, Hk, S, D).
 
     Returns the context (B, H, T, D) and the probabilities (B, H, T, S). The softmax runs in fp32; with
     `upcast` the scores do too (GPT-2's `reorder_and_upcast_attn`, which matters in half precision only).
+    `dropout` (a module: active in training mode only) drops probabilities before they weight V.
     """
     H, Hk, T, S = q.size(1), k.size(1), q.size(2), k.size(2)
     if Hk != H:  # grouped-query: each key/value head serves H / Hk query heads
@@ -129,23 +129,24 @@ def attention_reference(
     if mask is not None:
         scores = scores + mask
     probs = scores.softmax(dim=-1, dtype=torch.float32).to(v.dtype)  # (B, H, T, S)
-    context = dropout(probs, dropout_p, dropout_p > 0.0) @ v  # (B, H, T, D)
+    context = (dropout(probs) if dropout is not None else probs) @ v  # (B, H, T, D)
     return context, probs
 
 
 def attend(
     q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, *, is_causal: bool = False, scale: float | None = None,
-    dropout_p: float = 0.0, need_probs: bool = False, eager: bool = False, upcast: bool = False,
+    dropout: nn.Module | None = None, need_probs: bool = False, eager: bool = False, upcast: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
     """q: (B, H, T, D), k/v: (B, Hk, S, D), mask additive or None -> context (B, T, H*D), probs (B, H, T, S) or None.
 
-    `dropout_p` is the probability to apply now (0 outside training). SDPA by default; the written-out formula
-    when probabilities are needed, for `eager`, `upcast`, or dropout on CPU (SDPA's CPU dropout is that same math
-    with torch's slower random draw).
+    `dropout`: the module's `nn.Dropout` for the probabilities (applied in training mode only). SDPA by default;
+    the written-out formula when probabilities are needed, for `eager`, `upcast`, or dropout on CPU (SDPA's CPU
+    dropout is that same math; written out, the draw is the module's, which `cpu.fast_paths` makes cheaper).
     """
     B, H, T, D = q.shape
+    dropout_p = dropout.p if dropout is not None and dropout.training else 0.0
     if need_probs or eager or upcast or (dropout_p > 0.0 and q.device.type == "cpu"):
-        context, probs = attention_reference(q, k, v, mask, is_causal, scale, dropout_p, upcast)
+        context, probs = attention_reference(q, k, v, mask, is_causal, scale, dropout, upcast)
         probs = probs if need_probs else None
     else:
         if mask is not None and mask.dtype != q.dtype:
@@ -235,7 +236,7 @@ class Attention(nn.Module):
         if num_heads % num_kv_heads != 0:
             raise ValueError(f"num_heads ({num_heads}) must be a multiple of num_kv_heads ({num_kv_heads})")
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
-        self.dropout_p = dropout
+        self.attn_dropout = nn.Dropout(dropout)  # on the attention probabilities
         self.layer_idx = layer_idx
         kv_in = kv_input_size or hidden_size
         self.q_proj = nn.Linear(hidden_size, num_heads * head_dim, bias=qkv_bias)
@@ -244,20 +245,13 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(num_heads * head_dim, hidden_size, bias=out_bias)
         self.attn_implementation = "sdpa"
 
-    def _fused_params(self, names: tuple[str, ...]) -> tuple[Tensor, Tensor | None]:
-        # One matmul over concatenated weights instead of two or three: same numbers, one pass over x.
-        layers = [getattr(self, n) for n in names]
-        weight = torch.cat([m.weight for m in layers])  # (sum of outputs, C)
-        bias = torch.cat([m.bias for m in layers]) if layers[0].bias is not None else None
-        return weight, bias
-
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool,
                 need_probs: bool) -> tuple[Tensor, Tensor | None]:
         context, probs = attend(
-            q, k, v, mask, is_causal=is_causal, dropout_p=self.dropout_p if self.training else 0.0,
-            need_probs=need_probs, eager=self.attn_implementation == "eager",
+            q, k, v, mask, is_causal=is_causal, dropout=self.attn_dropout, need_probs=need_probs,
+            eager=self.attn_implementation == "eager",
         )  # (B, T, H*D)
-        return fused_linear(context, self.o_proj, self.o_proj.weight, lambda: (self.o_proj.weight, self.o_proj.bias)), probs
+        return self.o_proj(context), probs  # (B, T, C)
 
 
 class SelfAttention(Attention):
@@ -268,9 +262,7 @@ class SelfAttention(Attention):
         """x: (B, T, C); mask/is_causal from `causal_mask`; rotary: (cos, sin) from `RotaryEmbedding`."""
         B, T, _ = x.shape
         H, Hk, D = self.num_heads, self.num_kv_heads, self.head_dim
-        qkv = fused_linear(x, self, self.q_proj.weight,
-                           lambda: self._fused_params(("q_proj", "k_proj", "v_proj")))  # (B, T, (H + 2Hk) * D)
-        q, k, v = qkv.split([H * D, Hk * D, Hk * D], dim=-1)
+        q, k, v = self.project_qkv(x)  # (B, T, H*D), (B, T, Hk*D), (B, T, Hk*D)
         q = q.view(B, T, H, D)  # (B, T, H, D)
         k = k.view(B, T, Hk, D)  # (B, T, Hk, D)
         if rotary is not None:
@@ -280,6 +272,10 @@ class SelfAttention(Attention):
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)  # (B, Hk, S, D)
         return self._attend(q, k, v, mask, is_causal, need_probs)
+
+    def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """q_proj(x), k_proj(x), v_proj(x). (`cpu.attention` runs the three as one matmul.)"""
+        return self.q_proj(x), self.k_proj(x), self.v_proj(x)
 
 
 class CrossAttention(Attention):
@@ -291,8 +287,7 @@ class CrossAttention(Attention):
         mask: from `padding_mask` over the encoder positions."""
         B, T, _ = x.shape
         H, Hk, D = self.num_heads, self.num_kv_heads, self.head_dim
-        q = fused_linear(x, self.q_proj, self.q_proj.weight, lambda: (self.q_proj.weight, self.q_proj.bias))
-        q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
+        q = self.q_proj(x).view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
         cached = cache.cross[self.layer_idx] if cache is not None else None
         if cached is not None:
             k, v = cached
@@ -300,12 +295,16 @@ class CrossAttention(Attention):
             if encoder_states is None:
                 raise ValueError("cross-attention needs encoder_states (or a cache that already holds them)")
             S = encoder_states.size(1)
-            kv = fused_linear(encoder_states, self, self.k_proj.weight,
-                              lambda: self._fused_params(("k_proj", "v_proj")))  # (B, S, 2 * Hk * D)
-            k, v = kv.view(B, S, 2, Hk, D).permute(2, 0, 3, 1, 4).unbind(0)  # 2 x (B, Hk, S, D)
+            k, v = self.project_kv(encoder_states)  # (B, S, Hk*D) each
+            k = k.view(B, S, Hk, D).transpose(1, 2)  # (B, Hk, S, D)
+            v = v.view(B, S, Hk, D).transpose(1, 2)  # (B, Hk, S, D)
             if cache is not None:
                 cache.cross[self.layer_idx] = (k, v)
         return self._attend(q, k, v, mask, False, need_probs)
+
+    def project_kv(self, encoder_states: Tensor) -> tuple[Tensor, Tensor]:
+        """k_proj and v_proj of the encoder output. (`cpu.attention` runs the two as one matmul.)"""
+        return self.k_proj(encoder_states), self.v_proj(encoder_states)
 
 
 class EncoderSelfAttention(nn.Module):
@@ -320,7 +319,7 @@ class EncoderSelfAttention(nn.Module):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = hidden_size // num_heads
-        self.dropout_p = dropout
+        self.dropout = nn.Dropout(dropout)  # on the attention probabilities (HF's name)
         self.query = nn.Linear(hidden_size, hidden_size)
         self.key = nn.Linear(hidden_size, hidden_size)
         self.value = nn.Linear(hidden_size, hidden_size)
@@ -329,6 +328,5 @@ class EncoderSelfAttention(nn.Module):
         q, k, v = (layout.pad(proj(x)) for proj in (self.query, self.key, self.value))  # (B, T, C) each
         B, T, C = q.shape
         q, k, v = (t.view(B, T, self.num_heads, self.head_dim).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
-        dropout_p = self.dropout_p if self.training else 0.0
-        context, probs = attend(q, k, v, layout.additive_mask, dropout_p=dropout_p, need_probs=output_attentions)
+        context, probs = attend(q, k, v, layout.additive_mask, dropout=self.dropout, need_probs=output_attentions)
         return layout.unpad(context), probs  # (B, T, C) or (N, C); probs (B, H, T, T) or None

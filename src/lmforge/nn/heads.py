@@ -1,5 +1,5 @@
 """What task heads share: IGNORE_INDEX, the next-token loss, logits_to_keep slicing, last-token pooling, the classification loss rule,
-and the masked-LM projection + loss (sparse: only the masked positions)."""
+and the masked-LM head with its projection + loss (sparse: only the masked positions)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..cpu.losses import linear_cross_entropy
+from .mlp import DenseActNorm
 
 IGNORE_INDEX = -100  # label of positions no loss reads (PyTorch cross-entropy's default ignore_index)
 
@@ -75,29 +75,45 @@ def sequence_classification_loss(logits: Tensor, labels: Tensor, num_labels: int
     return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
 
 
+class MaskedLMHead(nn.Module):
+    """transform (dense -> act -> LayerNorm) -> decoder (weight tied to the word embeddings) + per-token bias:
+    (..., C) -> (..., V). BERT's `cls.predictions` (HF's BertLMPredictionHead names)."""
+
+    def __init__(self, hidden_size: int, vocab_size: int, hidden_act: str, eps: float):
+        super().__init__()
+        self.transform = DenseActNorm(hidden_size, hidden_size, hidden_act, eps)
+        self.decoder = nn.Linear(hidden_size, vocab_size, bias=False)
+        self.bias = nn.Parameter(torch.zeros(vocab_size))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(self.transform(x), self.decoder.weight, self.bias)  # (..., V)
+
+    def loss(self, x: Tensor, targets: Tensor) -> Tensor:
+        """Mean cross-entropy of the logits of x (N, C) against targets (N,). (`cpu.losses` swaps in a version
+        that never materialises the (N, V) logits for autograd.)"""
+        return F.cross_entropy(self(x).float(), targets)
+
+
 def mlm_logits_and_loss(
-    transform: nn.Module, weight: Tensor, bias: Tensor | None, sequence_output: Tensor, labels: Tensor | None,
-    sparse: bool,
+    head: MaskedLMHead, sequence_output: Tensor, labels: Tensor | None, sparse: bool
 ) -> tuple[Tensor, Tensor | None]:
-    """A masked-LM head, logits = transform(h) @ weight.T + bias (BERT's `cls.predictions`, ELECTRA's generator
-    head), and its loss. Dense: logits for every position (B, T, V). Sparse: only where labels !=
-    IGNORE_INDEX, (N, V), and with gradients enabled no logits at all (None): `linear_cross_entropy` gives the
-    loss directly.
+    """A masked-LM head's logits and loss; `head` maps (..., C) -> (..., V) and has `loss(x, targets)` (BERT's
+    `MaskedLMHead`, ELECTRA's generator head). Dense: logits for every position (B, T, V). Sparse: only where labels != IGNORE_INDEX, (N, V), and
+    with gradients enabled no logits at all (None): `head.loss` gives the loss directly.
 
     The sparse path is Google BERT's gather of masked positions: with 15% masking it skips ~85%
     of the vocabulary projection, the largest matmul of a small BERT. The loss is the same.
     """
     if labels is None:
-        return F.linear(transform(sequence_output), weight, bias), None
+        return head(sequence_output), None
     if sparse:
         flat_labels = labels.reshape(-1)  # (B*T,)
         keep = flat_labels != IGNORE_INDEX
         masked = sequence_output.reshape(-1, sequence_output.size(-1))[keep]  # (N, C)
         if torch.is_grad_enabled():
-            # Training: projection and loss fused; the (N, V) logits are never materialised.
-            loss = linear_cross_entropy(transform(masked), weight, bias, flat_labels[keep])
-            return None, loss
-        logits = F.linear(transform(masked), weight, bias)  # (N, V)
+            # Training: the loss only (fused with the projection in `cpu.losses`: no (N, V) logits kept).
+            return None, head.loss(masked, flat_labels[keep])
+        logits = head(masked)  # (N, V)
         return logits, F.cross_entropy(logits.float(), flat_labels[keep])
-    logits = F.linear(transform(sequence_output), weight, bias)  # (B, T, V)
+    logits = head(sequence_output)  # (B, T, V)
     return logits, F.cross_entropy(logits.float().view(-1, logits.size(-1)), labels.reshape(-1))

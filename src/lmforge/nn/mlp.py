@@ -1,7 +1,8 @@
 """Feed-forward blocks and the one table of activation functions (HF `hidden_act` / `activation_function` names).
 
 BERT's blocks, with HF's attribute names: `DenseAct` (intermediate), `DenseActNorm` (MLM head transform),
-`PostNormOutput` (the post-LN output of each sub-layer); their oneDNN versions are in `lmforge.cpu.mlp`.
+`PostNormOutput` (the post-LN output of each sub-layer); their oneDNN versions are in `lmforge.cpu.mlp`, as is
+`GatedMLP`'s.
 
 `GatedMLP` is Llama's SwiGLU, down(act(gate(x)) * up(x)), with HF's parameter names. GPT-2's plain MLP keeps
 its Conv1D weights and lives in `models/gpt2/model.py`, using this table.
@@ -14,8 +15,6 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-from .linear import linear, onednn_dtype
 
 
 def gelu_new(x: Tensor) -> Tensor:
@@ -40,12 +39,7 @@ ACTIVATIONS = {
 
 
 class GatedMLP(nn.Module):
-    """down_proj(act(gate_proj(x)) * up_proj(x)): (B, T, C) -> (B, T, I) -> (B, T, C).
-
-    fp32 / autograd: gate and up are one matmul over the concatenated weights (same numbers, one pass over
-    x). CPU inference under bf16 autocast: the activation is fused into the gate matmul and the product into
-    the up matmul (oneDNN, see `nn.linear`), so the (B, T, I) intermediate is written once.
-    """
+    """down_proj(act(gate_proj(x)) * up_proj(x)): (B, T, C) -> (B, T, I) -> (B, T, C)."""
 
     def __init__(self, hidden_size: int, intermediate_size: int, hidden_act: str, bias: bool):
         super().__init__()
@@ -56,13 +50,7 @@ class GatedMLP(nn.Module):
         self.act = ACTIVATIONS[hidden_act]
 
     def forward(self, x: Tensor) -> Tensor:
-        if onednn_dtype(x, self.gate_proj.weight) is not None:
-            gated = linear(x, self.gate_proj, activation=self.hidden_act)  # (B, T, I)
-            return linear(linear(x, self.up_proj, multiply=gated), self.down_proj)  # (B, T, C)
-        weight = torch.cat([self.gate_proj.weight, self.up_proj.weight])  # (2I, C)
-        bias = torch.cat([self.gate_proj.bias, self.up_proj.bias]) if self.gate_proj.bias is not None else None
-        gate, up = F.linear(x, weight, bias).chunk(2, dim=-1)  # (B, T, I) each
-        return self.down_proj(self.act(gate) * up)  # (B, T, C)
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
 
 
 class DenseAct(nn.Module):

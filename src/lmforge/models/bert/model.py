@@ -7,8 +7,7 @@ key map and HF checkpoints load directly. Shape legend: `lmforge.nn.attention`'s
 Read top-down, each class has one forward, the plain computation. The CPU fast paths (oneDNN linears
 with fused GELU, one Q|K|V matmul, varlen attention on unpadded tokens, cheap dropout) replace the
 `nn` blocks in place when a model is built (`lmforge.cpu.fast_paths`, called by `post_init`); they
-are not written here. The sparse-MLM loss (`nn.heads.mlm_logits_and_loss`) is the one exception: its
-contract (no logits with gradients on) is the algorithm.
+are not written here (nor is the fused projection + loss of the sparse MLM head, `cpu.losses`).
 """
 
 from __future__ import annotations
@@ -18,8 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...nn.attention import DEFAULT_ATTN_IMPLEMENTATION, ENCODER_ATTN_IMPLEMENTATIONS, EncoderSelfAttention
-from ...nn.heads import IGNORE_INDEX, mlm_logits_and_loss, sequence_classification_loss
-from ...nn.mlp import DenseAct, DenseActNorm, PostNormOutput
+from ...nn.heads import IGNORE_INDEX, MaskedLMHead, mlm_logits_and_loss, sequence_classification_loss
+from ...nn.mlp import DenseAct, PostNormOutput
 from ...nn.packing import Packing, Padded, batch_layout
 from ...outputs import (
     BaseModelOutput,
@@ -146,7 +145,7 @@ class BertPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.LayerNorm):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
-        elif isinstance(module, BertLMPredictionHead):
+        elif isinstance(module, MaskedLMHead):
             nn.init.zeros_(module.bias)
 
 
@@ -206,27 +205,17 @@ def labels_at_padding(labels: Tensor | None, attention_mask: Tensor | None) -> b
 
 
 # ---------------------------------------------------------------------------------------------- heads
-class BertLMPredictionHead(nn.Module):
-    """transform -> decoder (weight tied to the word embeddings) + per-token bias."""
+BertLMPredictionHead = MaskedLMHead  # HF's name: transform -> decoder (tied to the word embeddings) + bias
 
-    def __init__(self, config: BertConfig):
-        super().__init__()
-        self.transform = DenseActNorm(config.hidden_size, config.hidden_size, config.hidden_act, config.layer_norm_eps)
-        self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
 
-    def parts(self) -> tuple[nn.Module, Tensor, Tensor]:
-        """transform, decoder weight, bias: what `nn.heads.mlm_logits_and_loss` takes."""
-        return self.transform, self.decoder.weight, self.bias
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.linear(self.transform(x), self.decoder.weight, self.bias)  # (..., V)
+def prediction_head(config: BertConfig) -> MaskedLMHead:
+    return MaskedLMHead(config.hidden_size, config.vocab_size, config.hidden_act, config.layer_norm_eps)
 
 
 class BertOnlyMLMHead(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
-        self.predictions = BertLMPredictionHead(config)
+        self.predictions = prediction_head(config)
 
 
 class BertOnlyNSPHead(nn.Module):
@@ -238,7 +227,7 @@ class BertOnlyNSPHead(nn.Module):
 class BertPreTrainingHeads(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
-        self.predictions = BertLMPredictionHead(config)
+        self.predictions = prediction_head(config)
         self.seq_relationship = nn.Linear(config.hidden_size, 2)
 
 
@@ -273,7 +262,7 @@ class BertForMaskedLM(_TiedMLMMixin, BertPreTrainedModel):
     ) -> MaskedLMOutput:
         out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states, output_attentions,
                         keep_padding=labels_at_padding(labels, attention_mask))
-        logits, loss = mlm_logits_and_loss(*self.cls.predictions.parts(), out.last_hidden_state, labels, sparse_mlm)
+        logits, loss = mlm_logits_and_loss(self.cls.predictions, out.last_hidden_state, labels, sparse_mlm)
         return MaskedLMOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
 
 
@@ -300,7 +289,7 @@ class BertForPreTraining(_TiedMLMMixin, BertPreTrainedModel):
     ) -> PreTrainingOutput:
         out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states, output_attentions,
                         keep_padding=labels_at_padding(labels, attention_mask))
-        logits, mlm_loss = mlm_logits_and_loss(*self.cls.predictions.parts(), out.last_hidden_state, labels, sparse_mlm)
+        logits, mlm_loss = mlm_logits_and_loss(self.cls.predictions, out.last_hidden_state, labels, sparse_mlm)
         nsp_logits = self.cls.seq_relationship(out.pooler_output)  # (B, 2)
         loss = nsp_loss = None
         if mlm_loss is not None and next_sentence_label is not None:

@@ -138,6 +138,21 @@ class ElectraForPreTraining(ElectraPreTrainedModel):
                                            attentions=out.attentions)
 
 
+class GeneratorHead:
+    """The generator's MLM head seen as one head (logits and `loss`), like BERT's `MaskedLMHead`. A view, not a
+    module: its parameters stay where transformers' names put them (`generator_predictions`, `generator_lm_head`)."""
+
+    def __init__(self, transform: nn.Module, lm_head: nn.Linear):
+        self.transform = transform
+        self.lm_head = lm_head
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return self.lm_head(self.transform(x))  # (..., V)
+
+    def loss(self, x: Tensor, targets: Tensor) -> Tensor:
+        return F.cross_entropy(self(x).float(), targets)
+
+
 class ElectraForMaskedLM(ElectraPreTrainedModel):
     """The generator: generator_predictions (dense C -> E, GELU, LayerNorm) -> generator_lm_head (E -> V, weight
     tied to the word embeddings). `sparse_mlm=True`: the head runs only where labels != -100 (as BERT's)."""
@@ -160,9 +175,9 @@ class ElectraForMaskedLM(ElectraPreTrainedModel):
     def get_output_embeddings(self) -> nn.Linear:
         return self.generator_lm_head
 
-    def mlm_head(self) -> tuple[nn.Module, Tensor, Tensor]:
-        """transform, decoder weight, bias: what `nn.heads.mlm_logits_and_loss` takes."""
-        return self.generator_predictions, self.generator_lm_head.weight, self.generator_lm_head.bias
+    def mlm_head(self) -> GeneratorHead:
+        """generator_predictions -> generator_lm_head as one head, what `nn.heads.mlm_logits_and_loss` takes."""
+        return GeneratorHead(self.generator_predictions, self.generator_lm_head)
 
     def forward(
         self,
@@ -177,7 +192,7 @@ class ElectraForMaskedLM(ElectraPreTrainedModel):
     ) -> MaskedLMOutput:
         out = self.electra(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states,
                            output_attentions, keep_padding=labels_at_padding(labels, attention_mask))
-        logits, loss = mlm_logits_and_loss(*self.mlm_head(), out.last_hidden_state, labels, sparse_mlm)
+        logits, loss = mlm_logits_and_loss(self.mlm_head(), out.last_hidden_state, labels, sparse_mlm)
         return MaskedLMOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
 
 

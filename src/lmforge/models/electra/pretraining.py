@@ -87,8 +87,7 @@ class ElectraPretrainingModel(nn.Module):
 
         # Generator: masked-LM logits at the masked positions only (Google BERT's gather).
         hidden = self.generator.electra(input_ids, attention_mask, token_type_ids).last_hidden_state  # (B, T, Cg)
-        transform, weight, bias = self.generator.mlm_head()
-        generator_logits = F.linear(transform(hidden[masked]), weight, bias)  # (N, V)
+        generator_logits = self.generator.mlm_head()(hidden[masked])  # (N, V)
         mlm_loss = F.cross_entropy(generator_logits.float(), targets)
 
         # Replacements sampled from the generator's softmax, outside the graph.

@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...cpu.dropout import Dropout
 from ...nn.attention import (
     KVCache,
     attend,
@@ -58,8 +57,8 @@ class GPT2Attention(nn.Module):
         else:
             self.c_attn = Conv1D(C, 3 * C)  # (B, T, C) -> (B, T, 3C): Q|K|V
         self.c_proj = Conv1D(C, C)
-        self.attn_dropout_p = config.attn_pdrop
-        self.resid_dropout = Dropout(config.resid_pdrop)
+        self.attn_dropout = nn.Dropout(config.attn_pdrop)  # on the attention probabilities
+        self.resid_dropout = nn.Dropout(config.resid_pdrop)
         scale = self.head_dim ** -0.5 if config.scale_attn_weights else 1.0
         if config.scale_attn_by_inverse_layer_idx:
             scale /= float(layer_idx + 1)
@@ -89,7 +88,7 @@ class GPT2Attention(nn.Module):
                     cache.cross[self.layer_idx] = (k, v)
         context, probs = attend(
             q, k, v, mask, is_causal=is_causal, scale=self.scale,
-            dropout_p=self.attn_dropout_p if self.training else 0.0, need_probs=need_probs,
+            dropout=self.attn_dropout, need_probs=need_probs,
             eager=self.attn_implementation == "eager",
             upcast=self.reorder_and_upcast and q.dtype != torch.float32,  # a no-op in fp32: keep SDPA there
         )  # (B, T, C)
@@ -104,7 +103,7 @@ class GPT2MLP(nn.Module):
         self.c_fc = Conv1D(config.n_embd, config.intermediate_size)
         self.c_proj = Conv1D(config.intermediate_size, config.n_embd)
         self.act = ACTIVATIONS[config.activation_function]
-        self.dropout = Dropout(config.resid_pdrop)
+        self.dropout = nn.Dropout(config.resid_pdrop)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.dropout(self.c_proj(self.act(self.c_fc(x))))
@@ -165,7 +164,7 @@ class GPT2Model(GPT2PreTrainedModel):
         super().__init__(config)
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.wpe = nn.Embedding(config.n_positions, config.n_embd)
-        self.drop = Dropout(config.embd_pdrop)
+        self.drop = nn.Dropout(config.embd_pdrop)
         self.h = nn.ModuleList(GPT2Block(config, i) for i in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.post_init()
@@ -317,7 +316,7 @@ class GPT2ForTokenClassification(GPT2PreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.transformer = GPT2Model(config)
-        self.dropout = Dropout(config.classifier_dropout if config.classifier_dropout is not None else 0.1)
+        self.dropout = nn.Dropout(config.classifier_dropout if config.classifier_dropout is not None else 0.1)
         self.classifier = nn.Linear(config.n_embd, config.num_labels)
         self.post_init()
 

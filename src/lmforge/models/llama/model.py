@@ -25,7 +25,6 @@ from ...nn.attention import (
     position_ids_from_mask,
 )
 from ...nn.heads import causal_lm_loss, keep_last_positions, last_token_index, sequence_classification_loss
-from ...nn.linear import linear
 from ...nn.mlp import GatedMLP
 from ...nn.norms import RMSNorm
 from ...nn.outputs import LayerOutputs
@@ -165,7 +164,7 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         out = self.model(input_ids, attention_mask, position_ids, past_key_values, inputs_embeds, use_cache,
                          output_attentions, output_hidden_states)
         h = keep_last_positions(out.last_hidden_state, logits_to_keep, labels)  # (B, T or logits_to_keep, C)
-        logits = linear(h, self.lm_head)  # (B, T, V)
+        logits = self.lm_head(h)  # (B, T, V)
         loss = causal_lm_loss(logits, labels, attention_mask) if labels is not None else None
         return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values,
                                       hidden_states=out.hidden_states, attentions=out.attentions)

@@ -1,0 +1,135 @@
+"""The decoders' CPU fast paths (`lmforge.cpu.fast_paths`): swapped in at construction, classes only; fused
+Q|K|V / K|V / gate|up matmuls and oneDNN bf16 linears give the readable blocks' outputs and gradients."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from decoder_helpers import lm_labels, padded_batch, perturb_
+
+from lmforge.cpu import fast_paths, onednn
+from lmforge.cpu.attention import FusedKVCrossAttention, FusedQKVSelfAttention
+from lmforge.cpu.dropout import Dropout
+from lmforge.cpu.mlp import OneDNNGatedMLP, OneDNNLinear
+from lmforge.models.gpt2 import GPT2Config, GPT2LMHeadModel
+from lmforge.models.llama import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from lmforge.nn.attention import CrossAttention, KVCache, SelfAttention
+from lmforge.nn.mlp import GatedMLP
+
+SIZES = dict(vocab_size=99, hidden_size=48, intermediate_size=37, num_hidden_layers=2, num_attention_heads=6,
+             num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0)
+MODELS = {
+    "llama-gqa": lambda: LlamaForCausalLM(LlamaConfig(**SIZES)),
+    "qwen2-bias": lambda: Qwen2ForCausalLM(Qwen2Config(**SIZES)),
+    "gpt2": lambda: GPT2LMHeadModel(GPT2Config(vocab_size=99, n_embd=48, n_layer=2, n_head=4, n_positions=64,
+                                               pad_token_id=0)),
+}
+
+
+def build(name: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return perturb_(MODELS[name]())
+
+
+def classes(model: torch.nn.Module) -> set[type]:
+    return {type(m) for m in model.modules()}
+
+
+def count_onednn_calls(monkeypatch) -> list:
+    calls = []
+    real_linear = onednn.linear
+    monkeypatch.setattr(onednn, "linear", lambda *a, **k: calls.append(1) or real_linear(*a, **k))
+    return calls
+
+
+def test_applied_at_construction_and_restored():
+    model = build("llama-gqa")
+    layer = model.model.layers[0]
+    assert type(layer.self_attn) is FusedQKVSelfAttention and type(layer.mlp) is OneDNNGatedMLP
+    assert type(model.lm_head) is OneDNNLinear and type(layer.self_attn.attn_dropout) is Dropout
+    readable = fast_paths.restore(copy.deepcopy(model))
+    assert type(readable.model.layers[0].self_attn) is SelfAttention and type(readable.lm_head) is torch.nn.Linear
+    assert not classes(readable) & set(fast_paths.READABLE)
+    assert list(readable.state_dict()) == list(model.state_dict())
+    assert classes(fast_paths.apply(readable)) == classes(model)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("name", list(MODELS))
+def test_fp32_inference_equals_readable_blocks(cpu_path, name, side):
+    fast = build(name).eval()
+    readable = fast_paths.restore(copy.deepcopy(fast))
+    ids, mask = padded_batch(99, side)
+    with torch.no_grad():
+        got = fast(ids, attention_mask=mask, labels=lm_labels(ids, mask))
+        want = readable(ids, attention_mask=mask, labels=lm_labels(ids, mask))
+    torch.testing.assert_close(got.logits, want.logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(got.loss, want.loss, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["llama-gqa", "qwen2-bias"])
+def test_bf16_inference_takes_onednn_and_stays_close(monkeypatch, cpu_path, name):
+    fast = build(name).eval()
+    readable = fast_paths.restore(copy.deepcopy(fast))
+    ids, mask = padded_batch(99, "left")
+    with torch.no_grad():
+        fp32 = readable(ids, attention_mask=mask).logits
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            want = readable(ids, attention_mask=mask).logits
+            calls = count_onednn_calls(monkeypatch)
+            with onednn.frozen_weights():
+                got = fast(ids, attention_mask=mask).logits
+    # Per layer: Q|K|V, o_proj, SiLU(gate) (the up * gate product is the binary op), down_proj; then lm_head.
+    native = cpu_path.uses("onednn_bf16")
+    assert len(calls) == (4 * fast.config.num_hidden_layers + 1 if native else 0)
+    real = mask.bool()
+    ours_error = (got.float() - fp32)[real].abs().max()
+    readable_error = (want.float() - fp32)[real].abs().max()
+    assert ours_error < 0.05 and ours_error < 2 * readable_error + 1e-3, (ours_error, readable_error)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_training_loss_and_gradients_equal_readable_blocks(name):
+    fast = build(name).train()  # dropout probabilities are 0 in these configs except GPT-2's defaults
+    for m in fast.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    readable = fast_paths.restore(copy.deepcopy(fast))
+    ids, mask = padded_batch(99, "right")
+    losses = []
+    for model in (fast, readable):
+        loss = model(ids, attention_mask=mask, labels=lm_labels(ids, mask)).loss
+        loss.backward()
+        losses.append(loss.detach())
+    torch.testing.assert_close(losses[0], losses[1], atol=1e-6, rtol=0)
+    for (name_, p), q in zip(fast.named_parameters(), readable.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-5, rtol=0, msg=name_)
+
+
+def test_gated_mlp_without_a_fusable_activation_falls_back(monkeypatch):
+    torch.manual_seed(0)
+    readable = perturb_(GatedMLP(16, 24, "tanh", bias=True))
+    fast = copy.deepcopy(readable)
+    fast.__class__ = OneDNNGatedMLP
+    x = torch.randn(2, 5, 16)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.testing.assert_close(fast(x), readable(x), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_fused_cross_attention_equals_readable_and_caches_encoder_keys(cpu_path, bias):
+    torch.manual_seed(0)
+    readable = perturb_(CrossAttention(24, 4, 2, 6, qkv_bias=bias, out_bias=bias, dropout=0.0, layer_idx=0,
+                                       kv_input_size=20)).eval()
+    fast = copy.deepcopy(readable)
+    fast.__class__ = FusedKVCrossAttention
+    x, encoder = torch.randn(2, 3, 24), torch.randn(2, 7, 20)
+    with torch.no_grad():
+        want, _ = readable(x, encoder, None)
+        cache = KVCache(1)
+        got, _ = fast(x, encoder, None, cache)
+        again, _ = fast(x, None, None, cache)  # keys/values of the encoder output from the cache
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    torch.testing.assert_close(again, want, atol=1e-6, rtol=0)
