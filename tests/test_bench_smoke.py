@@ -84,3 +84,21 @@ def test_benchmarks_run_on_the_aten_fallback(minilm_path, monkeypatch):
     assert set(peaks) == {"fp32", "bf16"} and _positive(peaks.values())
     assert _positive(inf.texts_per_s.values()) and "lmforge bf16" in inf.texts_per_s
     assert inf.max_abs_diff <= inference.MAX_ABS_DIFF
+
+
+def test_clm_pretrain_bench_runs_at_smallest_sizes(monkeypatch):
+    """bench/clm_pretrain.py: same weights in both libraries (equal first loss), finite throughputs, table rows;
+    run_all's summary takes its rows."""
+    pytest.importorskip("transformers")
+    monkeypatch.syspath_prepend(str(BENCH))
+    for name in ("common", "clm_pretrain"):
+        sys.modules.pop(name, None)
+    import clm_pretrain
+
+    shape = dict(clm_pretrain.SHAPE, vocab_size=64, n_embd=32, n_head=2, n_inner=64, n_layer=1, n_positions=16)
+    result = clm_pretrain.run(steps=1, warmup=0, threads=1, batch_size=2, seq_len=8, rounds=1, bf16=True, shape=shape)
+    assert result.initial_loss_diff < 1e-5
+    assert set(result.tokens_per_s) == {"lmforge fp32", "transformers fp32", "lmforge bf16", "transformers bf16"}
+    assert _positive(result.tokens_per_s.values())
+    rows = clm_pretrain.rows(result)
+    assert len(rows) == 3 and all(r[3].endswith("x") for r in rows)
