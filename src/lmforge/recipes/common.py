@@ -55,7 +55,8 @@ def add_options(parser: argparse.ArgumentParser, cls: type, positional: Iterable
         flag = "--" + f.name.replace("_", "-")
         names = [flag] + ([f.metadata["short"]] if "short" in f.metadata else [])
         if kind is bool:
-            kwargs["help"] += f" (default: {'on' if default else 'off'})"
+            if default is not None:  # None: the help text says what decides it
+                kwargs["help"] += f" (default: {'on' if default else 'off'})"
             parser.add_argument(*names, action=argparse.BooleanOptionalAction, **kwargs)
         else:
             parser.add_argument(*names, type=kind, nargs="+" if is_list else None, **kwargs)
