@@ -15,6 +15,7 @@ Multi-process: `torchrun --nproc_per_node N -m lmforge.cli pretrain ...` (gloo o
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Callable
@@ -29,6 +30,8 @@ from torch import nn
 from ..auto import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForPreTraining
 from ..nn.heads import IGNORE_INDEX
 from .common import option, write_json
+
+logger = logging.getLogger(__name__)
 
 PRESETS: dict[str, dict[str, int]] = {
     # name: layers x hidden, as in Google's BERT miniatures (Turc et al., 2019); heads = hidden / 64.
@@ -296,6 +299,9 @@ def clm_data(opts: PretrainOptions, corpus: list, tokenizer, rank: int, world_si
     batches = PretrainingBatches(train_set, causal_lm_collate, opts.batch_size * world_size, seed=opts.seed,
                                  rank=rank, world_size=world_size)
     n_eval = min(len(eval_set), opts.eval_batches * opts.batch_size)
+    if n_eval == 0 and opts.eval_fraction > 0:
+        logger.warning("the held-out documents fill no whole block of %d tokens: no evaluation (raise "
+                       "--eval-fraction)", opts.max_seq_length)
     eval_batches = [causal_lm_collate([eval_set[i] for i in range(start, min(start + opts.batch_size, n_eval))])
                     for start in range(0, n_eval, opts.batch_size)]
     return PretrainData(batches, eval_batches, len(train_set), train_set.cache_hit)
