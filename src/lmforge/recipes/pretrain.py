@@ -5,7 +5,7 @@ raw text -> GPT-2-style tokenizer -> EOS-joined blocks -> next-token prediction 
     lmforge pretrain --objective clm --arch gpt2 --preset gpt2-mini --corpus shakespeare -o runs/clm
 
 `OBJECTIVES` maps each objective to what differs (its data, the module trained, its evaluation, its
-export config); `run` does the rest alike: tokenizer, the one training loop, export.
+export); `run` does the rest alike: tokenizer, the one training loop.
 
 Options come from, in increasing priority: the defaults below, `--preset`, `--config FILE`
 (YAML or JSON with the same option names), and flags. The final model is exported to
@@ -338,6 +338,23 @@ def make_clm_evaluator(eval_batches: list[dict[str, torch.Tensor]]):
     return evaluate
 
 
+def export_single(opts: PretrainOptions, model: nn.Module, tokenizer, final: Path,
+                  dropout_fields: tuple[str, ...]) -> None:
+    """`final/`: the model and the tokenizer. Dropout is a training-time setting: the exported config carries
+    --export-dropout, the one fine-tuning should use."""
+    model.config = model.config.replace(**{name: opts.export_dropout for name in dropout_fields})
+    model.save_pretrained(final)
+    tokenizer.save_pretrained(final)
+
+
+def mlm_export(opts: PretrainOptions, model: nn.Module, tokenizer, final: Path) -> None:
+    export_single(opts, model, tokenizer, final, MLM_DROPOUT_FIELDS)
+
+
+def clm_export(opts: PretrainOptions, model: nn.Module, tokenizer, final: Path) -> None:
+    export_single(opts, model, tokenizer, final, CLM_FAMILIES[opts.model_type].dropout_fields)
+
+
 @dataclass(frozen=True)
 class Objective:
     """What differs between objectives; `run` does the rest alike."""
@@ -345,14 +362,13 @@ class Objective:
     data: Callable[[PretrainOptions, list, Any, int, int], PretrainData]
     model: Callable[[PretrainOptions, Any], tuple[nn.Module, nn.Module]]  # (module trained, model exported)
     evaluator: Callable[[list[dict[str, torch.Tensor]]], Callable[[nn.Module], dict[str, float]]]
-    dropout_fields: Callable[[PretrainOptions], tuple[str, ...]]  # config fields that get --export-dropout
+    export: Callable[[PretrainOptions, nn.Module, Any, Path], None]  # (opts, model exported, tokenizer, final/)
 
 
 OBJECTIVES: dict[str, Objective] = {
-    "mlm+nsp": Objective(mlm_data, mlm_model, make_evaluator, lambda opts: MLM_DROPOUT_FIELDS),
-    "mlm": Objective(mlm_data, mlm_model, make_evaluator, lambda opts: MLM_DROPOUT_FIELDS),
-    "clm": Objective(clm_data, clm_model, make_clm_evaluator,
-                     lambda opts: CLM_FAMILIES[opts.model_type].dropout_fields),
+    "mlm+nsp": Objective(mlm_data, mlm_model, make_evaluator, mlm_export),
+    "mlm": Objective(mlm_data, mlm_model, make_evaluator, mlm_export),
+    "clm": Objective(clm_data, clm_model, make_clm_evaluator, clm_export),
 }
 
 
@@ -399,10 +415,7 @@ def run(opts: PretrainOptions) -> dict[str, Any]:
 
     final = output_dir / "final"
     if rank == 0:
-        # Dropout is a training-time setting: the exported config carries the one fine-tuning should use.
-        model.config = model.config.replace(**{name: opts.export_dropout for name in objective.dropout_fields(opts)})
-        model.save_pretrained(final)
-        tokenizer.save_pretrained(final)
+        objective.export(opts, model, tokenizer, final)
     _barrier()
     summary = {
         "final_dir": str(final),
