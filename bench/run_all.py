@@ -150,7 +150,7 @@ def summary(results: dict, threads: int, quick: bool) -> str:
         f"- pretraining: batch {pre.batch_size} x {pre.seq_len}"
         + (f" (causal LM: {results['clm'].batch_size} x {results['clm'].seq_len}, unpadded blocks)"
            if "clm" in results else "")
-        + "; fine-tuning: {ft.train_examples} train / "
+        + f"; fine-tuning: {ft.train_examples} train / "
         f"{ft.test_examples} test sentences, 1 epoch, batch 32, max_length 64",
         *([f"- decoder: SmolLM2-135M from its Q4_1 GGUF (dequantized to fp32 by both), batch "
            f"{results['decoder'].batch} x {results['decoder'].seq}, no padding; max |lmforge - transformers| of "

@@ -28,8 +28,10 @@ def test_benchmarks_run_at_smallest_sizes(minilm_path, monkeypatch):
     except DatasetFetchError as e:
         pytest.skip(f"movie-review data unavailable: {e}")
     monkeypatch.syspath_prepend(str(BENCH))  # the scripts import each other as siblings
-    for name in ("common", "inference", "pretrain_throughput", "finetune_vs_transformers", "mfu", "run_all"):
+    for name in ("common", "inference", "pretrain_throughput", "finetune_vs_transformers", "mfu", "run_all",
+                 "clm_pretrain"):
         sys.modules.pop(name, None)
+    import clm_pretrain
     import finetune_vs_transformers
     import inference
     import mfu
@@ -53,11 +55,15 @@ def test_benchmarks_run_at_smallest_sizes(minilm_path, monkeypatch):
     rows = mfu.mfu_rows(peaks, inference=inf, pretrain=pre, finetune=ft)
     assert len(rows) == 4 and _positive(v for r in rows for v in (r.lmforge, r.transformers))
 
+    tiny_gpt2 = dict(clm_pretrain.SHAPE, vocab_size=64, n_embd=32, n_head=2, n_inner=64, n_layer=1, n_positions=16)
+    clm = clm_pretrain.run(steps=1, warmup=0, threads=2, batch_size=2, seq_len=8, rounds=1, shape=tiny_gpt2)
+
     results = {"peaks": peaks, "peak_runs": (peaks, peaks), "inference": inf, "pretrain": pre, "finetune": ft,
-               "mfu": rows, "seconds": 1.0,
+               "mfu": rows, "seconds": 1.0, "clm": clm,
                "sizes": run_all.QUICK}
     table = run_all.summary(results, threads=2, quick=True)
     assert "| metric | lmforge | transformers | ratio |" in table and "MFU inference MiniLM (bf16)" in table
+    assert "causal LM fp32, tokens/s" in table and "(causal LM: 2 x 8, unpadded blocks); fine-tuning: 4 train" in table
     assert "seed code (default model, given order)" in table
 
 
