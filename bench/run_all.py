@@ -3,6 +3,7 @@
 Runs, in one process and at equal threads:
   inference.py                 MiniLM sentence embeddings, seq/s, fp32 and bf16 autocast
   pretrain_throughput.py       BERT 4x256 pretraining tokens/s (fp32)
+  clm_pretrain.py              GPT-2 4x256 causal-LM pretraining tokens/s (fp32, and bf16 autocast where native)
   finetune_vs_transformers.py  MiniLM fine-tuning on movie-sentences: examples/s and test accuracy
   mfu.py                       matmul peak of this machine -> model-FLOPs utilisation of the above
   decoder_forward.py           SmolLM2-135M forward 8 x 256 (fp32, bf16) and GGUF loading memory, when the
@@ -25,6 +26,8 @@ from common import BENCH_DIR, arg_parser, environment, fmt, fmt_ratio, markdown_
 from flops import padding_flops_ratio
 from mfu import LIBRARIES, describe_peaks
 
+from lmforge.recipes.common import fast_bf16_available
+
 
 @dataclass
 class Sizes:
@@ -38,14 +41,19 @@ class Sizes:
     train_limit: int | None = None  # fine-tuning: all 3,200 training sentences
     test_limit: int | None = None  # all 400 test sentences
     finetune_rounds: int = 1
+    clm_steps: int = 6
+    clm_warmup: int = 2
+    clm_rounds: int = 3
+    clm_batch: int = 32
+    clm_seq: int = 128
     matmul_sizes: tuple[int, ...] = (1024, 2048)
     matmul_repeats: int = 7
     quick: bool = False
 
 
 QUICK = Sizes(texts=32, inference_repeats=1, pretrain_steps=1, pretrain_warmup=1, pretrain_rounds=1,
-              pretrain_batch=4, pretrain_seq=64, train_limit=64, test_limit=32, matmul_sizes=(256, 512),
-              matmul_repeats=2, quick=True)
+              pretrain_batch=4, pretrain_seq=64, train_limit=64, test_limit=32, clm_steps=1, clm_warmup=1,
+              clm_rounds=1, clm_batch=4, clm_seq=32, matmul_sizes=(256, 512), matmul_repeats=2, quick=True)
 
 
 def log(message: str) -> None:
@@ -53,6 +61,7 @@ def log(message: str) -> None:
 
 
 def run_benchmarks(sizes: Sizes, threads: int) -> dict:
+    import clm_pretrain
     import finetune_vs_transformers
     import inference
     import mfu
@@ -67,6 +76,9 @@ def run_benchmarks(sizes: Sizes, threads: int) -> dict:
     log(f"pretraining ({sizes.pretrain_rounds} x {sizes.pretrain_steps} steps) ...")
     out["pretrain"] = pretrain_throughput.run(sizes.pretrain_steps, sizes.pretrain_warmup, threads,
                                               sizes.pretrain_batch, sizes.pretrain_seq, sizes.pretrain_rounds)
+    log(f"causal-LM pretraining ({sizes.clm_rounds} x {sizes.clm_steps} steps) ...")
+    out["clm"] = clm_pretrain.run(sizes.clm_steps, sizes.clm_warmup, threads, sizes.clm_batch, sizes.clm_seq,
+                                  sizes.clm_rounds, bf16=fast_bf16_available())
     log(f"fine-tuning (train limit {sizes.train_limit}) ...")
     out["finetune"] = finetune_vs_transformers.run(sizes.train_limit, sizes.test_limit, threads,
                                                    sizes.finetune_rounds)
@@ -112,6 +124,10 @@ def summary(results: dict, threads: int, quick: bool) -> str:
         ["fine-tuning test accuracy, %", fmt(100 * acc["lmforge"], 2), fmt(100 * acc["transformers"], 2),
          f"{100 * (acc['lmforge'] - acc['transformers']):+.2f} points"],
     ]
+    if "clm" in results:
+        import clm_pretrain
+
+        rows += clm_pretrain.rows(results["clm"])
     rows += [r.cells() for r in results["mfu"]]
     if "decoder" in results:
         import decoder_forward
@@ -131,7 +147,10 @@ def summary(results: dict, threads: int, quick: bool) -> str:
         f"tokens, i.e. {padding_flops_ratio(inf):.2f}x the model FLOPs of the real tokens (the fp32 ratio's "
         "ceiling at equal matmul speed); "
         f"max |lmforge - transformers| of fp32 last hidden states: {inf.max_abs_diff:.1e}",
-        f"- pretraining: batch {pre.batch_size} x {pre.seq_len}; fine-tuning: {ft.train_examples} train / "
+        f"- pretraining: batch {pre.batch_size} x {pre.seq_len}"
+        + (f" (causal LM: {results['clm'].batch_size} x {results['clm'].seq_len}, unpadded blocks)"
+           if "clm" in results else "")
+        + f"; fine-tuning: {ft.train_examples} train / "
         f"{ft.test_examples} test sentences, 1 epoch, batch 32, max_length 64",
         *([f"- decoder: SmolLM2-135M from its Q4_1 GGUF (dequantized to fp32 by both), batch "
            f"{results['decoder'].batch} x {results['decoder'].seq}, no padding; max |lmforge - transformers| of "

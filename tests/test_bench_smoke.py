@@ -28,8 +28,10 @@ def test_benchmarks_run_at_smallest_sizes(minilm_path, monkeypatch):
     except DatasetFetchError as e:
         pytest.skip(f"movie-review data unavailable: {e}")
     monkeypatch.syspath_prepend(str(BENCH))  # the scripts import each other as siblings
-    for name in ("common", "inference", "pretrain_throughput", "finetune_vs_transformers", "mfu", "run_all"):
+    for name in ("common", "inference", "pretrain_throughput", "finetune_vs_transformers", "mfu", "run_all",
+                 "clm_pretrain"):
         sys.modules.pop(name, None)
+    import clm_pretrain
     import finetune_vs_transformers
     import inference
     import mfu
@@ -53,11 +55,15 @@ def test_benchmarks_run_at_smallest_sizes(minilm_path, monkeypatch):
     rows = mfu.mfu_rows(peaks, inference=inf, pretrain=pre, finetune=ft)
     assert len(rows) == 4 and _positive(v for r in rows for v in (r.lmforge, r.transformers))
 
+    tiny_gpt2 = dict(clm_pretrain.SHAPE, vocab_size=64, n_embd=32, n_head=2, n_inner=64, n_layer=1, n_positions=16)
+    clm = clm_pretrain.run(steps=1, warmup=0, threads=2, batch_size=2, seq_len=8, rounds=1, shape=tiny_gpt2)
+
     results = {"peaks": peaks, "peak_runs": (peaks, peaks), "inference": inf, "pretrain": pre, "finetune": ft,
-               "mfu": rows, "seconds": 1.0,
+               "mfu": rows, "seconds": 1.0, "clm": clm,
                "sizes": run_all.QUICK}
     table = run_all.summary(results, threads=2, quick=True)
     assert "| metric | lmforge | transformers | ratio |" in table and "MFU inference MiniLM (bf16)" in table
+    assert "causal LM fp32, tokens/s" in table and "(causal LM: 2 x 8, unpadded blocks); fine-tuning: 4 train" in table
     assert "seed code (default model, given order)" in table
 
 
@@ -84,3 +90,21 @@ def test_benchmarks_run_on_the_aten_fallback(minilm_path, monkeypatch):
     assert set(peaks) == {"fp32", "bf16"} and _positive(peaks.values())
     assert _positive(inf.texts_per_s.values()) and "lmforge bf16" in inf.texts_per_s
     assert inf.max_abs_diff <= inference.MAX_ABS_DIFF
+
+
+def test_clm_pretrain_bench_runs_at_smallest_sizes(monkeypatch):
+    """bench/clm_pretrain.py: same weights in both libraries (equal first loss), finite throughputs, table rows;
+    run_all's summary takes its rows."""
+    pytest.importorskip("transformers")
+    monkeypatch.syspath_prepend(str(BENCH))
+    for name in ("common", "clm_pretrain"):
+        sys.modules.pop(name, None)
+    import clm_pretrain
+
+    shape = dict(clm_pretrain.SHAPE, vocab_size=64, n_embd=32, n_head=2, n_inner=64, n_layer=1, n_positions=16)
+    result = clm_pretrain.run(steps=1, warmup=0, threads=1, batch_size=2, seq_len=8, rounds=1, bf16=True, shape=shape)
+    assert result.initial_loss_diff < 1e-5
+    assert set(result.tokens_per_s) == {"lmforge fp32", "transformers fp32", "lmforge bf16", "transformers bf16"}
+    assert _positive(result.tokens_per_s.values())
+    rows = clm_pretrain.rows(result)
+    assert len(rows) == 3 and all(r[3].endswith("x") for r in rows)

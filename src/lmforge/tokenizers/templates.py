@@ -21,6 +21,8 @@ BERT_SPECIAL_TOKENS = {
 
 # Ids 0..4 of every tokenizer lmforge trains.
 TRAINED_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+# Ids 0..1 of a GPT-2-style tokenizer lmforge trains (causal LMs): end of text (BOS, EOS, UNK), then padding.
+GPT2_STYLE_SPECIAL_TOKENS = ("<|endoftext|>", "<|pad|>")
 
 
 def bert_template(cls_token: str, sep_token: str, cls_id: int, sep_id: int) -> processors.TemplateProcessing:

@@ -1,5 +1,5 @@
-"""Tokenizer training: WordPiece (BERT) or byte-level BPE from a stream of texts, deterministic across
-processes (see `_train_wordpiece_vocab`)."""
+"""Tokenizer training: WordPiece (BERT), byte-level BPE (BERT's special tokens) or GPT-2-style byte-level BPE
+(causal LMs) from a stream of texts, deterministic across processes (see `_train_wordpiece_vocab`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from tokenizers import Tokenizer as BackendTokenizer
 from tokenizers.models import BPE
 
 from .loading import build_bert_backend
-from .templates import TRAINED_SPECIAL_TOKENS, bert_normalizer, bert_template
+from .templates import GPT2_STYLE_SPECIAL_TOKENS, TEMPLATES, TRAINED_SPECIAL_TOKENS, bert_normalizer, bert_template
 from .tokenizer import DEFAULT_MODEL_MAX_LENGTH, Tokenizer
 
 # CJK ideograph blocks, the same ranges BERT's `_is_chinese_char` (and BertNormalizer) uses.
@@ -22,6 +22,9 @@ _CJK_PATTERN = (
 )
 
 
+KINDS = ("wordpiece", "bpe", "gpt2")
+
+
 def train_tokenizer(
     texts: Iterable[str],
     output_dir: str | os.PathLike[str],
@@ -29,31 +32,37 @@ def train_tokenizer(
     kind: str = "wordpiece",
     vocab_size: int = 30522,
     min_frequency: int = 2,
-    lowercase: bool = True,
+    lowercase: bool | None = None,
     strip_accents: bool | None = None,
     tokenize_chinese_chars: bool = True,
     model_max_length: int = DEFAULT_MODEL_MAX_LENGTH,
     length: int | None = None,
     show_progress: bool = False,
 ) -> Tokenizer:
-    """Train a WordPiece (BERT) or byte-level BPE tokenizer on a stream of texts, save it, return it.
+    """Train a WordPiece (BERT), byte-level BPE (BERT) or GPT-2-style byte-level BPE tokenizer on a stream of
+    texts, save it, return it.
 
     `texts` is consumed once, lazily (never materialised); `length` (or `len(texts)` when it has one)
-    only feeds the progress bar. Both kinds reserve ids 0-4 for `[PAD] [UNK] [CLS] [SEP] [MASK]` and use
-    BERT's `[CLS] A [SEP] B [SEP]` template. `strip_accents=None` follows `lowercase`.
-    `tokenize_chinese_chars` makes every CJK ideograph its own word (so it becomes a single token).
+    only feeds the progress bar. "wordpiece" and "bpe" reserve ids 0-4 for `[PAD] [UNK] [CLS] [SEP] [MASK]` and
+    use BERT's `[CLS] A [SEP] B [SEP]` template. "gpt2" is for causal LMs, as GPT-2's: `<|endoftext|>` (id 0) is
+    the BOS, EOS and UNK token, `<|pad|>` (id 1) the padding token, and texts are encoded as they are (no
+    template). `lowercase=None` lowercases for "wordpiece" and "bpe" (BERT's uncased default), not for "gpt2".
+    `strip_accents=None` follows `lowercase`. `tokenize_chinese_chars` makes every CJK ideograph its own word
+    (so it becomes a single token).
     """
-    if kind not in ("wordpiece", "bpe"):
-        raise ValueError(f"kind must be 'wordpiece' or 'bpe', got {kind!r}")
-    special = list(TRAINED_SPECIAL_TOKENS)
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    special = list(GPT2_STYLE_SPECIAL_TOKENS if kind == "gpt2" else TRAINED_SPECIAL_TOKENS)
     if vocab_size <= len(special):
         raise ValueError(f"vocab_size must exceed the {len(special)} special tokens, got {vocab_size}")
-    pad, unk, cls_token, sep, mask = special
+    if lowercase is None:
+        lowercase = kind != "gpt2"
 
     if length is None and hasattr(texts, "__len__"):
         length = len(texts)  # type: ignore[arg-type]
     backend: BackendTokenizer
     if kind == "wordpiece":
+        pad, unk, cls_token, sep, mask = special
         normalizer = bert_normalizer(lowercase, strip_accents, tokenize_chinese_chars)
         vocab = _train_wordpiece_vocab(_iter_texts(texts), normalizer, vocab_size=vocab_size,
                                        min_frequency=min_frequency, special=special, show_progress=show_progress,
@@ -63,35 +72,19 @@ def train_tokenizer(
         backend = build_bert_backend(vocab, config, {"unk_token": unk, "sep_token": sep, "pad_token": pad,
                                                       "cls_token": cls_token, "mask_token": mask})
     else:
-        # Byte-level BPE never needs [UNK] (every byte is in the alphabet); [UNK] still gets id 1 so the
-        # special-token layout is the same for both kinds. Every symbol is in the trainer's alphabet from
-        # the start (the 256 byte characters, sorted), so its tie-breaking by symbol id is the same in
-        # every process (see _train_wordpiece_vocab for the case where it is not).
-        backend = BackendTokenizer(BPE())
-        steps: list[normalizers.Normalizer] = []
-        if strip_accents or (strip_accents is None and lowercase):
-            # NFC afterwards recomposes what StripAccents leaves decomposed (e.g. Hangul).
-            steps += [normalizers.NFD(), normalizers.StripAccents(), normalizers.NFC()]
-        if lowercase:
-            steps.append(normalizers.Lowercase())
-        if steps:
-            backend.normalizer = normalizers.Sequence(steps)
-        # Isolating CJK ideographs keeps each one a single token without inserting spaces, so
-        # decoding stays an exact round trip (BertNormalizer's padding spaces would show up in BPE).
-        pre: list[pre_tokenizers.PreTokenizer] = []
-        if tokenize_chinese_chars:
-            pre.append(pre_tokenizers.Split(Regex(_CJK_PATTERN), behavior="isolated"))
-        pre.append(pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True))
-        backend.pre_tokenizer = pre_tokenizers.Sequence(pre)
-        backend.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=special,
-                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                      show_progress=show_progress)
-        backend.train_from_iterator(_iter_texts(texts), trainer=trainer, length=length)
+        backend = _train_byte_level_bpe(texts, special, vocab_size=vocab_size, min_frequency=min_frequency,
+                                        lowercase=lowercase, strip_accents=strip_accents,
+                                        tokenize_chinese_chars=tokenize_chinese_chars, show_progress=show_progress,
+                                        length=length)
 
     ids = [backend.token_to_id(t) for t in special]
     if ids != list(range(len(special))):
-        raise RuntimeError(f"special tokens did not get ids 0-4 after training: {dict(zip(special, ids))}")
+        raise RuntimeError(f"special tokens did not get ids 0-{len(special) - 1} after training: "
+                           f"{dict(zip(special, ids))}")
+    if kind == "gpt2":
+        return _save_gpt2_style(backend, special, output_dir, model_max_length)
+
+    pad, unk, cls_token, sep, mask = special
     template = bert_template(cls_token, sep, ids[2], ids[3])
     if kind == "bpe":
         # ByteLevel post-processing trims the leading-space byte from offsets; the template adds BERT's
@@ -110,6 +103,54 @@ def train_tokenizer(
     )
     tokenizer.save_pretrained(output_dir)
     # Reload so the returned object is exactly what later runs (and transformers) will see.
+    return Tokenizer.from_pretrained(output_dir)
+
+
+def _train_byte_level_bpe(
+    texts: Iterable[str], special: list[str], *, vocab_size: int, min_frequency: int, lowercase: bool,
+    strip_accents: bool | None, tokenize_chinese_chars: bool, show_progress: bool, length: int | None,
+) -> BackendTokenizer:
+    # Byte-level BPE never needs an unknown token (every byte is in the alphabet). Every symbol is in the
+    # trainer's alphabet from the start (the 256 byte characters, sorted), so its tie-breaking by symbol id is
+    # the same in every process (see _train_wordpiece_vocab for the case where it is not).
+    backend = BackendTokenizer(BPE())
+    steps: list[normalizers.Normalizer] = []
+    if strip_accents or (strip_accents is None and lowercase):
+        # NFC afterwards recomposes what StripAccents leaves decomposed (e.g. Hangul).
+        steps += [normalizers.NFD(), normalizers.StripAccents(), normalizers.NFC()]
+    if lowercase:
+        steps.append(normalizers.Lowercase())
+    if steps:
+        backend.normalizer = normalizers.Sequence(steps)
+    # Isolating CJK ideographs keeps each one a single token without inserting spaces, so
+    # decoding stays an exact round trip (BertNormalizer's padding spaces would show up in BPE).
+    pre: list[pre_tokenizers.PreTokenizer] = []
+    if tokenize_chinese_chars:
+        pre.append(pre_tokenizers.Split(Regex(_CJK_PATTERN), behavior="isolated"))
+    pre.append(pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True))
+    backend.pre_tokenizer = pre_tokenizers.Sequence(pre)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=special,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=show_progress)
+    backend.train_from_iterator(_iter_texts(texts), trainer=trainer, length=length)
+    return backend
+
+
+def _save_gpt2_style(
+    backend: BackendTokenizer, special: list[str], output_dir: str | os.PathLike[str], model_max_length: int
+) -> Tokenizer:
+    """GPT-2's layout: no template (ByteLevel post-processing only trims offsets), decoder inputs."""
+    end_of_text, pad = special
+    backend.post_processor = processors.ByteLevel(trim_offsets=True)
+    tokenizer = Tokenizer(
+        backend,
+        special_tokens={"bos_token": end_of_text, "eos_token": end_of_text, "unk_token": end_of_text,
+                        "pad_token": pad},
+        model_max_length=model_max_length,
+        model_input_names=TEMPLATES["gpt2"].model_input_names,
+    )
+    tokenizer.save_pretrained(output_dir)
     return Tokenizer.from_pretrained(output_dir)
 
 

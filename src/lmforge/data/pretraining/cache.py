@@ -10,7 +10,7 @@ import os
 import random
 import shutil
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 CACHE_FORMAT_VERSION = 1
 
 
-class _NpyWriter:
+class NpyWriter:
     """Append 1-D chunks to a raw file; `close()` turns it into a `.npy` (header + data).
 
     The final length is unknown while streaming, and a `.npy` header holds the shape, so the data
@@ -75,7 +75,7 @@ class _NpyWriter:
         return self.path
 
 
-def _load(path: Path) -> np.ndarray:
+def load_npy(path: Path) -> np.ndarray:
     return np.load(path, mmap_mode="r")
 
 
@@ -90,13 +90,13 @@ class PretrainingDataset:
         self.directory = Path(directory)
         self.meta: dict[str, Any] = dict(meta or {})
         self.cache_hit = cache_hit  # True when built by an earlier call (no tokenization happened)
-        self.input_ids = _load(self.directory / "input_ids.npy")  # int32 [n_tokens], all instances
-        self.token_type_ids = _load(self.directory / "token_type_ids.npy")  # int8 [n_tokens]
-        self.word_starts = _load(self.directory / "word_starts.npy")  # bool [n_tokens]
-        self.offsets = _load(self.directory / "offsets.npy")  # int64 [n_instances + 1]
+        self.input_ids = load_npy(self.directory / "input_ids.npy")  # int32 [n_tokens], all instances
+        self.token_type_ids = load_npy(self.directory / "token_type_ids.npy")  # int8 [n_tokens]
+        self.word_starts = load_npy(self.directory / "word_starts.npy")  # bool [n_tokens]
+        self.offsets = load_npy(self.directory / "offsets.npy")  # int64 [n_instances + 1]
         nsp_path = self.directory / "next_sentence_label.npy"
         # int8 [n_instances]; absent for an MLM-only cache
-        self.next_sentence_label = _load(nsp_path) if nsp_path.exists() else None
+        self.next_sentence_label = load_npy(nsp_path) if nsp_path.exists() else None
 
     @property
     def nsp(self) -> bool:
@@ -185,26 +185,43 @@ def build_or_load_cache(
     }
     files = resolve_corpus_files(corpus_paths)
     key = cache_key(files, tokenizer, settings)
-    root = Path(cache_dir)
-    final = root / key
-    cache_hit = (final / "meta.json").is_file()
-    if cache_hit:
-        logger.info("pretraining cache hit: %s", final)
-    else:
-        root.mkdir(parents=True, exist_ok=True)
-        temp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=root))
-        try:
-            logger.info("building pretraining cache %s from %d file(s)", final, len(files))
-            _build_cache(temp, files, tokenizer, settings, key)
-            try:
-                os.rename(temp, final)  # atomic: readers see a complete cache or none
-            except OSError:
-                if not (final / "meta.json").is_file():  # not "another process finished first"
-                    raise
-        finally:
-            shutil.rmtree(temp, ignore_errors=True)
+    final, cache_hit = build_once(Path(cache_dir), key, lambda out: _build_cache(out, files, tokenizer, settings, key))
     meta = json.loads((final / "meta.json").read_text())
     return PretrainingDataset(final / split, meta=meta, cache_hit=cache_hit)
+
+
+def build_once(root: Path, key: str, build: Callable[[Path], None]) -> tuple[Path, bool]:
+    """(`root / key`, cache hit): `build(folder)` fills a temporary folder, which must end with a `meta.json`
+    (written last), and is renamed to `root / key` (atomic: readers see a complete cache or none)."""
+    final = root / key
+    if (final / "meta.json").is_file():
+        logger.info("pretraining cache hit: %s", final)
+        return final, True
+    root.mkdir(parents=True, exist_ok=True)
+    temp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=root))
+    try:
+        logger.info("building pretraining cache %s", final)
+        build(temp)
+        try:
+            os.rename(temp, final)
+        except OSError:
+            if not (final / "meta.json").is_file():  # not "another process finished first"
+                raise
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    return final, False
+
+
+def split_documents(n_docs: int, eval_fraction: float, seed: int) -> dict[str, list[int]]:
+    """{"train": document indices, "eval": document indices}, each sorted: `eval_fraction` of the documents
+    (at least one, at most all but one, when > 0), chosen by `seed`."""
+    n_eval = 0
+    if eval_fraction > 0:
+        if n_docs < 2:
+            raise ValueError("eval_fraction > 0 needs at least 2 documents in the corpus")
+        n_eval = min(n_docs - 1, max(1, round(n_docs * eval_fraction)))
+    order = np.random.default_rng(seed).permutation(n_docs)
+    return {"train": sorted(order[n_eval:].tolist()), "eval": sorted(order[:n_eval].tolist())}
 
 
 def _build_cache(
@@ -214,10 +231,10 @@ def _build_cache(
     work = out / "tokens"
     work.mkdir()
     writers = {
-        "tokens": _NpyWriter(work / "tokens.npy", np.int32),
-        "word_starts": _NpyWriter(work / "word_starts.npy", np.bool_),
-        "sentence_offsets": _NpyWriter(work / "sentence_offsets.npy", np.int64),
-        "doc_offsets": _NpyWriter(work / "doc_offsets.npy", np.int64),
+        "tokens": NpyWriter(work / "tokens.npy", np.int32),
+        "word_starts": NpyWriter(work / "word_starts.npy", np.bool_),
+        "sentence_offsets": NpyWriter(work / "sentence_offsets.npy", np.int64),
+        "doc_offsets": NpyWriter(work / "doc_offsets.npy", np.int64),
     }
     writers["sentence_offsets"].append([0])
     writers["doc_offsets"].append([0])
@@ -232,19 +249,13 @@ def _build_cache(
         n_tokens += len(document.ids)
         n_sentences += len(document.sentence_lengths)
         writers["doc_offsets"].append([n_sentences])
-    store = TokenStore(**{name: _load(writer.close()) for name, writer in writers.items()})
+    store = TokenStore(**{name: load_npy(writer.close()) for name, writer in writers.items()})
     if store.num_documents == 0:
         raise CorpusError(f"no tokens in the corpus (every sentence tokenized to nothing): {files}")
 
     # Pass 2: cut instances per split, reading tokens back through the memory map.
     n_docs = store.num_documents
-    n_eval = 0
-    if settings["eval_fraction"] > 0:
-        if n_docs < 2:
-            raise ValueError("eval_fraction > 0 needs at least 2 documents in the corpus")
-        n_eval = min(n_docs - 1, max(1, round(n_docs * settings["eval_fraction"])))
-    order = np.random.default_rng(settings["seed"]).permutation(n_docs)
-    split_docs = {"train": sorted(order[n_eval:].tolist()), "eval": sorted(order[:n_eval].tolist())}
+    split_docs = split_documents(n_docs, settings["eval_fraction"], settings["seed"])
     split_meta = {}
     for split, doc_ids in split_docs.items():
         # The train split draws exactly like `create_instances` (same seed, same documents when
@@ -277,11 +288,11 @@ def _write_split(
     directory: Path, store: TokenStore, spans: Iterable[Span], tokenizer: TokenizerLike, nsp: bool
 ) -> dict[str, int]:
     directory.mkdir()
-    ids = _NpyWriter(directory / "input_ids.npy", np.int32)
-    types = _NpyWriter(directory / "token_type_ids.npy", np.int8)
-    starts = _NpyWriter(directory / "word_starts.npy", np.bool_)
-    offsets = _NpyWriter(directory / "offsets.npy", np.int64)
-    labels = _NpyWriter(directory / "next_sentence_label.npy", np.int8) if nsp else None
+    ids = NpyWriter(directory / "input_ids.npy", np.int32)
+    types = NpyWriter(directory / "token_type_ids.npy", np.int8)
+    starts = NpyWriter(directory / "word_starts.npy", np.bool_)
+    offsets = NpyWriter(directory / "offsets.npy", np.int64)
+    labels = NpyWriter(directory / "next_sentence_label.npy", np.int8) if nsp else None
     offsets.append([0])
     total = count = 0
     for span in spans:
