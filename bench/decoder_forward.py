@@ -51,9 +51,9 @@ def load(library: str, gguf: Path):
                                                              dtype=torch.float32).eval()
 
 
-def _rss_mb() -> float:
+def _status_mb(field_name: str) -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field_name + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -61,11 +61,15 @@ def _rss_mb() -> float:
 def _load_only(library: str, gguf: Path) -> None:
     """Child process: import the library, load the model, print what it cost (JSON)."""
     __import__(library)
-    before = _rss_mb()
+    before = _status_mb("VmRSS")
     start = time.perf_counter()
     load(library, gguf)
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    # VmHWM is this process image's own peak. getrusage's ru_maxrss is not: Linux carries it over from the
+    # parent across fork + exec, so a child of a 3 GB benchmark process reports >= 3 GB whatever it loads.
+    peak = _status_mb("VmHWM")
+    if peak != peak:  # no /proc (not Linux): fall back to getrusage
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     print(json.dumps({"rss_after_import_mb": before, "peak_rss_mb": peak, "load_s": seconds}))
 
 
