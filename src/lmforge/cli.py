@@ -7,6 +7,7 @@
     lmforge evaluate          metrics of a fine-tuned model on a labelled file
     lmforge predict           labels + probabilities for a file -> JSONL / CSV
     lmforge classify          classify texts given on the command line
+    lmforge serve             HTTP server for a model folder (micro-batched; OpenAI-compatible embeddings)
     lmforge demo              the main job: pretrain, fine-tune three models, report with plots
 
 Heavy modules are imported inside each command so `lmforge --help` stays quick; recipe commands share one
@@ -113,6 +114,45 @@ def cmd_classify(args) -> int:
     return 0
 
 
+def _add_serve(sub) -> None:
+    from .serve.options import API_KEY_ENV, ServeOptions
+
+    d = ServeOptions(model="")
+    p = sub.add_parser("serve", help="HTTP server for a model folder: /v1/classify, /v1/fill-mask, /v1/token-classify, "
+                                     "/v1/embeddings (by the model's kind), /health, /metrics",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("model", help="model folder (HF format, with tokenizer)")
+    p.add_argument("--host", default=d.host)
+    p.add_argument("--port", type=int, default=d.port)
+    p.add_argument("--task", default=None, help="pipeline task to serve (default: from the folder's architectures)")
+    p.add_argument("--max-batch-size", type=int, default=d.max_batch_size, help="inputs per forward pass")
+    p.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms,
+                   help="how long a request waits for others to share its forward pass")
+    p.add_argument("--max-queue", type=int, default=d.max_queue, help="queued inputs before 503 + Retry-After")
+    p.add_argument("--max-inputs", type=int, default=d.max_inputs, help="inputs per request (413 beyond)")
+    p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes, help="request body size (413 beyond)")
+    p.add_argument("--max-tokens", type=int, default=None, help="tokens per input (422 beyond; default: the model's)")
+    p.add_argument("--timeout", type=float, default=d.timeout, help="seconds per request, queueing included (504)")
+    p.add_argument("--api-key", default=None, help=f"require 'Authorization: Bearer KEY' on /v1/* (or env {API_KEY_ENV})")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args) -> int:
+    from .serve.options import ServeOptions
+
+    options = ServeOptions(model=args.model, host=args.host, port=args.port, task=args.task,
+                           max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
+                           max_inputs=args.max_inputs, max_body_bytes=args.max_body_bytes, max_tokens=args.max_tokens,
+                           timeout=args.timeout, api_key=args.api_key, threads=args.threads)
+    try:
+        from .serve.app import serve
+    except ImportError as e:
+        raise ValueError(f"{e.name} is not installed: pip install 'lmforge[serve]'") from None
+    serve(options)
+    return 0
+
+
 def _print_json(keys: tuple[str, ...]) -> Callable[[dict[str, Any], Any], None]:
     return lambda result, _: print(json.dumps({k: result[k] for k in keys} if keys else result, indent=2))
 
@@ -173,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("finetune", "evaluate", "predict"):
         _recipe_command(sub, name)
     _add_classify(sub)
+    _add_serve(sub)
     _recipe_command(sub, "demo")
     return parser
 

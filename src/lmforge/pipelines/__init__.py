@@ -4,6 +4,7 @@
     fill("the acting in this [MASK] was terrible", top_k=3)
     clf = pipeline("text-classification", model="runs/finetune/best")
     clf(["great!", "awful"], top_k=None)
+    embed = pipeline("sentence-embedding", model="all-MiniLM-L6-v2-folder")  # pooled (+ normalised) vectors
 
 Inputs are sorted by length and run in batches (restoring the caller's order afterwards), so a
 batch holds sequences of similar length and little padding.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 from .base import Pipeline
 from .fill_mask import FillMaskPipeline
+from .sentence_embedding import SentenceEmbeddingPipeline
 from .text_classification import TextClassificationPipeline
 from .token_classification import TokenClassificationPipeline
 
@@ -22,6 +24,7 @@ PIPELINES = {
     "sentiment-analysis": TextClassificationPipeline,
     "token-classification": TokenClassificationPipeline,
     "ner": TokenClassificationPipeline,
+    "sentence-embedding": SentenceEmbeddingPipeline,
 }
 
 

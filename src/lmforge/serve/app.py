@@ -1,0 +1,138 @@
+"""`create_app(options)`: the FastAPI application of `lmforge serve`: the model's pipeline behind the micro-batcher,
+the endpoints of its task, /health and /metrics, JSON errors, and the guard (metrics, API key, body size)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Hashable
+from typing import Any
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..pipelines import pipeline
+from .batcher import MicroBatcher, QueueFull
+from .encoders import EncoderService
+from .errors import ApiError, error_body, validation_message
+from .kinds import ENDPOINTS, detect_task
+from .metrics import Metrics
+from .middleware import Guard
+from .options import ServeOptions
+from .schemas import ClassifyRequest, EmbeddingsRequest, FillMaskRequest, TokenClassifyRequest
+
+logger = logging.getLogger(__name__)
+
+
+def error_response(status: int, message: str, param: str | None = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(error_body(status, message, param), status_code=status, headers=headers)
+
+
+def create_app(options: ServeOptions) -> FastAPI:
+    if options.threads is not None:
+        torch.set_num_threads(options.threads)
+    task = options.task or detect_task(options.model)
+    if task not in ENDPOINTS:
+        raise ValueError(f"serve: task {task!r} has no endpoints; servable tasks: {sorted(ENDPOINTS)}")
+    # batch_size = max_batch_size: a coalesced batch is one forward pass (the pipeline splits only bigger ones).
+    pipe = pipeline(task, model=options.model, batch_size=options.max_batch_size)
+    service = EncoderService(pipe, options)
+    metrics = Metrics()
+    batcher = MicroBatcher(service.run, options.max_batch_size, options.max_wait_ms, options.max_queue,
+                           on_batch=metrics.batch_sizes.observe)
+    metrics.queue_depth = lambda: batcher.queue_depth
+    served = ENDPOINTS[task]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        batcher.start()
+        logger.info("serving %s (%s) on %s", options.model, task, ", ".join(served))
+        yield
+        await batcher.close()  # after the server stopped taking requests: finish the queued ones
+
+    app = FastAPI(title="lmforge", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.batcher = batcher
+    app.state.metrics = metrics
+    app.state.pipeline = pipe
+
+    async def run_batched(key: Hashable, inputs: list[Any]) -> list[Any]:
+        try:
+            return await asyncio.wait_for(batcher.submit(key, inputs), options.timeout)
+        except QueueFull as e:
+            raise ApiError(503, f"server busy: {e}; retry later", headers={"Retry-After": "1"}) from None
+        except asyncio.TimeoutError:
+            raise ApiError(504, f"the request took longer than the {options.timeout:g} s timeout") from None
+
+    async def serve(prepared: tuple[Hashable, list[Any], Any]) -> dict:
+        key, inputs, shape = prepared
+        return shape(await run_batched(key, inputs))
+
+    if task == "text-classification":
+        @app.post("/v1/classify")
+        async def classify(body: ClassifyRequest) -> dict:
+            return await serve(service.classify(body))
+    elif task == "fill-mask":
+        @app.post("/v1/fill-mask")
+        async def fill_mask(body: FillMaskRequest) -> dict:
+            return await serve(service.fill_mask(body))
+    elif task == "token-classification":
+        @app.post("/v1/token-classify")
+        async def token_classify(body: TokenClassifyRequest) -> dict:
+            return await serve(service.token_classify(body))
+    elif task == "sentence-embedding":
+        @app.post("/v1/embeddings")
+        async def embeddings(body: EmbeddingsRequest) -> dict:
+            return await serve(service.embeddings(body))
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok", "model": options.model, "task": task, "endpoints": list(served),
+                "queue_depth": batcher.queue_depth}
+
+    @app.get("/metrics")
+    async def prometheus() -> PlainTextResponse:
+        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, e: ApiError) -> JSONResponse:
+        return error_response(e.status, e.message, e.param, e.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_body(request: Request, e: RequestValidationError) -> JSONResponse:
+        status, message, param = validation_message(list(e.errors()))
+        return error_response(status, message, param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
+        if e.status_code == 404:
+            message = (f"no endpoint {request.url.path}; this server serves a {task} model: "
+                       f"{', '.join((*served, '/health', '/metrics'))}")
+        elif e.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path}"
+        else:
+            message = str(e.detail)
+        return error_response(e.status_code, message, headers=getattr(e, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def server_error(request: Request, e: Exception) -> JSONResponse:
+        logger.exception("internal error on %s", request.url.path)
+        return error_response(500, f"internal error: {type(e).__name__}")
+
+    app.add_middleware(Guard, metrics=metrics, endpoints={*served, "/health", "/metrics"},
+                       max_body_bytes=options.max_body_bytes, api_key=options.api_key)
+    return app
+
+
+def serve(options: ServeOptions) -> None:
+    """Run the server until SIGINT / SIGTERM; uvicorn then stops accepting, lets in-flight requests finish
+    (up to `timeout` seconds), and the batcher drains its queue."""
+    import uvicorn
+
+    app = create_app(options)
+    uvicorn.run(app, host=options.host, port=options.port, log_level="info",
+                timeout_graceful_shutdown=int(options.timeout) + 1)

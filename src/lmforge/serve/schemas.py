@@ -1,0 +1,45 @@
+"""Request bodies (pydantic): strict types (a number is not a string), no empty or blank texts, no unknown fields
+beyond the few OpenAI clients send."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr
+
+
+def _not_blank(text: str) -> str:
+    if not text.strip():
+        raise ValueError("empty or blank text")
+    return text
+
+
+Text = Annotated[StrictStr, AfterValidator(_not_blank)]
+Texts = Text | Annotated[list[Text], Field(min_length=1)]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: StrictStr | None = None  # accepted and ignored: the server serves one model
+
+
+class ClassifyRequest(_Request):
+    input: Texts
+    top_k: Annotated[StrictInt, Field(ge=1)] | None = 1  # None: every label
+    labels: Annotated[list[StrictStr], Field(min_length=1)] | None = None  # only these labels' scores
+
+
+class FillMaskRequest(_Request):
+    input: Texts
+    top_k: Annotated[StrictInt, Field(ge=1, le=100)] = 5
+
+
+class TokenClassifyRequest(_Request):
+    input: Texts
+    aggregation_strategy: Literal["simple", "none"] = "simple"
+
+
+class EmbeddingsRequest(_Request):
+    input: Texts
+    encoding_format: Literal["float", "base64"] = "float"
+    user: StrictStr | None = None
