@@ -276,6 +276,79 @@ def test_smoke_classify(finetuned, tmp_path):
         assert sum(p["score"] for p in line["prediction"]) == pytest.approx(1.0, abs=1e-5)
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http(method: str, url: str, body: dict | None = None, timeout: float = 30) -> tuple[int, dict]:
+    import urllib.error
+    import urllib.request
+
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_smoke_serve(tmp_path):
+    """`lmforge serve` on a tiny sentence-embedding folder: /health answers, /v1/embeddings works, and SIGTERM
+    during a request (held in the batcher by --max-wait-ms) lets it finish before the process exits."""
+    pytest.importorskip("fastapi")
+    pytest.importorskip("uvicorn")
+    import signal
+    import threading
+    import time
+
+    import torch
+
+    from lmforge import BertConfig
+    from lmforge.models.bert import BertModel
+    from lmforge.tokenizers import train_tokenizer
+
+    tokenizer = train_tokenizer(english_sentences(200, seed=1), tmp_path / "model", vocab_size=100, min_frequency=1)
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32)).save_pretrained(tmp_path / "model")
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(SRC), os.environ.get("PYTHONPATH")) if p)}
+    server = subprocess.Popen([sys.executable, "-m", "lmforge.cli", "serve", str(tmp_path / "model"), "--port",
+                               str(port), "--max-wait-ms", "1500", "--threads", "1"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                status, health = http("GET", f"{base}/health", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, server.stdout.read()
+                time.sleep(0.2)
+        assert status == 200 and health["task"] == "sentence-embedding" and "/v1/embeddings" in health["endpoints"]
+        answers = []
+        request = threading.Thread(target=lambda: answers.append(
+            http("POST", f"{base}/v1/embeddings", {"input": ["playing", "walks"]})))
+        request.start()
+        time.sleep(0.5)  # the request is waiting in the batcher (1.5 s for company)
+        server.send_signal(signal.SIGTERM)
+        request.join(30)
+        # uvicorn re-raises the signal once it has shut down: the process ends by SIGTERM, after the drain.
+        assert server.wait(30) in (0, -signal.SIGTERM)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    status, body = answers[0]
+    assert status == 200 and len(body["data"]) == 2 and len(body["data"][0]["embedding"]) == 16
+
+
 def test_smoke_demo_help(tmp_path):
     # The demo itself needs the movie-review data (fetched at run time); tests/test_demo.py runs it at
     # the smallest size when that data is available. Here: the command and its recipe module import.
