@@ -17,6 +17,7 @@ Scope = dict[str, Any]
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+DRAIN_FACTOR = 8
 
 
 async def send_error(send: Send, status: int, message: str, headers: dict[str, str] | None = None) -> None:
@@ -71,11 +72,9 @@ class Guard:
         if scope["method"] not in ("POST", "PUT", "PATCH"):
             await self.app(scope, receive, send)
             return
-        declared = dict(scope.get("headers", [])).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            await send_error(send, 413, f"request body of {int(declared)} bytes; the limit is {self.max_body_bytes}")
-            return
         # Read the body here, bounded (a chunked body has no content-length), then hand it on in one message.
+        # Past the limit the rest is read and dropped (up to DRAIN_FACTOR x the limit) so that the client, still
+        # sending, gets the 413 rather than a reset connection.
         chunks, size = [], 0
         while True:
             message = await receive()
@@ -83,11 +82,15 @@ class Guard:
                 return
             chunk = message.get("body", b"")
             size += len(chunk)
+            more = message.get("more_body", False)
             if size > self.max_body_bytes:
+                chunks = []
+                if more and size <= DRAIN_FACTOR * self.max_body_bytes:
+                    continue
                 await send_error(send, 413, f"request body over {self.max_body_bytes} bytes")
                 return
             chunks.append(chunk)
-            if not message.get("more_body", False):
+            if not more:
                 break
         body, delivered = b"".join(chunks), False
 

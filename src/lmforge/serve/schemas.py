@@ -11,6 +11,10 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, St
 def _not_blank(text: str) -> str:
     if not text.strip():
         raise ValueError("empty or blank text")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("not valid Unicode (a lone surrogate escape)") from None
     return text
 
 
