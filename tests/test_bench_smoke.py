@@ -108,3 +108,32 @@ def test_clm_pretrain_bench_runs_at_smallest_sizes(monkeypatch):
     assert _positive(result.tokens_per_s.values())
     rows = clm_pretrain.rows(result)
     assert len(rows) == 3 and all(r[3].endswith("x") for r in rows)
+
+
+def test_serve_load_runs_small(tmp_path):
+    """bench/serve_load.py end to end on a tiny embedding folder: a few requests, a few fuzzed ones, exit 0."""
+    pytest.importorskip("fastapi")
+    pytest.importorskip("httpx")
+    import json
+    import subprocess
+
+    import torch
+
+    from lmforge import BertConfig
+    from lmforge.models.bert import BertModel
+    from lmforge.tokenizers import train_tokenizer
+
+    words = ["the", "movie", "was", "a", "great", "story", "about", "two", "friends", "and", "the", "plot", "is", "thin"]
+    tokenizer = train_tokenizer([" ".join(words[i:] + words[:i]) for i in range(len(words))] * 5, tmp_path / "m",
+                                vocab_size=80, min_frequency=1)
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32)).save_pretrained(tmp_path / "m")
+    result = subprocess.run([sys.executable, str(BENCH / "serve_load.py"), "--model", str(tmp_path / "m"),
+                             "--requests", "16", "--concurrency", "4", "--fuzz", "40", "--threads", "1",
+                             "--json", str(tmp_path / "load.json")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    load = json.loads((tmp_path / "load.json").read_text())
+    assert load["concurrent"]["errors"] == 0 and load["fuzz"]["5xx_or_failed"] == 0
+    assert _positive([load["concurrent"]["req_per_s"], load["one_at_a_time"]["p50_ms"]])
+    assert load["max_abs_diff_batched_vs_single"] < 1e-5

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
-from collections.abc import Hashable
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Hashable
 from typing import Any
 
 import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..pipelines import pipeline
@@ -23,7 +26,14 @@ from .kinds import ENDPOINTS, detect_task
 from .metrics import Metrics
 from .middleware import Guard
 from .options import ServeOptions
-from .schemas import ClassifyRequest, EmbeddingsRequest, FillMaskRequest, TokenClassifyRequest
+from .schemas import (
+    ChatRequest,
+    ClassifyRequest,
+    CompletionRequest,
+    EmbeddingsRequest,
+    FillMaskRequest,
+    TokenClassifyRequest,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +51,12 @@ def create_app(options: ServeOptions) -> FastAPI:
         raise ValueError(f"serve: task {task!r} has no endpoints; servable tasks: {sorted(ENDPOINTS)}")
     # batch_size = max_batch_size: a coalesced batch is one forward pass (the pipeline splits only bigger ones).
     pipe = pipeline(task, model=options.model, batch_size=options.max_batch_size)
-    service = EncoderService(pipe, options)
+    if task == "text-generation":
+        from .generation import GenerationService
+
+        service = GenerationService(pipe, options)
+    else:
+        service = EncoderService(pipe, options)
     metrics = Metrics()
     batcher = MicroBatcher(service.run, options.max_batch_size, options.max_wait_ms, options.max_queue,
                            on_batch=metrics.batch_sizes.observe)
@@ -88,6 +103,9 @@ def create_app(options: ServeOptions) -> FastAPI:
         @app.post("/v1/embeddings")
         async def embeddings(body: EmbeddingsRequest) -> dict:
             return await serve(service.embeddings(body))
+
+    elif task == "text-generation":
+        add_generation_routes(app, service, options, batcher, run_batched)
 
     @app.get("/health")
     async def health() -> dict:
@@ -136,3 +154,87 @@ def serve(options: ServeOptions) -> None:
     app = create_app(options)
     uvicorn.run(app, host=options.host, port=options.port, log_level="info",
                 timeout_graceful_shutdown=int(options.timeout) + 1)
+
+
+def sse_event(data: dict) -> bytes:
+    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+
+
+def add_generation_routes(app: FastAPI, gen, options: ServeOptions, batcher: MicroBatcher,
+                          run_batched: Callable) -> None:
+    """/v1/completions and /v1/chat/completions; `"stream": true` answers with server-sent events."""
+    from .generation import StreamSink
+
+    async def stream(key: Hashable, ids: tuple[int, ...], stop: tuple[str, ...], opening: dict | None,
+                     chunk: Callable[[str | None, str | None], dict]) -> StreamingResponse:
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+        sink = StreamSink(gen.tokenizer, lambda text: loop.call_soon_threadsafe(events.put_nowait, ("text", text)),
+                          stop)
+        try:
+            future = batcher.enqueue(key, [(ids, sink)])
+        except QueueFull as e:
+            raise ApiError(503, f"server busy: {e}; retry later", headers={"Retry-After": "1"}) from None
+        # The end is queued after every piece: call_soon_threadsafe keeps the model thread's order.
+        future.add_done_callback(lambda f: loop.call_soon(events.put_nowait, ("end", f)))
+        try:  # until the first piece, errors are still a status code (the timeout too)
+            first = await asyncio.wait_for(events.get(), options.timeout)
+        except asyncio.TimeoutError:
+            sink.cancelled.set()
+            future.cancel()
+            raise ApiError(504, f"no output within the {options.timeout:g} s timeout") from None
+        if first[0] == "end":
+            first[1].result()  # raises the model's error, if any
+
+        async def events_out() -> AsyncIterator[bytes]:
+            event = first
+            try:
+                if opening is not None:
+                    yield sse_event(opening)
+                while event[0] == "text":
+                    yield sse_event(chunk(event[1], None))
+                    event = await events.get()
+                yield sse_event(chunk(None, event[1].result()[0].finish_reason))
+                yield b"data: [DONE]\n\n"
+            finally:
+                sink.cancelled.set()  # done, or the client left: the generation stops at its next token
+
+        return StreamingResponse(events_out(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    def usage(results) -> dict:
+        prompt = sum(r.prompt_tokens for r in results)
+        completion = sum(r.completion_tokens for r in results)
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest):
+        settings = gen.settings(body)
+        prompts = gen.completion_prompts(body, settings)
+        head = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
+                "model": body.model or options.model}
+        if body.stream:
+            return await stream(gen.batch_key(settings, stream=True), prompts[0], settings.stop, None,
+                                lambda text, finish: {**head, "choices": [
+                                    {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}]})
+        results = await run_batched(gen.batch_key(settings, stream=False), prompts)
+        return {**head, "choices": [{"index": i, "text": r.text, "logprobs": None, "finish_reason": r.finish_reason}
+                                    for i, r in enumerate(results)], "usage": usage(results)}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatRequest):
+        settings = gen.settings(body)
+        ids = gen.chat_prompt(body, settings)
+        head = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()),
+                "model": body.model or options.model}
+        if body.stream:
+            chunk = {**head, "object": "chat.completion.chunk"}
+            opening = {**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                             "finish_reason": None}]}
+            return await stream(gen.batch_key(settings, stream=True), ids, settings.stop, opening,
+                                lambda text, finish: {**chunk, "choices": [
+                                    {"index": 0, "delta": {} if text is None else {"content": text},
+                                     "finish_reason": finish}]})
+        [result] = await run_batched(gen.batch_key(settings, stream=False), [ids])
+        return {**head, "object": "chat.completion",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
+                             "finish_reason": result.finish_reason}], "usage": usage([result])}

@@ -64,6 +64,10 @@ class MicroBatcher:
         self._executor.shutdown(wait=True)
 
     async def submit(self, key: Hashable, inputs: list[Any]) -> list[Any]:
+        return await self.enqueue(key, inputs)
+
+    def enqueue(self, key: Hashable, inputs: list[Any]) -> asyncio.Future:
+        """Queue a job now (QueueFull at once when the queue is full); the future gets its outputs."""
         if self._task is None or self._closing:
             raise RuntimeError("the batcher is not running")
         if self._queued_inputs + len(inputs) > self.max_queue and self._queue:
@@ -72,7 +76,7 @@ class MicroBatcher:
         self._queue.append(job)
         self._queued_inputs += len(job.inputs)
         self._changed.set()
-        return await job.future
+        return job.future
 
     def _ready(self, key: Hashable) -> int:
         return sum(len(j.inputs) for j in self._queue if j.key == key)

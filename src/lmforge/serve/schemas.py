@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 
 def _not_blank(text: str) -> str:
@@ -47,3 +47,29 @@ class EmbeddingsRequest(_Request):
     input: Texts
     encoding_format: Literal["float", "base64"] = "float"
     user: StrictStr | None = None
+
+
+class _GenerationRequest(_Request):
+    max_tokens: Annotated[StrictInt, Field(ge=1)] | None = None  # None: 16, as OpenAI's completions
+    temperature: Annotated[StrictFloat | StrictInt, Field(ge=0, le=2)] = 1.0  # 0: greedy
+    top_p: Annotated[StrictFloat | StrictInt, Field(gt=0, le=1)] | None = None
+    n: StrictInt = 1
+    stream: StrictBool = False
+    stop: Text | Annotated[list[Text], Field(min_length=1, max_length=4)] | None = None
+    seed: StrictInt | None = None
+    user: StrictStr | None = None
+
+
+class CompletionRequest(_GenerationRequest):
+    prompt: Texts
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["system", "user", "assistant"]
+    content: StrictStr
+
+
+class ChatRequest(_GenerationRequest):
+    messages: Annotated[list[Message], Field(min_length=1)]
+    max_completion_tokens: Annotated[StrictInt, Field(ge=1)] | None = None  # OpenAI's newer name of max_tokens
