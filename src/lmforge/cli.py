@@ -7,7 +7,7 @@
     lmforge evaluate          metrics of a fine-tuned model on a labelled file
     lmforge predict           labels + probabilities for a file -> JSONL / CSV
     lmforge classify          classify texts given on the command line
-    lmforge serve             HTTP server for a model folder (micro-batched; OpenAI-compatible embeddings)
+    lmforge serve             HTTP server for a model folder (micro-batched; OpenAI-compatible endpoints)
     lmforge demo              the main job: pretrain, fine-tune three models, report with plots
 
 Heavy modules are imported inside each command so `lmforge --help` stays quick; recipe commands share one
@@ -119,7 +119,8 @@ def _add_serve(sub) -> None:
 
     d = ServeOptions(model="")
     p = sub.add_parser("serve", help="HTTP server for a model folder: /v1/classify, /v1/fill-mask, /v1/token-classify, "
-                                     "/v1/embeddings (by the model's kind), /health, /metrics",
+                                     "/v1/embeddings, /v1/completions + /v1/chat/completions (by the model's kind), "
+                                     "/health, /metrics",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("model", help="model folder (HF format, with tokenizer)")
     p.add_argument("--host", default=d.host)
@@ -132,6 +133,8 @@ def _add_serve(sub) -> None:
     p.add_argument("--max-inputs", type=int, default=d.max_inputs, help="inputs per request (413 beyond)")
     p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes, help="request body size (413 beyond)")
     p.add_argument("--max-tokens", type=int, default=None, help="tokens per input (422 beyond; default: the model's)")
+    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens,
+                   help="generation: the most tokens a completion may ask for (422 beyond)")
     p.add_argument("--timeout", type=float, default=d.timeout, help="seconds per request, queueing included (504)")
     p.add_argument("--api-key", default=None, help=f"require 'Authorization: Bearer KEY' on /v1/* (or env {API_KEY_ENV})")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -144,7 +147,7 @@ def cmd_serve(args) -> int:
     options = ServeOptions(model=args.model, host=args.host, port=args.port, task=args.task,
                            max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
                            max_inputs=args.max_inputs, max_body_bytes=args.max_body_bytes, max_tokens=args.max_tokens,
-                           timeout=args.timeout, api_key=args.api_key, threads=args.threads)
+                           max_new_tokens=args.max_new_tokens, timeout=args.timeout, api_key=args.api_key, threads=args.threads)
     try:
         from .serve.app import serve
     except ImportError as e:
