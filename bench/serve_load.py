@@ -205,7 +205,8 @@ def main() -> int:
                           "p50_ms": 1000 * percentile(single_lat, 50), "p99_ms": 1000 * percentile(single_lat, 99)},
         "speedup": single_s / batched_s, "max_abs_diff_batched_vs_single": max_diff,
         "fuzz": {"requests": args.fuzz, "statuses": {str(k): v for k, v in sorted(fuzz_counts.items())},
-                 "5xx_or_failed": server_errors, "failures": failures[:20], "health_after": health, "request_after": after},
+                 "5xx_or_failed": server_errors, "failures": failures[:20], "health_after": health,
+                 "request_after": after},
     }
     c, s = result["concurrent"], result["one_at_a_time"]
     name = model.parent.name if model.name == "model" else model.name

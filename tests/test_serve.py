@@ -25,7 +25,8 @@ from lmforge.serve.options import ServeOptions  # noqa: E402
 from lmforge.tokenizers import train_tokenizer  # noqa: E402
 
 TEXTS = [f"the movie number {i} was {'good' if i % 2 else 'bad'} and the actors were fine ." for i in range(200)]
-QUERIES = ["great movie", "the plot was bad and the actors were awful and boring", "fine", "the movie number 7 was good",
+QUERIES = ["great movie", "the plot was bad and the actors were awful and boring", "fine",
+           "the movie number 7 was good",
            "bad", "the actors were fine .", "good good good good good good good", "number 3"]
 
 
@@ -34,7 +35,8 @@ def folders(tmp_path_factory):
     """One tiny folder per servable encoder task, weights perturbed away from their init."""
     tokenizer = train_tokenizer(TEXTS, tmp_path_factory.mktemp("tok"), vocab_size=120, min_frequency=1)
     out = {}
-    for name, cls, extra in [("classify", BertForSequenceClassification, {"id2label": {0: "neg", 1: "pos", 2: "mixed"}}),
+    three_labels = {"id2label": {0: "neg", 1: "pos", 2: "mixed"}}
+    for name, cls, extra in [("classify", BertForSequenceClassification, three_labels),
                              ("fill-mask", BertForMaskedLM, {}),
                              ("token-classify", BertForTokenClassification, {"id2label": {0: "O", 1: "B-X", 2: "I-X"}}),
                              ("embeddings", BertModel, {})]:

@@ -136,7 +136,8 @@ def _add_serve(sub) -> None:
     p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens,
                    help="generation: the most tokens a completion may ask for (422 beyond)")
     p.add_argument("--timeout", type=float, default=d.timeout, help="seconds per request, queueing included (504)")
-    p.add_argument("--api-key", default=None, help=f"require 'Authorization: Bearer KEY' on /v1/* (or env {API_KEY_ENV})")
+    p.add_argument("--api-key", default=None,
+                   help=f"require 'Authorization: Bearer KEY' on /v1/* (or env {API_KEY_ENV})")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.set_defaults(func=cmd_serve)
 
@@ -147,7 +148,8 @@ def cmd_serve(args) -> int:
     options = ServeOptions(model=args.model, host=args.host, port=args.port, task=args.task,
                            max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
                            max_inputs=args.max_inputs, max_body_bytes=args.max_body_bytes, max_tokens=args.max_tokens,
-                           max_new_tokens=args.max_new_tokens, timeout=args.timeout, api_key=args.api_key, threads=args.threads)
+                           max_new_tokens=args.max_new_tokens, timeout=args.timeout, api_key=args.api_key,
+                           threads=args.threads)
     try:
         from .serve.app import serve
     except ImportError as e:

@@ -10,6 +10,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Hashable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -43,6 +44,12 @@ def error_response(status: int, message: str, param: str | None = None,
     return JSONResponse(error_body(status, message, param), status_code=status, headers=headers)
 
 
+def model_display_name(model: str) -> str:
+    """The `model` field of responses: the folder's (or GGUF file's) name, "model" folders by their parent."""
+    path = Path(model)
+    return path.parent.name if path.name == "model" and path.parent.name else path.name
+
+
 def create_app(options: ServeOptions) -> FastAPI:
     if options.threads is not None:
         torch.set_num_threads(options.threads)
@@ -50,18 +57,25 @@ def create_app(options: ServeOptions) -> FastAPI:
     if task not in ENDPOINTS:
         raise ValueError(f"serve: task {task!r} has no endpoints; servable tasks: {sorted(ENDPOINTS)}")
     # batch_size = max_batch_size: a coalesced batch is one forward pass (the pipeline splits only bigger ones).
-    pipe = pipeline(task, model=options.model, batch_size=options.max_batch_size)
+    if str(options.model).endswith(".gguf"):
+        from ..recipes.generate import load_causal_lm
+
+        model, tokenizer = load_causal_lm(options.model)
+        pipe = pipeline(task, model=model, tokenizer=tokenizer, batch_size=options.max_batch_size)
+    else:
+        pipe = pipeline(task, model=options.model, batch_size=options.max_batch_size)
     if task == "text-generation":
         from .generation import GenerationService
 
         service = GenerationService(pipe, options)
     else:
-        service = EncoderService(pipe, options)
+        service = EncoderService(pipe, options, model_display_name(options.model))
     metrics = Metrics()
     batcher = MicroBatcher(service.run, options.max_batch_size, options.max_wait_ms, options.max_queue,
                            on_batch=metrics.batch_sizes.observe)
     metrics.queue_depth = lambda: batcher.queue_depth
     served = ENDPOINTS[task]
+    model_name = model_display_name(options.model)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -105,11 +119,11 @@ def create_app(options: ServeOptions) -> FastAPI:
             return await serve(service.embeddings(body))
 
     elif task == "text-generation":
-        add_generation_routes(app, service, options, batcher, run_batched)
+        add_generation_routes(app, service, options, model_name, batcher, run_batched)
 
     @app.get("/health")
     async def health() -> dict:
-        return {"status": "ok", "model": options.model, "task": task, "endpoints": list(served),
+        return {"status": "ok", "model": model_name, "task": task, "endpoints": list(served),
                 "queue_depth": batcher.queue_depth}
 
     @app.get("/metrics")
@@ -160,7 +174,7 @@ def sse_event(data: dict) -> bytes:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
 
 
-def add_generation_routes(app: FastAPI, gen, options: ServeOptions, batcher: MicroBatcher,
+def add_generation_routes(app: FastAPI, gen, options: ServeOptions, model_name: str, batcher: MicroBatcher,
                           run_batched: Callable) -> None:
     """/v1/completions and /v1/chat/completions; `"stream": true` answers with server-sent events."""
     from .generation import StreamSink
@@ -211,7 +225,7 @@ def add_generation_routes(app: FastAPI, gen, options: ServeOptions, batcher: Mic
         settings = gen.settings(body)
         prompts = gen.completion_prompts(body, settings)
         head = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
-                "model": body.model or options.model}
+                "model": body.model or model_name}
         if body.stream:
             return await stream(gen.batch_key(settings, stream=True), prompts[0], settings.stop, None,
                                 lambda text, finish: {**head, "choices": [
@@ -225,7 +239,7 @@ def add_generation_routes(app: FastAPI, gen, options: ServeOptions, batcher: Mic
         settings = gen.settings(body)
         ids = gen.chat_prompt(body, settings)
         head = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()),
-                "model": body.model or options.model}
+                "model": body.model or model_name}
         if body.stream:
             chunk = {**head, "object": "chat.completion.chunk"}
             opening = {**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},

@@ -23,9 +23,10 @@ def as_list(texts: str | list[str]) -> list[str]:
 class EncoderService:
     """A pipeline and the request checks of its task. `run` is the batcher's model call (model thread)."""
 
-    def __init__(self, pipe: Pipeline, options: ServeOptions):
+    def __init__(self, pipe: Pipeline, options: ServeOptions, model_name: str):
         self.pipe = pipe
         self.options = options
+        self.model_name = model_name
         self.max_tokens = min(options.max_tokens or pipe.max_length, pipe.max_length)
 
     # ------------------------------------------------------------------------------------ checks (event loop)
@@ -116,7 +117,7 @@ class EncoderService:
             return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
 
         def shape(outputs: list[list[float]]) -> dict:
-            return {"object": "list", "model": body.model or self.options.model,
+            return {"object": "list", "model": body.model or self.model_name,
                     "data": [{"object": "embedding", "index": i, "embedding": encode(v)}
                              for i, v in enumerate(outputs)],
                     "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}

@@ -104,6 +104,11 @@ class GenerationService:
         self.tokenizer = pipe.tokenizer
         self.max_positions = pipe.model.config.max_position_embeddings
         self.max_prompt_tokens = min(options.max_tokens or self.max_positions, self.max_positions)
+        # The model's EOS ids plus the tokenizer's: an instruct model ends its turn with the tokenizer's EOS
+        # (SmolLM2: <|im_end|>), as `lmforge chat` does.
+        self.eos_ids = list(pipe.model.default_generation_config().eos_ids)
+        if self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token_id not in self.eos_ids:
+            self.eos_ids.append(self.tokenizer.eos_token_id)
 
     # ------------------------------------------------------------------------------------ checks (event loop)
     def settings(self, body: CompletionRequest | ChatRequest) -> Settings:
@@ -155,8 +160,8 @@ class GenerationService:
 
     # ------------------------------------------------------------------------------------ model (model thread)
     def config(self, settings: Settings) -> GenerationConfig:
-        config = self.pipe.model.default_generation_config().updated(max_new_tokens=settings.max_tokens,
-                                                                     stop_strings=list(settings.stop))
+        config = self.pipe.model.default_generation_config().updated(
+            max_new_tokens=settings.max_tokens, stop_strings=list(settings.stop), eos_token_id=self.eos_ids or None)
         if settings.temperature == 0:
             return config.updated(do_sample=False)
         return config.updated(do_sample=True, temperature=settings.temperature, top_p=settings.top_p, top_k=None)

@@ -29,6 +29,8 @@ ENDPOINTS = {
 
 
 def detect_task(folder: str | os.PathLike) -> str:
+    if str(folder).endswith(".gguf"):  # llama.cpp files hold causal LMs
+        return "text-generation"
     data, file = read_config_json(folder)
     architectures = data.get("architectures") or []
     for suffix, task in TASK_BY_ARCHITECTURE:
