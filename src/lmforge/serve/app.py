@@ -121,6 +121,10 @@ def create_app(options: ServeOptions) -> FastAPI:
     elif task == "text-generation":
         add_generation_routes(app, service, options, model_name, batcher, run_batched)
 
+    @app.get("/v1/models")
+    async def models() -> dict:  # OpenAI clients list models first
+        return {"object": "list", "data": [{"id": model_name, "object": "model", "owned_by": "lmforge"}]}
+
     @app.get("/health")
     async def health() -> dict:
         return {"status": "ok", "model": model_name, "task": task, "endpoints": list(served),
@@ -143,7 +147,7 @@ def create_app(options: ServeOptions) -> FastAPI:
     async def http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
         if e.status_code == 404:
             message = (f"no endpoint {request.url.path}; this server serves a {task} model: "
-                       f"{', '.join((*served, '/health', '/metrics'))}")
+                       f"{', '.join((*served, '/v1/models', '/health', '/metrics'))}")
         elif e.status_code == 405:
             message = f"{request.method} is not allowed on {request.url.path}"
         else:
@@ -155,7 +159,7 @@ def create_app(options: ServeOptions) -> FastAPI:
         logger.exception("internal error on %s", request.url.path)
         return error_response(500, f"internal error: {type(e).__name__}")
 
-    app.add_middleware(Guard, metrics=metrics, endpoints={*served, "/health", "/metrics"},
+    app.add_middleware(Guard, metrics=metrics, endpoints={*served, "/v1/models", "/health", "/metrics"},
                        max_body_bytes=options.max_body_bytes, api_key=options.api_key)
     return app
 
