@@ -130,6 +130,7 @@ def test_concurrent_requests_share_one_forward_and_equal_one_at_a_time(folders):
     (b'{"input": "fine", "top_k": 0}', 422, "top_k"),
     (b'{"input": "fine", "top_k": 9}', 422, "top_k"),
     (b'{"input": "fine", "temperature": 1}', 422, "temperature"),
+    (b'{"input": 3, "top_k": "x"}', 422, "(also wrong: top_k)"),
     (b'{"input": "\\ud800"}', 422, "Unicode"),
     (b'["fine"]', 422, "body"),
     (b'', 422, ""),

@@ -43,6 +43,9 @@ def validation_message(errors: list[dict[str, Any]]) -> tuple[int, str, str | No
     message = f"{path or 'body'}: {first.get('msg', 'invalid value')}"
     if path == "input" and first.get("type") in ("string_type", "list_type"):
         message = "input: expected a non-empty string or a list of non-empty strings"
-    if len(errors) > 1:
-        message += f" (and {len(errors) - 1} more error{'s' if len(errors) > 2 else ''})"
+    # Other fields that are wrong too (a union's members all fail on the same field: not "more errors").
+    fields = {str(e["loc"][1]) for e in errors if len(e.get("loc", ())) > 1 and e["loc"][0] == "body"}
+    others = sorted(fields - {str(first["loc"][1])}) if len(first.get("loc", ())) > 1 else []
+    if others:
+        message += f" (also wrong: {', '.join(others)})"
     return 422, message, path or None

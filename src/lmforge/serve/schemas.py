@@ -8,17 +8,22 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 
-def _not_blank(text: str) -> str:
-    if not text.strip():
-        raise ValueError("empty or blank text")
+def _unicode(text: str) -> str:
     try:
         text.encode("utf-8")
-    except UnicodeEncodeError:
+    except UnicodeEncodeError:  # JSON's "\ud800" escapes decode to strings no tokenizer takes
         raise ValueError("not valid Unicode (a lone surrogate escape)") from None
     return text
 
 
+def _not_blank(text: str) -> str:
+    if not text.strip():
+        raise ValueError("empty or blank text")
+    return _unicode(text)
+
+
 Text = Annotated[StrictStr, AfterValidator(_not_blank)]
+AnyText = Annotated[StrictStr, AfterValidator(_unicode)]  # may be empty
 Texts = Text | Annotated[list[Text], Field(min_length=1)]
 
 
@@ -56,7 +61,7 @@ class _GenerationRequest(_Request):
     n: StrictInt = 1
     stream: StrictBool = False
     stop: Text | Annotated[list[Text], Field(min_length=1, max_length=4)] | None = None
-    seed: StrictInt | None = None
+    seed: Annotated[StrictInt, Field(ge=0, le=2**63 - 1)] | None = None
     user: StrictStr | None = None
 
 
@@ -67,7 +72,7 @@ class CompletionRequest(_GenerationRequest):
 class Message(BaseModel):
     model_config = ConfigDict(extra="forbid")
     role: Literal["system", "user", "assistant"]
-    content: StrictStr
+    content: AnyText
 
 
 class ChatRequest(_GenerationRequest):
