@@ -167,6 +167,13 @@ def test_api_key(folders, monkeypatch):
     assert right.status_code == 200 and health.status_code == 200
 
 
+def wait_until(condition, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)
+
+
 def blocked_model(c: TestClient) -> threading.Event:
     """Make the model thread wait on the returned event before each batch."""
     release = threading.Event()
@@ -187,12 +194,11 @@ def test_full_queue_gets_503_with_retry_after(folders):
         send = lambda: codes.append(c.post("/v1/classify", json={"input": "fine"}).status_code)  # noqa: E731
         running = threading.Thread(target=send)
         running.start()
-        while c.app.state.batcher.queue_depth or not c.app.state.metrics.batch_sizes.count:
-            time.sleep(0.01)  # the first request is in the model
+        batcher = c.app.state.batcher
+        wait_until(lambda: batcher.queue_depth == 0 and c.app.state.metrics.batch_sizes.count == 1)  # in the model
         queued = threading.Thread(target=send)
         queued.start()
-        while c.app.state.batcher.queue_depth < 1:
-            time.sleep(0.01)
+        wait_until(lambda: batcher.queue_depth == 1)
         rejected = c.post("/v1/classify", json={"input": "fine"})
         release.set()
         running.join()
