@@ -98,3 +98,17 @@ def test_seed_program_on_a_padded_batch_matches_transformers(minilm_path):
     expected = theirs(**batch).logits
     torch.testing.assert_close(logits, expected, atol=1e-5, rtol=0)
     assert torch.equal(logits.argmax(-1), expected.argmax(-1))
+
+
+def test_sentence_embedding_pipeline_matches_transformers_mean_pooling(minilm_path):
+    """The sentence-transformers recipe of this folder (mean over real tokens, then L2 normalisation, read from
+    modules.json / 1_Pooling) written out on transformers' model: equal to the pipeline's vectors."""
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_path)
+    batch = hf_tokenizer(SENTENCES, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = transformers.AutoModel.from_pretrained(minilm_path).eval()(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).float()  # (B, T, 1)
+    expected = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
+    embed = lmforge.pipeline("sentence-embedding", model=str(minilm_path), batch_size=5)
+    assert (embed.pooling, embed.normalize) == ("mean", True)
+    torch.testing.assert_close(torch.tensor(embed(SENTENCES)), expected, atol=1e-5, rtol=0)

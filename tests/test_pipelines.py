@@ -239,3 +239,30 @@ def test_bf16_on_a_cpu_without_native_bf16_warns_once_and_stays_close_to_fp32(to
     assert len([r for r in caplog.records if "slower than fp32" in r.getMessage()]) == 1
     for want, got in zip(fp32, bf16):
         assert got[0]["score"] == pytest.approx(want[0]["score"], abs=0.02)
+
+
+@pytest.mark.parametrize("mode", ["cls", "mean", "max"])
+def test_sentence_embedding_pools_as_the_folder_says(tokenizer, tmp_path, mode):
+    import json
+
+    from lmforge.models.bert import BertModel
+
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=1,
+                                 num_attention_heads=2, intermediate_size=32)).eval()
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    (tmp_path / "1_Pooling").mkdir()
+    flags = {"pooling_mode_cls_token": mode == "cls", "pooling_mode_mean_tokens": mode == "mean",
+             "pooling_mode_max_tokens": mode == "max"}
+    (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps(flags))
+    (tmp_path / "modules.json").write_text(json.dumps([
+        {"path": "", "type": "sentence_transformers.models.Transformer"},
+        {"path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    texts = ["the movie was good", "bad", "the actors were fine and the movie number 3 was bad"]
+    got = torch.tensor(pipeline("sentence-embedding", model=str(tmp_path))(texts))
+    for text, vector in zip(texts, got):
+        with torch.no_grad():
+            hidden = model(**tokenizer([text], return_tensors="pt")).last_hidden_state[0]  # (T, H), no padding
+        expected = {"cls": hidden[0], "mean": hidden.mean(0), "max": hidden.amax(0)}[mode]
+        torch.testing.assert_close(vector, expected, atol=1e-5, rtol=0)
