@@ -7,7 +7,6 @@
     decoding.py    the loops: greedy / sampling, beam search (transformers' semantics)
     streaming.py   IncrementalDecoder (whole UTF-8 characters only), TextStreamer (put / end protocol)
     mixin.py       GenerationMixin: generate(), generate_stream()
-    perplexity.py  sliding-window perplexity of a causal LM on a text
 """
 
 from .config import GenerationConfig
