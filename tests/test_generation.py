@@ -47,11 +47,13 @@ def left_padded(B: int = 3, T: int = 7, seed: int = 0):
 
 
 def theirs_generate(model, ids, mask, **settings):
-    """transformers' generate; `eos_token_id=[]` (lmforge's "no EOS": None means the model's default) -> None."""
+    """transformers' generate (pad id 0 unless given); `eos_token_id=[]` (lmforge's "no EOS": None means the
+    model's default) -> None."""
     if settings.get("eos_token_id") == []:
         settings["eos_token_id"] = None
+    settings.setdefault("pad_token_id", 0)
     with torch.no_grad():
-        return model.generate(input_ids=ids, attention_mask=mask, pad_token_id=0, **settings)
+        return model.generate(input_ids=ids, attention_mask=mask, **settings)
 
 
 def an_eos_that_stops_row_0(theirs, ids, mask) -> int:
@@ -295,3 +297,30 @@ def test_streaming_iterator_and_streamer_emit_chinese_and_emoji_whole(byte_bpe, 
                         streamer=TextStreamer(tokenizer, on_text=received.append))
     assert out[0, prompt.size(1):].tolist() == script
     assert "".join(received) == TEXT and all("\ufffd" not in p for p in received)
+
+
+# ---------------------------------------------------------------------------------------------- SmolLM2-135M-Instruct
+SMOLLM2_PROMPTS = ["The capital of France is", "Once upon a time, in a small village by the sea, there lived",
+                   "def fibonacci(n):\n    if n < 2:\n        return n\n", "机器学习是人工智能的一个分支，",
+                   "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n"]
+
+
+@pytest.mark.slow
+def test_smollm2_greedy_64_tokens_identical_to_transformers(smollm2_gguf):
+    folder, name = smollm2_gguf.parent, smollm2_gguf.name
+    ours = lmforge.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)
+    tokenizer = lmforge.AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    rows = [tokenizer(p)["input_ids"] for p in SMOLLM2_PROMPTS]
+    from lmforge.pipelines.text_generation import left_pad
+
+    ids, mask = left_pad(rows, tokenizer.pad_token_id)
+    settings = dict(max_new_tokens=64, do_sample=False, eos_token_id=tokenizer.eos_token_id,
+                    pad_token_id=tokenizer.pad_token_id)
+    got = ours.generate(ids, mask, **settings)
+    del ours
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
+    expected = theirs_generate(theirs, ids, mask, **settings)
+    assert got.shape == expected.shape and got.size(1) > ids.size(1) + 32
+    for b in range(len(rows)):
+        assert got[b].tolist() == expected[b].tolist(), tokenizer.decode(got[b, ids.size(1):])
+    assert tokenizer.decode(got[0, ids.size(1):]).startswith(" Paris")
