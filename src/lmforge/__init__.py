@@ -40,6 +40,7 @@ _LAZY = {
         "LlamaConfig", "LlamaModel", "LlamaForCausalLM", "LlamaForSequenceClassification",
         "Qwen2Config", "Qwen2Model", "Qwen2ForCausalLM", "Qwen2ForSequenceClassification")},
     "KVCache": "lmforge.nn",
+    **{name: "lmforge.generation" for name in ("GenerationConfig", "TextStreamer")},
 }
 
 
