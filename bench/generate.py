@@ -86,12 +86,13 @@ def run(gguf: Path | None = None, new: int = 128, repeats: int = 3, threads: int
     batches = prompts(models["lmforge"].config.vocab_size, prompt, lengths)
     result = GenerateResult(new)
 
-    fns = {}
+    fns, warmups = {}, {}
     for lib in LIBRARIES:
         for size, (ids, mask) in batches.items():
             fns[f"{lib} {size}"] = generate_fn(lib, models[lib], ids, mask, new)
+            warmups[f"{lib} {size}"] = generate_fn(lib, models[lib], ids, mask, 2)  # a cheap warm-up
         fns[f"{lib} first"] = generate_fn(lib, models[lib], *batches["b1"], 1)
-    times, outputs = interleaved_times(fns, repeats)
+    times, outputs = interleaved_times(fns, repeats, warmup_fns=warmups)
     seconds = {name: median(t) for name, t in times.items()}
     for lib in LIBRARIES:
         for size, (ids, _) in batches.items():

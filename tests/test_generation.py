@@ -317,6 +317,13 @@ def test_smollm2_greedy_64_tokens_identical_to_transformers(smollm2_gguf):
     settings = dict(max_new_tokens=64, do_sample=False, eos_token_id=tokenizer.eos_token_id,
                     pad_token_id=tokenizer.pad_token_id)
     got = ours.generate(ids, mask, **settings)
+    # Streaming a Chinese continuation from the real model: whole characters, joined = the decoded ids.
+    prompt = tokenizer(SMOLLM2_PROMPTS[3], return_tensors="pt")["input_ids"]
+    config = GenerationConfig(max_new_tokens=24, eos_token_id=[])
+    pieces = list(ours.generate_stream(prompt, tokenizer, config))
+    full = ours.generate(prompt, generation_config=config)
+    assert "".join(pieces) == tokenizer.decode(full[0, prompt.size(1):], skip_special_tokens=True)
+    assert all("\ufffd" not in p for p in pieces) and any("\u4e00" <= c <= "\u9fff" for c in "".join(pieces))
     del ours
     theirs = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
     expected = theirs_generate(theirs, ids, mask, **settings)

@@ -28,11 +28,6 @@ SPLIT_CHOICES = ("train", "validation", "test", "all")
 class EvaluateOptions:
     model: str | None = option(None, "fine-tuned model folder (e.g. runs/ft/best); with --perplexity a causal LM "
                                      "folder or GGUF file")
-    file: str | None = option(None, "with --perplexity: the UTF-8 text file to score", optional=True)
-    perplexity: bool = option(False, "perplexity of a causal LM on FILE (sliding window, as the transformers "
-                                     "perplexity guide)")
-    stride: int | None = option(None, "with --perplexity: tokens between window starts (default: half the window)")
-    gguf_file: str | None = option(None, "with --perplexity: GGUF file name inside the MODEL folder")
     data: str | None = option(None, "dataset name, labelled file, or folder of train/validation/test files")
     split: str | None = option(None, "split to score (default: test for dataset names and folders, the whole "
                                      "file for a file; a split of a file is the finetune's seeded 80/10/10 one)",
@@ -51,6 +46,12 @@ class EvaluateOptions:
     unpad: bool = option(True, "drop padding tokens before the encoder layers")
     device: str | None = option(None, "cpu, cuda, ... (default: cuda when available)")
     threads: int | None = option(None, "torch CPU threads")
+    # Perplexity of a causal LM (after the fields above: callers build EvaluateOptions(model, data, ...)).
+    file: str | None = option(None, "with --perplexity: the UTF-8 text file to score", optional=True)
+    perplexity: bool = option(False, "perplexity of a causal LM on FILE (sliding window, as the transformers "
+                                     "perplexity guide)")
+    stride: int | None = option(None, "with --perplexity: tokens between window starts (default: half the window)")
+    gguf_file: str | None = option(None, "with --perplexity: GGUF file name inside the MODEL folder")
 
 
 def run(opts: EvaluateOptions) -> dict[str, Any]:
