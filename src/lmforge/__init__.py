@@ -43,6 +43,7 @@ _LAZY = {
         "ElectraConfig", "ElectraModel", "ElectraForPreTraining", "ElectraForMaskedLM",
         "ElectraForSequenceClassification", "ElectraForTokenClassification")},
     "KVCache": "lmforge.nn",
+    **{name: "lmforge.generation" for name in ("GenerationConfig", "TextStreamer")},
 }
 
 

@@ -5,6 +5,8 @@
     clf = pipeline("text-classification", model="runs/finetune/best")
     clf(["great!", "awful"], top_k=None)
     embed = pipeline("sentence-embedding", model="all-MiniLM-L6-v2-folder")  # pooled (+ normalised) vectors
+    gen = pipeline("text-generation", model="runs/clm/final")
+    gen("Once upon a time", max_new_tokens=40)
 
 Inputs are sorted by length and run in batches (restoring the caller's order afterwards), so a
 batch holds sequences of similar length and little padding.
@@ -16,12 +18,14 @@ from .base import Pipeline
 from .fill_mask import FillMaskPipeline
 from .sentence_embedding import SentenceEmbeddingPipeline
 from .text_classification import TextClassificationPipeline
+from .text_generation import TextGenerationPipeline
 from .token_classification import TokenClassificationPipeline
 
 PIPELINES = {
     "fill-mask": FillMaskPipeline,
     "text-classification": TextClassificationPipeline,
     "sentiment-analysis": TextClassificationPipeline,
+    "text-generation": TextGenerationPipeline,
     "token-classification": TokenClassificationPipeline,
     "ner": TokenClassificationPipeline,
     "sentence-embedding": SentenceEmbeddingPipeline,
