@@ -10,8 +10,13 @@ import lmforge
 
 
 def perturbed(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Every parameter moved off its init, and final_logits_bias (a buffer, zero at init) made non-zero."""
+    """Every parameter moved off its init, and final_logits_bias (a buffer, zero at init) made non-zero.
+    Marian's sinusoidal positions (a frozen parameter in transformers) stay sinusoids, as in every checkpoint."""
     perturb_(model, seed)
+    for module in model.modules():
+        if hasattr(module, "create_weight"):
+            with torch.no_grad():
+                module.weight.copy_(module.create_weight())
     if hasattr(model, "final_logits_bias"):
         g = torch.Generator().manual_seed(seed + 1)
         with torch.no_grad():
