@@ -149,3 +149,19 @@ def test_positions_past_max_position_embeddings_are_refused():
                         max_position_embeddings=8)
     with pytest.raises(ValueError, match="max_position_embeddings=8"):
         lmforge.BartModel(config)(torch.full((1, 9), 5))
+
+
+def test_cpu_fast_paths_apply_to_the_shared_blocks_and_equal_the_readable_ones(tmp_path):
+    import copy
+
+    from lmforge.cpu import fast_paths
+    from lmforge.nn.attention import CrossAttention, SelfAttention
+
+    hf_model("BartForConditionalGeneration").save_pretrained(tmp_path)
+    ours = lmforge.BartForConditionalGeneration.from_pretrained(tmp_path)
+    layer = ours.model.decoder.layers[0]
+    assert type(layer.self_attn) is not SelfAttention and type(layer.encoder_attn) is not CrossAttention
+    readable = fast_paths.restore(copy.deepcopy(ours))
+    assert type(readable.model.decoder.layers[0].self_attn) is SelfAttention
+    batch = inputs("BartForConditionalGeneration")
+    close(outputs(ours, **batch).logits, outputs(readable, **batch).logits)
