@@ -47,6 +47,7 @@ _LAZY = {
         "BartConfig", "BartModel", "BartForConditionalGeneration", "BartForSequenceClassification")},
     **{name: "lmforge.models.marian" for name in ("MarianConfig", "MarianModel", "MarianMTModel")},
     "KVCache": "lmforge.nn",
+    **{name: "lmforge.generation" for name in ("GenerationConfig", "TextStreamer")},
 }
 
 
