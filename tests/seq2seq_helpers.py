@@ -70,3 +70,15 @@ def check_incremental_decoding(ours, reference_logits, src, src_mask, decoder_id
             close(out.logits[:, 0], reference_logits[:, t], msg=f"step {t}")
     assert cache.get_seq_length() == decoder_ids.size(1)
     assert len(calls) == ours.config.decoder_layers  # once per layer, at the first step
+
+
+def check_generation(hf, ours, src, src_mask, eos_id: int, eos_boost: float = 3.0, **settings):
+    """Greedy / beam generation of a padded batch: token-identical to transformers'. EOS is made likelier
+    (its final_logits_bias raised by `eos_boost` in both models) so rows stop at different steps and get filled."""
+    with torch.no_grad():
+        for model in (hf, ours):
+            model.final_logits_bias[0, eos_id] += eos_boost
+        expected = hf.generate(input_ids=src, attention_mask=src_mask, do_sample=False, **settings)
+        got = ours.generate(src, src_mask, **settings)
+    assert torch.equal(got, expected), f"\n{got}\n{expected}"
+    return got

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from decoder_helpers import close
-from seq2seq_helpers import check_incremental_decoding, outputs, perturbed, source_batch, target_batch
+from seq2seq_helpers import check_generation, check_incremental_decoding, outputs, perturbed, source_batch, target_batch
 
 import lmforge
 from lmforge.models.bart import BartConfig, shift_tokens_right
@@ -165,3 +165,14 @@ def test_cpu_fast_paths_apply_to_the_shared_blocks_and_equal_the_readable_ones(t
     assert type(readable.model.decoder.layers[0].self_attn) is SelfAttention
     batch = inputs("BartForConditionalGeneration")
     close(outputs(ours, **batch).logits, outputs(readable, **batch).logits)
+
+
+@pytest.mark.parametrize("settings", [dict(num_beams=1), dict(num_beams=3), dict(num_beams=3, num_return_sequences=2)],
+                         ids=["greedy", "beam3", "beam3-return2"])
+def test_generate_is_token_identical_to_transformers(tmp_path, settings):
+    hf = hf_model("BartForConditionalGeneration", hf_config(forced_eos_token_id=None))
+    hf.save_pretrained(tmp_path)
+    ours = lmforge.BartForConditionalGeneration.from_pretrained(tmp_path)
+    src, src_mask = source_batch(99, PAD, EOS)
+    got = check_generation(hf, ours, src, src_mask, EOS, max_new_tokens=12, **settings)
+    assert (got[:, 0] == START).all() and (got == EOS).any()

@@ -7,7 +7,7 @@ import pytest
 import torch
 from decoder_helpers import close
 from safetensors.torch import load_file, save_file
-from seq2seq_helpers import check_incremental_decoding, outputs, perturbed, source_batch, target_batch
+from seq2seq_helpers import check_generation, check_incremental_decoding, outputs, perturbed, source_batch, target_batch
 
 import lmforge
 from lmforge.models.bart import shift_tokens_right
@@ -126,3 +126,16 @@ def test_separate_vocabularies_tie_the_head_to_the_target_table(tmp_path):
 def test_shared_vocabulary_with_another_decoder_size_is_refused():
     with pytest.raises(lmforge.ConfigError, match="decoder_vocab_size"):
         MarianConfig(vocab_size=99, decoder_vocab_size=77, pad_token_id=5, decoder_start_token_id=5)
+
+
+@pytest.mark.parametrize("vocab", sorted(VOCABS))
+@pytest.mark.parametrize("num_beams", [1, 4])
+def test_generate_is_token_identical_to_transformers(tmp_path, vocab, num_beams):
+    hf = hf_model("MarianMTModel", hf_config(vocab, forced_eos_token_id=None))
+    hf.save_pretrained(tmp_path)
+    ours = lmforge.MarianMTModel.from_pretrained(tmp_path)
+    src, src_mask = source_batch(hf.config.vocab_size, hf.config.pad_token_id, EOS)
+    # These random Marian models either never emit EOS or emit it first whatever the boost: rows stopping at
+    # different steps are covered by BART's test (the same generation code).
+    got = check_generation(hf, ours, src, src_mask, EOS, eos_boost=0.0, max_new_tokens=12, num_beams=num_beams)
+    assert (got[:, 0] == hf.config.decoder_start_token_id).all()

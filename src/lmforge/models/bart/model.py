@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...generation.mixin import GenerationMixin
+from ...generation.steps import Seq2SeqSteps
 from ...nn.attention import (
     CrossAttention,
     KVCache,
@@ -340,10 +342,12 @@ class BartModel(EncoderDecoderModel):
         self.post_init()
 
 
-class ConditionalGenerationModel(BartPreTrainedModel):
+class ConditionalGenerationModel(GenerationMixin, BartPreTrainedModel):
     """What BartForConditionalGeneration and MarianMTModel share: logits = lm_head(decoder output) +
     final_logits_bias (a buffer: fine-tuned checkpoints carry non-zero values), loss against `labels`
-    (the targets; decoder inputs are their right shift unless given). `base_model_class` builds `model`."""
+    (the targets; decoder inputs are their right shift unless given), and `generate(source_ids, mask, ...)`,
+    which returns decoder ids starting with the decoder start token (as transformers'). `base_model_class`
+    builds `model`."""
 
     base_model_class: type[EncoderDecoderModel]
 
@@ -365,6 +369,13 @@ class ConditionalGenerationModel(BartPreTrainedModel):
 
     def get_decoder(self) -> BartDecoder:
         return self.model.decoder
+
+    def generation_setup(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor, Seq2SeqSteps]:
+        """The loops extend the decoder start token; the source (right-padded as usual) is encoded once."""
+        if self.config.decoder_start_token_id is None:
+            raise ValueError("generate: config.decoder_start_token_id is not set: the decoder needs a first token")
+        prompt = input_ids.new_full((input_ids.size(0), 1), self.config.decoder_start_token_id)  # (B, 1)
+        return prompt, torch.ones_like(prompt), Seq2SeqSteps(self, input_ids, attention_mask)
 
     def prepare_decoder_input_ids_from_labels(self, labels: Tensor) -> Tensor:
         return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
