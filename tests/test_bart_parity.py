@@ -167,10 +167,12 @@ def test_cpu_fast_paths_apply_to_the_shared_blocks_and_equal_the_readable_ones(t
     close(outputs(ours, **batch).logits, outputs(readable, **batch).logits)
 
 
+@pytest.mark.parametrize("forced_eos", [EOS, None], ids=["forced-eos", "no-forced-eos"])
 @pytest.mark.parametrize("settings", [dict(num_beams=1), dict(num_beams=3), dict(num_beams=3, num_return_sequences=2)],
                          ids=["greedy", "beam3", "beam3-return2"])
-def test_generate_is_token_identical_to_transformers(tmp_path, settings):
-    hf = hf_model("BartForConditionalGeneration", hf_config(forced_eos_token_id=None))
+def test_generate_is_token_identical_to_transformers(tmp_path, settings, forced_eos):
+    # forced_eos_token_id (BART's config default): a row cut by the length limit ends with EOS.
+    hf = hf_model("BartForConditionalGeneration", hf_config(forced_eos_token_id=forced_eos))
     hf.save_pretrained(tmp_path)
     ours = lmforge.BartForConditionalGeneration.from_pretrained(tmp_path)
     src, src_mask = source_batch(99, PAD, EOS)

@@ -131,11 +131,11 @@ def test_shared_vocabulary_with_another_decoder_size_is_refused():
 @pytest.mark.parametrize("vocab", sorted(VOCABS))
 @pytest.mark.parametrize("num_beams", [1, 4])
 def test_generate_is_token_identical_to_transformers(tmp_path, vocab, num_beams):
-    hf = hf_model("MarianMTModel", hf_config(vocab, forced_eos_token_id=None))
+    hf = hf_model("MarianMTModel", hf_config(vocab))  # forced_eos_token_id: Marian's default (EOS)
     hf.save_pretrained(tmp_path)
     ours = lmforge.MarianMTModel.from_pretrained(tmp_path)
     src, src_mask = source_batch(hf.config.vocab_size, hf.config.pad_token_id, EOS)
     # These random Marian models either never emit EOS or emit it first whatever the boost: rows stopping at
     # different steps are covered by BART's test (the same generation code).
     got = check_generation(hf, ours, src, src_mask, EOS, eos_boost=0.0, max_new_tokens=12, num_beams=num_beams)
-    assert (got[:, 0] == hf.config.decoder_start_token_id).all()
+    assert (got[:, 0] == hf.config.decoder_start_token_id).all() and (got[:, -1] == EOS).all()  # forced at the limit

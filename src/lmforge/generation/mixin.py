@@ -161,7 +161,8 @@ class GenerationMixin:
         first_real = attention_mask.to(torch.int32).argmax(1).repeat_interleave(config.num_beams)  # (B * K,)
         stop = StopStrings(tokenizer, config.stop_strings, T) if config.stop_strings else None
         stopping = Stopping(eos, stop, T + config.new_tokens(T), input_ids.device)
-        return _Run(input_ids, steps, build_processors(config, first_real), stopping, pad_id, fill_id, generator)
+        processors = build_processors(config, first_real, stopping.max_length)
+        return _Run(input_ids, steps, processors, stopping, pad_id, fill_id, generator)
 
 
 class _Run:

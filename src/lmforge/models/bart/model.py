@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...generation.config import GenerationConfig
 from ...generation.mixin import GenerationMixin
 from ...generation.steps import Seq2SeqSteps
 from ...nn.attention import (
@@ -369,6 +370,11 @@ class ConditionalGenerationModel(GenerationMixin, BartPreTrainedModel):
 
     def get_decoder(self) -> BartDecoder:
         return self.model.decoder
+
+    def default_generation_config(self) -> GenerationConfig:
+        """EOS, padding and forced EOS from the model's config, as transformers derives them."""
+        return GenerationConfig(eos_token_id=self.config.eos_token_id, pad_token_id=self.config.pad_token_id,
+                                forced_eos_token_id=self.config.forced_eos_token_id)
 
     def generation_setup(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor, Seq2SeqSteps]:
         """The loops extend the decoder start token; the source (right-padded as usual) is encoded once."""
