@@ -11,6 +11,7 @@ from .auto import (
     AutoModelForNextSentencePrediction,
     AutoModelForPreTraining,
     AutoModelForQuestionAnswering,
+    AutoModelForSeq2SeqLM,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
     register_model,
@@ -42,6 +43,9 @@ _LAZY = {
     **{name: "lmforge.models.electra" for name in (
         "ElectraConfig", "ElectraModel", "ElectraForPreTraining", "ElectraForMaskedLM",
         "ElectraForSequenceClassification", "ElectraForTokenClassification")},
+    **{name: "lmforge.models.bart" for name in (
+        "BartConfig", "BartModel", "BartForConditionalGeneration", "BartForSequenceClassification")},
+    **{name: "lmforge.models.marian" for name in ("MarianConfig", "MarianModel", "MarianMTModel")},
     "KVCache": "lmforge.nn",
     **{name: "lmforge.generation" for name in ("GenerationConfig", "TextStreamer")},
 }
@@ -70,7 +74,7 @@ __all__ = [
     *_LAZY,
     "AutoConfig", "AutoModel", "AutoModelForCausalLM", "AutoModelForMaskedLM", "AutoModelForMultipleChoice",
     "AutoModelForNextSentencePrediction", "AutoModelForPreTraining", "AutoModelForQuestionAnswering",
-    "AutoModelForSequenceClassification", "AutoModelForTokenClassification", "AutoTokenizer", "BertConfig",
+    "AutoModelForSeq2SeqLM", "AutoModelForSequenceClassification", "AutoModelForTokenClassification", "AutoTokenizer", "BertConfig",
     "BertForMaskedLM", "BertForMultipleChoice", "BertForNextSentencePrediction", "BertForPreTraining",
     "BertForQuestionAnswering", "BertForSequenceClassification", "BertForTokenClassification", "BertModel",
     "CheckpointError", "ConfigError", "Tokenizer", "pipeline", "register_model",

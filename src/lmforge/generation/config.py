@@ -13,7 +13,8 @@ class GenerationConfig:
     transformers); neither given: 20 in all, transformers' default. Decoding: greedy (the default), sampling
     (`do_sample=True` with `temperature`, `top_k` (50 by default, as in transformers), `top_p`, `min_p`), beam search (`num_beams` > 1, optionally
     sampled). Logit processors: `repetition_penalty`, `no_repeat_ngram_size`. Stopping: `eos_token_id` (one id
-    or a list) and `stop_strings` (text; needs the tokenizer), per row.
+    or a list) and `stop_strings` (text; needs the tokenizer), per row. `forced_eos_token_id`: a row that reaches
+    the length limit ends with it (transformers' ForcedEOSTokenLogitsProcessor; BART and Marian configs set it).
     """
 
     max_new_tokens: int | None = None
@@ -31,6 +32,7 @@ class GenerationConfig:
     num_return_sequences: int = 1
     eos_token_id: int | list[int] | None = None
     pad_token_id: int | None = None
+    forced_eos_token_id: int | list[int] | None = None  # the last token allowed by the length limit is this (BART)
     stop_strings: list[str] = field(default_factory=list)
 
     def updated(self, **changes) -> GenerationConfig:

@@ -1,7 +1,7 @@
 """Logit processors: each takes scores (R, V) of the next token (R rows: prompts, or prompts x beams) and
 returns new ones; none modifies its input. Semantics and order are transformers' (`_get_logits_processor`):
 
-    repetition penalty -> no-repeat n-gram -> [sampling only] temperature -> top-k -> top-p -> min-p
+    repetition penalty -> no-repeat n-gram -> forced EOS -> [sampling only] temperature -> top-k -> top-p -> min-p
 
 so greedy, beam and seeded sampled outputs are token-identical to `transformers.generate`.
 """
@@ -55,6 +55,20 @@ def no_repeat_ngram(n: int) -> Processor:
     return apply
 
 
+def forced_eos(eos_ids: list[int], max_length: int) -> Processor:
+    """At the last position the length limit allows, only the forced EOS id(s) may follow (score 0, the rest
+    -inf): a row cut by the limit still ends with EOS."""
+
+    def apply(ids: Tensor, scores: Tensor) -> Tensor:
+        if ids.size(1) != max_length - 1:
+            return scores
+        forced = torch.full_like(scores, float("-inf"))
+        forced[:, eos_ids] = 0.0
+        return forced
+
+    return apply
+
+
 def temperature(t: float) -> Processor:
     return lambda ids, scores: scores / t
 
@@ -95,14 +109,17 @@ def min_p(p: float, keep: int) -> Processor:
     return apply
 
 
-def build_processors(config: GenerationConfig, first_real: Tensor) -> list[Processor]:
+def build_processors(config: GenerationConfig, first_real: Tensor, max_length: int) -> list[Processor]:
     """The processors `config` asks for, in transformers' order. `first_real` (R,): each row's first
-    non-padding index (the repetition penalty skips left padding)."""
+    non-padding index (the repetition penalty skips left padding); `max_length`: prompt + new tokens."""
     processors: list[Processor] = []
     if config.repetition_penalty is not None and config.repetition_penalty != 1.0:
         processors.append(repetition_penalty(config.repetition_penalty, first_real))
     if config.no_repeat_ngram_size:
         processors.append(no_repeat_ngram(config.no_repeat_ngram_size))
+    if config.forced_eos_token_id is not None:
+        forced = config.forced_eos_token_id
+        processors.append(forced_eos([forced] if isinstance(forced, int) else list(forced), max_length))
     if config.do_sample:
         # Beam sampling keeps one token more than there are EOS ids, so a beam can always go on.
         keep = len(config.eos_ids) + 1 if config.num_beams > 1 and config.eos_ids else (2 if config.num_beams > 1 else 1)

@@ -35,6 +35,11 @@ class GenerationMixin:
         """The step function of the decoding loops (see `generation.steps`)."""
         return CausalLMSteps(self, attention_mask)
 
+    def generation_setup(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor, object]:
+        """(prompt the loops extend, its mask, step function). A decoder continues its input; an encoder-decoder
+        (`ConditionalGenerationModel`) overrides this: the prompt is the decoder start token, the input the source."""
+        return input_ids, attention_mask, self.generation_steps(attention_mask)
+
     def default_generation_config(self) -> GenerationConfig:
         """EOS and padding ids from the model's config (what transformers' generation config derives)."""
         return GenerationConfig(eos_token_id=self.config.eos_token_id, pad_token_id=self.config.pad_token_id)
@@ -88,21 +93,22 @@ class GenerationMixin:
         config = (generation_config or self.default_generation_config()).updated(
             **{k: v for k, v in given.items() if v is not None})
         run = self._prepare(input_ids, attention_mask, config, tokenizer, generator, seed)
+        prompt = run.prompt  # input_ids; an encoder-decoder's decoder start tokens
         if config.num_beams > 1:
             if streamer is not None:
                 raise ValueError("generate: streaming needs num_beams=1 (beams change until the end)")
-            return beam_search(run.steps, input_ids, config, run.processors, run.stopping, run.fill_id, run.generator)
+            return beam_search(run.steps, prompt, config, run.processors, run.stopping, run.fill_id, run.generator)
         if streamer is not None:
-            streamer.put(input_ids.cpu())
+            streamer.put(prompt.cpu())
         new = []
-        for tokens in sample_steps(run.steps, input_ids, config, run.processors, run.stopping, run.pad_id,
+        for tokens in sample_steps(run.steps, prompt, config, run.processors, run.stopping, run.pad_id,
                                    run.generator):
             new.append(tokens)
             if streamer is not None:
                 streamer.put(tokens.cpu())
         if streamer is not None:
             streamer.end()
-        return torch.cat([input_ids, torch.stack(new, dim=1)], dim=1)
+        return torch.cat([prompt, torch.stack(new, dim=1)], dim=1)
 
     def generate_stream(self, input_ids: Tensor, tokenizer, generation_config: GenerationConfig | None = None,
                         generator: torch.Generator | None = None, seed: int | None = None,
@@ -114,7 +120,7 @@ class GenerationMixin:
             raise ValueError("generate_stream: one prompt (input_ids of shape (1, T)) and num_beams=1")
         decoder = IncrementalDecoder(tokenizer, skip_special_tokens)
         run = self._prepare(input_ids, None, config, tokenizer, generator, seed)
-        loop = sample_steps(run.steps, input_ids, config, run.processors, run.stopping, run.pad_id, run.generator)
+        loop = sample_steps(run.steps, run.prompt, config, run.processors, run.stopping, run.pad_id, run.generator)
         while True:
             # Inference mode only while the loop runs: a `with` around the yields would leak it to the caller.
             with torch.inference_mode():
@@ -139,6 +145,8 @@ class GenerationMixin:
             attention_mask = torch.ones_like(input_ids)
         elif tuple(attention_mask.shape) != (B, T):
             raise ValueError(f"generate: attention_mask has shape {tuple(attention_mask.shape)}, input_ids {(B, T)}")
+        input_ids, attention_mask, steps = self.generation_setup(input_ids, attention_mask)  # the prompt to extend
+        T = input_ids.size(1)
         config.validate(T, getattr(self.config, "max_position_embeddings", None))
         if B > 1 and not bool(attention_mask[:, -1].all()):
             logger.warning("generate: a prompt ends with padding (right padding); pad prompts on the left "
@@ -153,14 +161,15 @@ class GenerationMixin:
         first_real = attention_mask.to(torch.int32).argmax(1).repeat_interleave(config.num_beams)  # (B * K,)
         stop = StopStrings(tokenizer, config.stop_strings, T) if config.stop_strings else None
         stopping = Stopping(eos, stop, T + config.new_tokens(T), input_ids.device)
-        return _Run(self.generation_steps(attention_mask), build_processors(config, first_real), stopping, pad_id,
-                    fill_id, generator)
+        processors = build_processors(config, first_real, stopping.max_length)
+        return _Run(input_ids, steps, processors, stopping, pad_id, fill_id, generator)
 
 
 class _Run:
     """What one generate call prepared."""
 
-    def __init__(self, steps, processors, stopping, pad_id: int, fill_id: int, generator):
+    def __init__(self, prompt: Tensor, steps, processors, stopping, pad_id: int, fill_id: int, generator):
+        self.prompt = prompt  # (B, T): what the loops extend (the input; an encoder-decoder's start tokens)
         self.steps, self.processors, self.stopping = steps, processors, stopping
         self.pad_id, self.fill_id, self.generator = pad_id, fill_id, generator
 

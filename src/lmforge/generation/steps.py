@@ -44,3 +44,34 @@ class CausalLMSteps:
     def reorder(self, index: Tensor) -> None:
         self.cache.reorder(index)
         self.mask = self.mask.index_select(0, index)
+
+
+class Seq2SeqSteps:
+    """An encoder-decoder (`BartForConditionalGeneration`, `MarianMTModel`): `start` encodes the source once and
+    runs the decoder start tokens into a new `KVCache`, whose cross-attention slots then hold the encoder
+    output's keys/values for every later step; each step feeds one decoder token per row. No decoder padding
+    mask: decoder rows all begin with the start token (transformers passes none either)."""
+
+    def __init__(self, model: torch.nn.Module, source_ids: Tensor, source_mask: Tensor):
+        self.model = model
+        self.source_ids, self.source_mask = source_ids, source_mask  # (R, S)
+        self.cache = KVCache(model.config.decoder_layers)
+        self.encoder_outputs = None
+
+    def start(self, decoder_ids: Tensor) -> tuple[Tensor, Tensor]:
+        self.encoder_outputs = self.model.get_encoder()(self.source_ids, self.source_mask)
+        return decoder_ids, self._logits(decoder_ids)  # (R, 1), (R, V)
+
+    def step(self, tokens: Tensor) -> Tensor:
+        return self._logits(tokens[:, None])  # (R, V)
+
+    def _logits(self, decoder_ids: Tensor) -> Tensor:
+        out = self.model(attention_mask=self.source_mask, decoder_input_ids=decoder_ids,
+                         encoder_outputs=self.encoder_outputs, past_key_values=self.cache, use_cache=True)
+        return out.logits[:, -1].float()
+
+    def reorder(self, index: Tensor) -> None:
+        self.cache.reorder(index)  # cross-attention keys/values included
+        self.source_mask = self.source_mask.index_select(0, index)
+        states = self.encoder_outputs.last_hidden_state.index_select(0, index)
+        self.encoder_outputs = type(self.encoder_outputs)(last_hidden_state=states)

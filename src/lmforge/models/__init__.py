@@ -5,9 +5,11 @@ classes are top-level names) and no decoder family."""
 
 # model_type -> the package that defines and registers it
 FAMILIES = {
+    "bart": "lmforge.models.bart",
     "bert": "lmforge.models.bert",
     "electra": "lmforge.models.electra",
     "gpt2": "lmforge.models.gpt2",
     "llama": "lmforge.models.llama",
+    "marian": "lmforge.models.marian",
     "qwen2": "lmforge.models.llama",  # Qwen2 is a configuration of the Llama code (bias on Q/K/V)
 }

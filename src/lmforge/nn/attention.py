@@ -234,14 +234,16 @@ class KVCache:
 
 # ---------------------------------------------------------------------------------------------- modules
 class Attention(nn.Module):
-    """Q, K, V and output projections with HF/Llama names (`q_proj`, `k_proj`, `v_proj`, `o_proj`).
+    """Q, K, V and output projections with HF/Llama names (`q_proj`, `k_proj`, `v_proj`, `o_proj`; BART and Marian
+    call the output projection `out_proj`: `out_proj_name`, so their state dicts keep HF's keys).
 
     Subclasses: `SelfAttention` (causal decoders; rotary positions optional) and `CrossAttention` (queries
     from the decoder, keys/values from an encoder's output).
     """
 
     def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int, head_dim: int, *, qkv_bias: bool,
-                 out_bias: bool, dropout: float, layer_idx: int, kv_input_size: int | None = None):
+                 out_bias: bool, dropout: float, layer_idx: int, kv_input_size: int | None = None,
+                 out_proj_name: str = "o_proj"):
         super().__init__()
         if num_heads % num_kv_heads != 0:
             raise ValueError(f"num_heads ({num_heads}) must be a multiple of num_kv_heads ({num_kv_heads})")
@@ -252,7 +254,8 @@ class Attention(nn.Module):
         self.q_proj = nn.Linear(hidden_size, num_heads * head_dim, bias=qkv_bias)
         self.k_proj = nn.Linear(kv_in, num_kv_heads * head_dim, bias=qkv_bias)
         self.v_proj = nn.Linear(kv_in, num_kv_heads * head_dim, bias=qkv_bias)
-        self.o_proj = nn.Linear(num_heads * head_dim, hidden_size, bias=out_bias)
+        self.out_proj_name = out_proj_name
+        self.add_module(out_proj_name, nn.Linear(num_heads * head_dim, hidden_size, bias=out_bias))
         self.attn_implementation = "sdpa"
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool,
@@ -261,7 +264,7 @@ class Attention(nn.Module):
             q, k, v, mask, is_causal=is_causal, dropout=self.attn_dropout, need_probs=need_probs,
             eager=self.attn_implementation == "eager",
         )  # (B, T, H*D)
-        return self.o_proj(context), probs  # (B, T, C)
+        return getattr(self, self.out_proj_name)(context), probs  # (B, T, C)
 
 
 class SelfAttention(Attention):

@@ -60,4 +60,7 @@ TEMPLATES = {
     "gpt2": Template(model_input_names=("input_ids", "attention_mask")),
     "llama": Template(model_input_names=("input_ids", "attention_mask")),
     "qwen2": Template(model_input_names=("input_ids", "attention_mask")),
+    # Encoder-decoders: the source's ids and mask (decoder inputs come from labels or generation).
+    "bart": Template(model_input_names=("input_ids", "attention_mask")),
+    "marian": Template(model_input_names=("input_ids", "attention_mask")),
 }
