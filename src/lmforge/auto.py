@@ -111,6 +111,10 @@ class AutoModelForCausalLM(_AutoModel):
     task = "causal-lm"
 
 
+class AutoModelForSeq2SeqLM(_AutoModel):
+    task = "seq2seq-lm"
+
+
 class AutoModelForMaskedLM(_AutoModel):
     task = "masked-lm"
 

@@ -156,3 +156,29 @@ class SequenceClassifierOutputWithPast(_CacheAlias, ModelOutput):
     past_key_values: Any = None
     hidden_states: tuple[Tensor, ...] | None = None
     attentions: tuple[Tensor, ...] | None = None
+
+
+# ---------------------------------------------------------------------------------------------- encoder-decoders
+@dataclass
+class Seq2SeqModelOutput(_CacheAlias, ModelOutput):
+    last_hidden_state: Tensor  # (B, T, C): the decoder's output, after its final norm
+    past_key_values: Any = None  # nn.KVCache: decoder self-attention keys/values, and `cross` (encoder keys/values)
+    decoder_hidden_states: tuple[Tensor, ...] | None = None
+    decoder_attentions: tuple[Tensor, ...] | None = None
+    cross_attentions: tuple[Tensor, ...] | None = None  # one per decoder layer, each (B, H, T, S_encoder)
+    encoder_last_hidden_state: Tensor | None = None  # (B, S_encoder, C)
+    encoder_hidden_states: tuple[Tensor, ...] | None = None
+    encoder_attentions: tuple[Tensor, ...] | None = None
+
+
+@dataclass
+class Seq2SeqLMOutput(_CacheAlias, ModelOutput):
+    loss: Tensor | None = None  # mean cross-entropy of the logits against labels != -100 (no shift: labels are targets)
+    logits: Tensor | None = None  # (B, T, V)
+    past_key_values: Any = None
+    decoder_hidden_states: tuple[Tensor, ...] | None = None
+    decoder_attentions: tuple[Tensor, ...] | None = None
+    cross_attentions: tuple[Tensor, ...] | None = None
+    encoder_last_hidden_state: Tensor | None = None
+    encoder_hidden_states: tuple[Tensor, ...] | None = None
+    encoder_attentions: tuple[Tensor, ...] | None = None
