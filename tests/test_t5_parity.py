@@ -196,3 +196,18 @@ def test_labels_without_decoder_start_token_are_refused():
     model = lmforge.T5ForConditionalGeneration(T5Config(**{**BASE, "decoder_start_token_id": None}))
     with pytest.raises(ValueError, match="decoder_start_token_id"):
         model(input_ids=torch.ones(1, 3, dtype=torch.long), labels=torch.ones(1, 2, dtype=torch.long))
+
+
+def test_old_checkpoint_keys_load_without_notices(tmp_path):
+    """Older T5 .bin files also store encoder/decoder.embed_tokens (= shared) and an unused relative bias on the
+    first cross-attention; both load silently."""
+    ours = T5ForConditionalGeneration_v11()
+    ours.config.save_pretrained(tmp_path)
+    state = {k: v.clone() for k, v in ours.state_dict().items()}
+    state["decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight"] = torch.zeros(8, 4)
+    assert "encoder.embed_tokens.weight" in state and "decoder.embed_tokens.weight" in state
+    torch.save(state, tmp_path / "pytorch_model.bin")
+    loaded, info = lmforge.T5ForConditionalGeneration.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info.missing_keys and not info.unexpected_keys
+    assert torch.equal(loaded.encoder.embed_tokens.weight, ours.shared.weight)
+    assert torch.equal(loaded.lm_head.weight, ours.lm_head.weight)
