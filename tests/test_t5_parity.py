@@ -36,8 +36,8 @@ def hf_model(version: str, head: str = "T5ForConditionalGeneration", **extra):
     return perturb_(model, scale=0.1).eval()
 
 
-def ours_from(hf, version: str, head: str = "T5ForConditionalGeneration"):
-    model = getattr(lmforge, head)(T5Config(**BASE, **CONFIGS[version])).eval()
+def ours_from(hf, version: str, head: str = "T5ForConditionalGeneration", **extra):
+    model = getattr(lmforge, head)(T5Config(**{**BASE, **CONFIGS[version], **extra})).eval()
     model.load_state_dict(hf.state_dict())
     return model
 

@@ -216,7 +216,7 @@ class T5Stack(nn.Module):
         self.dropout = nn.Dropout(config.dropout_rate)
 
     def forward(
-        self, input_ids: Tensor | None, attention_mask: Tensor | None, inputs_embeds: Tensor | None,
+        self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None, inputs_embeds: Tensor | None = None,
         encoder_states: Tensor | None = None, encoder_attention_mask: Tensor | None = None,
         cache: KVCache | None = None, output_attentions: bool = False, output_hidden_states: bool = False,
     ) -> BaseModelOutputWithPast:
