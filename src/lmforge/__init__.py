@@ -46,6 +46,7 @@ _LAZY = {
     **{name: "lmforge.models.t5" for name in (
         "T5Config", "T5Model", "T5ForConditionalGeneration", "T5EncoderModel")},
     "KVCache": "lmforge.nn",
+    **{name: "lmforge.generation" for name in ("GenerationConfig", "TextStreamer")},
 }
 
 

@@ -4,9 +4,11 @@
     lmforge pretrain          MLM (+NSP) or causal-LM (GPT-2 / Llama) pretraining -> HF-format model folder
     lmforge fill-mask         top-k fillers for [MASK]
     lmforge finetune          fine-tune on labelled data (classification, token tagging)
-    lmforge evaluate          metrics of a fine-tuned model on a labelled file
+    lmforge evaluate          metrics of a fine-tuned model on a labelled file; --perplexity of a causal LM
     lmforge predict           labels + probabilities for a file -> JSONL / CSV
     lmforge classify          classify texts given on the command line
+    lmforge generate          continue a prompt with a causal LM (HF folder or GGUF file), streamed
+    lmforge chat              interactive chat with an instruct model (history kept, /reset, Ctrl-D ends)
     lmforge demo              the main job: pretrain, fine-tune three models, report with plots
 
 Heavy modules are imported inside each command so `lmforge --help` stays quick; recipe commands share one
@@ -113,6 +115,68 @@ def cmd_classify(args) -> int:
     return 0
 
 
+def _add_generation_options(p, max_new_tokens: int) -> None:
+    p.add_argument("model", help="causal LM: HF folder, or a .gguf file (or a folder with --gguf-file)")
+    p.add_argument("--gguf-file", help="GGUF file name inside the MODEL folder")
+    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens, help="tokens to generate at most")
+    p.add_argument("--do-sample", action="store_true",
+                   help="sample (also on when any of --temperature/--top-k/--top-p/--min-p is given)")
+    p.add_argument("--temperature", type=float, help="sampling temperature (> 0)")
+    p.add_argument("--top-k", type=int, help="sample among the k most likely tokens (default 50 when sampling)")
+    p.add_argument("--top-p", type=float, help="nucleus sampling: smallest set of tokens with probability >= p")
+    p.add_argument("--min-p", type=float, help="drop tokens less likely than min-p times the most likely one")
+    p.add_argument("--repetition-penalty", type=float, help="> 1 discourages tokens already in the text")
+    p.add_argument("--seed", type=int, help="seed of the sampling draws (reproducible output)")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+
+
+def _sampling_options(args):
+    from .recipes.generate import SamplingOptions
+
+    return SamplingOptions(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
+                           top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                           repetition_penalty=args.repetition_penalty, num_beams=getattr(args, "num_beams", 1),
+                           seed=args.seed)
+
+
+def _add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="continue a prompt with a causal LM, streamed to the terminal",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_generation_options(p, max_new_tokens=128)
+    p.add_argument("prompt", help="the text to continue")
+    p.add_argument("--num-beams", type=int, default=1, help="beam search with this many beams (printed at the end)")
+    p.add_argument("--chat", action="store_true", help="send the prompt as a user message through the chat "
+                                                       "template and print only the answer")
+    p.set_defaults(func=cmd_generate)
+
+
+def cmd_generate(args) -> int:
+    from .recipes.generate import load_causal_lm, run_generate, stdout_writer
+
+    model, tokenizer = load_causal_lm(args.model, args.gguf_file, args.threads)
+    run_generate(model, tokenizer, args.prompt, _sampling_options(args), args.chat, stdout_writer)
+    return 0
+
+
+def _add_chat(sub) -> None:
+    p = sub.add_parser("chat", help="interactive chat with an instruct model (/reset clears, Ctrl-D ends)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_generation_options(p, max_new_tokens=256)
+    p.add_argument("--system", help="system message at the start of the conversation")
+    p.set_defaults(func=cmd_chat)
+
+
+def cmd_chat(args) -> int:
+    from .recipes.generate import load_causal_lm, run_chat, stdout_writer
+
+    model, tokenizer = load_causal_lm(args.model, args.gguf_file, args.threads)
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print("Chat with the model: /reset clears the history, Ctrl-D ends.", file=sys.stderr)
+    run_chat(model, tokenizer, _sampling_options(args), args.system, sys.stdin, stdout_writer, interactive)
+    return 0
+
+
 def _print_json(keys: tuple[str, ...]) -> Callable[[dict[str, Any], Any], None]:
     return lambda result, _: print(json.dumps({k: result[k] for k in keys} if keys else result, indent=2))
 
@@ -127,7 +191,9 @@ RECIPES: dict[str, tuple[str, str, str, tuple[str, ...], bool, Callable[[Any, An
                  "fine-tune a pretrained model on labelled data (classification, tagging)", (), True,
                  _print_json(("best_dir", "best_step", "best_epoch", "metric_for_best", "validation", "test",
                               "steps", "stopped_early", "elapsed_s"))),
-    "evaluate": ("evaluate", "EvaluateOptions", "metrics of a fine-tuned model on labelled data (JSON)", ("model",),
+    "evaluate": ("evaluate", "EvaluateOptions",
+                 "metrics of a fine-tuned model on labelled data, or --perplexity of a causal LM on a text (JSON)",
+                 ("model", "file"),
                  False, _print_json(())),
     "predict": ("predict", "PredictOptions", "labels + probabilities for a file -> JSONL / CSV", ("model", "input"),
                 False, lambda n, opts: print(f"{n} predictions written to {opts.output}")),
@@ -173,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("finetune", "evaluate", "predict"):
         _recipe_command(sub, name)
     _add_classify(sub)
+    _add_generate(sub)
+    _add_chat(sub)
     _recipe_command(sub, "demo")
     return parser
 

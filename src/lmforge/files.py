@@ -93,3 +93,14 @@ def find_invalid_utf8(path: str | os.PathLike) -> str | None:
             except UnicodeDecodeError as error:
                 return invalid_utf8_message(path, lineno, line, error)
     return None
+
+
+def read_text_utf8(path: str | os.PathLike) -> str:
+    """The whole text of a UTF-8 file (a leading BOM dropped); a non-UTF-8 byte raises ValueError naming the
+    file, line and column (`find_invalid_utf8`)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: file not found")
+    try:
+        return Path(path).read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise ValueError(find_invalid_utf8(path) or f"{path}: not valid UTF-8") from None

@@ -216,6 +216,16 @@ class KVCache:
         self._lengths[layer] = n + T
         return keys[:, :, :n + T], values[:, :, :n + T]  # (B, Hk, S, D) views
 
+    def reorder(self, index: Tensor) -> None:
+        """Keep rows `index` (B',) of every layer, in that order: beam search continues each surviving beam
+        from its parent's keys and values (rows may repeat); generation expands a prompt's cache to its beams."""
+        for layer in range(self.num_layers):
+            if self._keys[layer] is not None:
+                self._keys[layer] = self._keys[layer].index_select(0, index)
+                self._values[layer] = self._values[layer].index_select(0, index)
+            if self.cross[layer] is not None:
+                self.cross[layer] = tuple(t.index_select(0, index) for t in self.cross[layer])
+
     @staticmethod
     def _grow(buffer: Tensor | None, filled: int, needed: int, like: Tensor) -> Tensor:
         B, Hk, _, D = like.shape

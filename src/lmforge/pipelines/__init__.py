@@ -4,6 +4,8 @@
     fill("the acting in this [MASK] was terrible", top_k=3)
     clf = pipeline("text-classification", model="runs/finetune/best")
     clf(["great!", "awful"], top_k=None)
+    gen = pipeline("text-generation", model="runs/clm/final")
+    gen("Once upon a time", max_new_tokens=40)
 
 Inputs are sorted by length and run in batches (restoring the caller's order afterwards), so a
 batch holds sequences of similar length and little padding.
@@ -14,12 +16,14 @@ from __future__ import annotations
 from .base import Pipeline
 from .fill_mask import FillMaskPipeline
 from .text_classification import TextClassificationPipeline
+from .text_generation import TextGenerationPipeline
 from .token_classification import TokenClassificationPipeline
 
 PIPELINES = {
     "fill-mask": FillMaskPipeline,
     "text-classification": TextClassificationPipeline,
     "sentiment-analysis": TextClassificationPipeline,
+    "text-generation": TextGenerationPipeline,
     "token-classification": TokenClassificationPipeline,
     "ner": TokenClassificationPipeline,
 }

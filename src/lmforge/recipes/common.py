@@ -50,7 +50,9 @@ def add_options(parser: argparse.ArgumentParser, cls: type, positional: Iterable
         if "choices" in f.metadata:
             kwargs["choices"] = f.metadata["choices"]
         if f.name in positional:
-            parser.add_argument(f.name, nargs="+" if is_list else None, type=kind, **kwargs)
+            # A positional whose field says optional=True may be left out (nargs "?").
+            nargs = "+" if is_list else ("?" if f.metadata.get("optional") else None)
+            parser.add_argument(f.name, nargs=nargs, type=kind, **kwargs)
             continue
         flag = "--" + f.name.replace("_", "-")
         names = [flag] + ([f.metadata["short"]] if "short" in f.metadata else [])

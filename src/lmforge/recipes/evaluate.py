@@ -1,6 +1,8 @@
-"""`lmforge evaluate`: metrics of a fine-tuned model folder on a dataset, a labelled file or a folder.
+"""`lmforge evaluate`: metrics of a fine-tuned model folder on a dataset, a labelled file or a folder; or, with
+--perplexity, the sliding-window perplexity of a causal LM (HF folder or GGUF file) on a text file.
 
     lmforge evaluate runs/ft/best --data movie-sentences --split test
+    lmforge evaluate --perplexity runs/clm/final held_out.txt --stride 256
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ SPLIT_CHOICES = ("train", "validation", "test", "all")
 
 @dataclass
 class EvaluateOptions:
-    model: str | None = option(None, "fine-tuned model folder (e.g. runs/ft/best)")
+    model: str | None = option(None, "fine-tuned model folder (e.g. runs/ft/best); with --perplexity a causal LM "
+                                     "folder or GGUF file")
     data: str | None = option(None, "dataset name, labelled file, or folder of train/validation/test files")
     split: str | None = option(None, "split to score (default: test for dataset names and folders, the whole "
                                      "file for a file; a split of a file is the finetune's seeded 80/10/10 one)",
@@ -34,7 +37,8 @@ class EvaluateOptions:
                                                 "fine-tuning)")
     label_column: str | None = option(None, "column holding the label (default: as in fine-tuning, else label)")
     label_delimiter: str = option("|", "separator of labels in a multi_label string")
-    max_length: int | None = option(None, "tokens per sequence (default: the one used in fine-tuning)")
+    max_length: int | None = option(None, "tokens per sequence (default: the one used in fine-tuning; with "
+                                          "--perplexity the window, default: the model's context)")
     batch_size: int = option(64, "examples per batch")
     seed: int = option(0, "seed of the split of a single file (as in finetune)")
     output: str | None = option(None, "also write the metrics JSON to this file", short="-o")
@@ -42,6 +46,12 @@ class EvaluateOptions:
     unpad: bool = option(True, "drop padding tokens before the encoder layers")
     device: str | None = option(None, "cpu, cuda, ... (default: cuda when available)")
     threads: int | None = option(None, "torch CPU threads")
+    # Perplexity of a causal LM (after the fields above: callers build EvaluateOptions(model, data, ...)).
+    file: str | None = option(None, "with --perplexity: the UTF-8 text file to score", optional=True)
+    perplexity: bool = option(False, "perplexity of a causal LM on FILE (sliding window, as the transformers "
+                                     "perplexity guide)")
+    stride: int | None = option(None, "with --perplexity: tokens between window starts (default: half the window)")
+    gguf_file: str | None = option(None, "with --perplexity: GGUF file name inside the MODEL folder")
 
 
 def run(opts: EvaluateOptions) -> dict[str, Any]:
@@ -51,6 +61,8 @@ def run(opts: EvaluateOptions) -> dict[str, Any]:
     Columns default to the ones used in fine-tuning (finetune_info.json), else text / label. A label
     the model was not trained on raises DataError naming its file and line.
     """
+    if opts.perplexity:
+        return perplexity_report(opts)
     if not opts.data:
         raise ValueError("no data given (--data DATASET|FILE|FOLDER)")
     if opts.threads:
@@ -82,6 +94,31 @@ def run(opts: EvaluateOptions) -> dict[str, Any]:
     metrics = make_scorer(task, items, features, label_map, opts.batch_size, pad_id, opts.bf16)(net)
     report = {"model": str(opts.model), "data": data, "split": split, "task": task, "examples": len(items),
               "metrics": json_safe(metrics)}
+    if opts.output:
+        write_json(opts.output, report)
+    return report
+
+
+def perplexity_report(opts: EvaluateOptions) -> dict[str, Any]:
+    """{"model", "file", "perplexity", "mean_nll", "tokens", "scored", "windows", "max_length", "stride"}."""
+    from dataclasses import asdict
+
+    from ..eval.perplexity import sliding_window_perplexity
+    from ..files import read_text_utf8
+    from .generate import load_causal_lm
+
+    if not opts.model or not opts.file:
+        raise ValueError("--perplexity needs MODEL and FILE: lmforge evaluate --perplexity MODEL FILE")
+    model, tokenizer = load_causal_lm(opts.model, opts.gguf_file, opts.threads)
+    text = read_text_utf8(opts.file)
+    ids = tokenizer(text, return_tensors="pt")["input_ids"]
+    context = model.config.max_position_embeddings
+    max_length = opts.max_length or context
+    if max_length > context:
+        raise ValueError(f"--max-length {max_length} exceeds the model's context of {context}")
+    stride = opts.stride or max(1, max_length // 2)
+    report = {"model": str(opts.model), "file": str(opts.file),
+              **asdict(sliding_window_perplexity(model, ids, max_length, stride))}
     if opts.output:
         write_json(opts.output, report)
     return report

@@ -471,6 +471,32 @@ class Tokenizer:
         rows = sequences.tolist() if isinstance(sequences, (torch.Tensor, np.ndarray)) else sequences
         return [self.decode(row, skip_special_tokens, clean_up_tokenization_spaces) for row in rows]
 
+    # ------------------------------------------------------------------ chat
+
+    def apply_chat_template(
+        self,
+        conversation: list[dict[str, Any]],
+        add_generation_prompt: bool = False,
+        tokenize: bool = True,
+        return_tensors: str | None = None,
+        return_dict: bool = True,
+        chat_template: str | None = None,
+    ) -> Any:
+        """The conversation (messages {"role", "content"}) rendered with the chat template, as transformers 5:
+        the text (`tokenize=False`), else its encoding without added special tokens (a BatchEncoding, or the
+        ids with `return_dict=False`). `add_generation_prompt` appends the assistant's turn header."""
+        from .chat import render_chat
+
+        source = chat_template or self.chat_template
+        if source is None:
+            raise ValueError(f"tokenizer {self.name_or_path or ''!s} has no chat template (tokenizer_config.json "
+                             "'chat_template' or GGUF 'tokenizer.chat_template'); pass chat_template=...")
+        text = render_chat(source, conversation, add_generation_prompt, self.special_tokens_map)
+        if not tokenize:
+            return text
+        encoded = self(text, add_special_tokens=False, return_tensors=return_tensors)
+        return encoded if return_dict else encoded["input_ids"]
+
     # ------------------------------------------------------------------ saving
 
     def save_pretrained(self, save_directory: str | os.PathLike[str]) -> tuple[str, ...]:

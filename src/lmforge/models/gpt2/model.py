@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...generation.mixin import GenerationMixin
 from ...nn.attention import (
     KVCache,
     attend,
@@ -224,7 +225,7 @@ class GPT2Model(GPT2PreTrainedModel):
         )
 
 
-class GPT2LMHeadModel(GPT2PreTrainedModel):
+class GPT2LMHeadModel(GenerationMixin, GPT2PreTrainedModel):
     """Next-token logits: lm_head (weights tied to wte unless tie_word_embeddings=False)."""
 
     _tied_weights = keys.TIED_WEIGHTS

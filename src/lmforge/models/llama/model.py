@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ...generation.mixin import GenerationMixin
 from ...nn.attention import (
     KVCache,
     SelfAttention,
@@ -128,7 +129,7 @@ class LlamaModel(LlamaPreTrainedModel):
                                        attentions=attentions)
 
 
-class LlamaForCausalLM(LlamaPreTrainedModel):
+class LlamaForCausalLM(GenerationMixin, LlamaPreTrainedModel):
     """Next-token logits: lm_head, tied to embed_tokens when config.tie_word_embeddings (SmolLM2, Llama 3.2 1B)."""
 
     _tied_weights = keys.TIED_WEIGHTS
