@@ -1,11 +1,13 @@
 """`GenerationMixin`: `model.generate(...)` and `model.generate_stream(...)` for every causal LM (a base class
-of `GPT2LMHeadModel` and `LlamaForCausalLM` / `Qwen2ForCausalLM`).
+of `GPT2LMHeadModel` and `LlamaForCausalLM` / `Qwen2ForCausalLM`); `Seq2SeqGenerationMixin` for encoder-decoders
+(`T5ForConditionalGeneration`).
 
     out = model.generate(**tokenizer(prompts, padding=True, return_tensors="pt"), max_new_tokens=32)
     for text in model.generate_stream(ids, tokenizer, GenerationConfig(max_new_tokens=64)): print(text, end="")
 
 The call checks every setting, then picks the model's step function (`generation_steps`: decoders run the
-prompt into a KV cache, then one token per step; an encoder-decoder overrides this one method) and the loop
+prompt into a KV cache, then one token per step; encoder-decoders encode once and decode from the start token,
+`generation_prompt`) and the loop
 (`decoding.sample_steps` or `decoding.beam_search`). The caller's model and tensors are not modified.
 """
 
@@ -20,7 +22,7 @@ from torch import Tensor
 from .config import GenerationConfig
 from .decoding import beam_search, sample_steps
 from .logits import build_processors
-from .steps import CausalLMSteps
+from .steps import CausalLMSteps, Seq2SeqSteps
 from .stopping import Stopping, StopStrings
 from .streaming import IncrementalDecoder
 
@@ -34,6 +36,10 @@ class GenerationMixin:
     def generation_steps(self, attention_mask: Tensor) -> CausalLMSteps:
         """The step function of the decoding loops (see `generation.steps`)."""
         return CausalLMSteps(self, attention_mask)
+
+    def generation_prompt(self, input_ids: Tensor) -> Tensor:
+        """The ids the decoding loops extend and `generate` returns: a causal LM's prompt itself."""
+        return input_ids
 
     def default_generation_config(self) -> GenerationConfig:
         """EOS and padding ids from the model's config (what transformers' generation config derives)."""
@@ -93,7 +99,7 @@ class GenerationMixin:
                 raise ValueError("generate: streaming needs num_beams=1 (beams change until the end)")
             return beam_search(run.steps, input_ids, config, run.processors, run.stopping, run.fill_id, run.generator)
         if streamer is not None:
-            streamer.put(input_ids.cpu())
+            streamer.put(run.prompt.cpu())
         new = []
         for tokens in sample_steps(run.steps, input_ids, config, run.processors, run.stopping, run.pad_id,
                                    run.generator):
@@ -102,7 +108,7 @@ class GenerationMixin:
                 streamer.put(tokens.cpu())
         if streamer is not None:
             streamer.end()
-        return torch.cat([input_ids, torch.stack(new, dim=1)], dim=1)
+        return torch.cat([run.prompt, torch.stack(new, dim=1)], dim=1)
 
     def generate_stream(self, input_ids: Tensor, tokenizer, generation_config: GenerationConfig | None = None,
                         generator: torch.Generator | None = None, seed: int | None = None,
@@ -139,8 +145,11 @@ class GenerationMixin:
             attention_mask = torch.ones_like(input_ids)
         elif tuple(attention_mask.shape) != (B, T):
             raise ValueError(f"generate: attention_mask has shape {tuple(attention_mask.shape)}, input_ids {(B, T)}")
-        config.validate(T, getattr(self.config, "max_position_embeddings", None))
-        if B > 1 and not bool(attention_mask[:, -1].all()):
+        prompt = self.generation_prompt(input_ids)  # (B, P): the prompt, or a decoder's start tokens
+        decoder_only = prompt is input_ids
+        P = prompt.size(1)
+        config.validate(P, getattr(self.config, "max_position_embeddings", None))
+        if decoder_only and B > 1 and not bool(attention_mask[:, -1].all()):
             logger.warning("generate: a prompt ends with padding (right padding); pad prompts on the left "
                            "(tokenizer.padding_side = 'left') or the continuation follows the padding")
         if config.do_sample and generator is None and seed is not None:
@@ -150,17 +159,34 @@ class GenerationMixin:
         # transformers fills the unused tail of shorter beam hypotheses with `pad or eos[0]` (a pad id of 0
         # counts as missing there); without EOS every hypothesis runs to the length limit and nothing is filled.
         fill_id = (config.pad_token_id or eos[0]) if eos else pad_id
-        first_real = attention_mask.to(torch.int32).argmax(1).repeat_interleave(config.num_beams)  # (B * K,)
-        stop = StopStrings(tokenizer, config.stop_strings, T) if config.stop_strings else None
-        stopping = Stopping(eos, stop, T + config.new_tokens(T), input_ids.device)
-        return _Run(self.generation_steps(attention_mask), build_processors(config, first_real), stopping, pad_id,
-                    fill_id, generator)
+        prompt_mask = attention_mask if decoder_only else torch.ones_like(prompt)
+        first_real = prompt_mask.to(torch.int32).argmax(1).repeat_interleave(config.num_beams)  # (B * K,)
+        stop = StopStrings(tokenizer, config.stop_strings, P) if config.stop_strings else None
+        stopping = Stopping(eos, stop, P + config.new_tokens(P), input_ids.device)
+        return _Run(prompt, self.generation_steps(attention_mask), build_processors(config, first_real), stopping,
+                    pad_id, fill_id, generator)
+
+
+class Seq2SeqGenerationMixin(GenerationMixin):
+    """`generate` for encoder-decoders (`T5ForConditionalGeneration`, ...): the prompt (input_ids, padded on
+    either side) goes to the encoder once; the returned ids are the decoder's, from its start token on, as
+    transformers returns them. The host has `get_encoder()` and config.decoder_start_token_id."""
+
+    def generation_steps(self, attention_mask: Tensor) -> Seq2SeqSteps:
+        return Seq2SeqSteps(self, attention_mask)
+
+    def generation_prompt(self, input_ids: Tensor) -> Tensor:
+        start = self.config.decoder_start_token_id
+        if start is None:
+            raise ValueError("generate: config.decoder_start_token_id is not set (the decoder's first token; T5 "
+                             "uses the pad id, 0)")
+        return input_ids.new_full((input_ids.size(0), 1), start)  # (B, 1)
 
 
 class _Run:
     """What one generate call prepared."""
 
-    def __init__(self, steps, processors, stopping, pad_id: int, fill_id: int, generator):
-        self.steps, self.processors, self.stopping = steps, processors, stopping
+    def __init__(self, prompt: Tensor, steps, processors, stopping, pad_id: int, fill_id: int, generator):
+        self.prompt, self.steps, self.processors, self.stopping = prompt, steps, processors, stopping
         self.pad_id, self.fill_id, self.generator = pad_id, fill_id, generator
 

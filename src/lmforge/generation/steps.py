@@ -8,8 +8,9 @@ directly; they call an object with three methods:
                                                          from its parent; also expands a prompt to its beams)
 
 `CausalLMSteps` is the decoder-only one: the prompt runs once into a new `KVCache` (prefill), then one
-token per step reads it. An encoder-decoder plugs in its own (encode once into the cache's cross-attention
-slots, start from the decoder start token) and reuses every loop, processor and stopping rule unchanged.
+token per step reads it. `Seq2SeqSteps` is the encoder-decoder one: `start` encodes the prompt once, the
+decoder begins from its start token and the cache's cross-attention slots keep the encoder's keys/values;
+every loop, processor and stopping rule is the same.
 """
 
 from __future__ import annotations
@@ -44,3 +45,34 @@ class CausalLMSteps:
     def reorder(self, index: Tensor) -> None:
         self.cache.reorder(index)
         self.mask = self.mask.index_select(0, index)
+
+
+class Seq2SeqSteps:
+    """An encoder-decoder (`T5ForConditionalGeneration`, ...): the prompt goes through the encoder once; the
+    decoder starts from `model.generation_prompt` (the decoder start token) with a new KV cache, whose
+    cross-attention slots are filled at that first call (the encoder's keys/values, never recomputed), then
+    reads one token per step. The encoder output and padding mask follow the rows through `reorder`."""
+
+    def __init__(self, model: torch.nn.Module, attention_mask: Tensor):
+        self.model = model
+        self.mask = attention_mask  # (R, S_enc): the encoder's padding, fixed for the whole generation
+        self.encoder_states: Tensor | None = None  # (R, S_enc, C)
+        self.cache: KVCache | None = None
+
+    def start(self, input_ids: Tensor) -> tuple[Tensor, Tensor]:
+        self.encoder_states = self.model.get_encoder()(input_ids=input_ids, attention_mask=self.mask).last_hidden_state
+        decoder_ids = self.model.generation_prompt(input_ids)  # (R, 1)
+        out = self.model(attention_mask=self.mask, encoder_outputs=(self.encoder_states,),
+                         decoder_input_ids=decoder_ids, use_cache=True)
+        self.cache = out.past_key_values
+        return decoder_ids, out.logits[:, -1].float()  # (R, 1), (R, V)
+
+    def step(self, tokens: Tensor) -> Tensor:
+        out = self.model(attention_mask=self.mask, encoder_outputs=(self.encoder_states,),
+                         decoder_input_ids=tokens[:, None], past_key_values=self.cache)
+        return out.logits[:, -1].float()  # (R, V)
+
+    def reorder(self, index: Tensor) -> None:
+        self.cache.reorder(index)
+        self.mask = self.mask.index_select(0, index)
+        self.encoder_states = self.encoder_states.index_select(0, index)

@@ -25,6 +25,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ...generation.mixin import Seq2SeqGenerationMixin
 from ...nn.attention import (
     CrossAttention,
     KVCache,
@@ -342,9 +343,10 @@ class T5Model(T5PreTrainedModel):
         )
 
 
-class T5ForConditionalGeneration(T5PreTrainedModel):
+class T5ForConditionalGeneration(Seq2SeqGenerationMixin, T5PreTrainedModel):
     """The encoder-decoder with lm_head (tied to `shared` unless tie_word_embeddings=False, v1.1). labels (B, T):
-    the target ids (-100: no loss); the decoder reads them shifted right after decoder_start_token_id."""
+    the target ids (-100: no loss); the decoder reads them shifted right after decoder_start_token_id.
+    `generate(input_ids, attention_mask, ...)` encodes once and returns the decoder's ids (start token first)."""
 
     _tied_weights = keys.TIED_WEIGHTS
 
