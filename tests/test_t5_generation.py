@@ -42,3 +42,17 @@ def test_generation_stops_at_eos_and_pads():
     got = ours.generate(ids, attention_mask=mask, max_new_tokens=12)
     assert torch.equal(got, expected)
     assert (got == 1).any(1).tolist() == [True, False, True, True]
+
+
+def test_sampling_matches_transformers_draws():
+    """Same seed, same draws: top-k / top-p sampling picks the tokens transformers picks."""
+    hf = hf_model("v1.1", **SAME_DEPTH)
+    ours = ours_from(hf, "v1.1", **SAME_DEPTH)
+    ids, mask = padded_batch(99, "right", T=9)
+    settings = dict(max_new_tokens=8, do_sample=True, top_k=20, top_p=0.9, temperature=0.8)
+    torch.manual_seed(7)
+    with torch.no_grad():
+        expected = hf.generate(input_ids=ids, attention_mask=mask, **settings)
+    torch.manual_seed(7)
+    got = ours.generate(ids, attention_mask=mask, **settings)
+    assert torch.equal(got, expected)

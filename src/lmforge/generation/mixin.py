@@ -7,8 +7,8 @@ of `GPT2LMHeadModel` and `LlamaForCausalLM` / `Qwen2ForCausalLM`); `Seq2SeqGener
 
 The call checks every setting, then picks the model's step function (`generation_steps`: decoders run the
 prompt into a KV cache, then one token per step; encoder-decoders encode once and decode from the start token,
-`generation_prompt`) and the loop
-(`decoding.sample_steps` or `decoding.beam_search`). The caller's model and tensors are not modified.
+`generation_prompt`) and the loop (`decoding.sample_steps` or `decoding.beam_search`). The caller's model and
+tensors are not modified.
 """
 
 from __future__ import annotations
