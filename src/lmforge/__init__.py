@@ -33,7 +33,7 @@ from .models.config import ConfigError
 # A library only adds a NullHandler; the application (lmforge.cli, or the caller) configures output.
 logging.getLogger("lmforge").addHandler(logging.NullHandler())
 
-# Decoder families, ELECTRA and the KV cache, imported on first use: `import lmforge` stays light.
+# Decoder families, ELECTRA, T5 and the KV cache, imported on first use: `import lmforge` stays light.
 _LAZY = {
     **{name: "lmforge.models.gpt2" for name in (
         "GPT2Config", "GPT2Model", "GPT2LMHeadModel", "GPT2ForSequenceClassification", "GPT2ForTokenClassification")},
@@ -46,6 +46,8 @@ _LAZY = {
     **{name: "lmforge.models.bart" for name in (
         "BartConfig", "BartModel", "BartForConditionalGeneration", "BartForSequenceClassification")},
     **{name: "lmforge.models.marian" for name in ("MarianConfig", "MarianModel", "MarianMTModel")},
+    **{name: "lmforge.models.t5" for name in (
+        "T5Config", "T5Model", "T5ForConditionalGeneration", "T5EncoderModel")},
     "KVCache": "lmforge.nn",
     **{name: "lmforge.generation" for name in ("GenerationConfig", "TextStreamer")},
 }
@@ -74,7 +76,8 @@ __all__ = [
     *_LAZY,
     "AutoConfig", "AutoModel", "AutoModelForCausalLM", "AutoModelForMaskedLM", "AutoModelForMultipleChoice",
     "AutoModelForNextSentencePrediction", "AutoModelForPreTraining", "AutoModelForQuestionAnswering",
-    "AutoModelForSeq2SeqLM", "AutoModelForSequenceClassification", "AutoModelForTokenClassification", "AutoTokenizer", "BertConfig",
+    "AutoModelForSeq2SeqLM", "AutoModelForSequenceClassification", "AutoModelForTokenClassification",
+    "AutoTokenizer", "BertConfig",
     "BertForMaskedLM", "BertForMultipleChoice", "BertForNextSentencePrediction", "BertForPreTraining",
     "BertForQuestionAnswering", "BertForSequenceClassification", "BertForTokenClassification", "BertModel",
     "CheckpointError", "ConfigError", "Tokenizer", "pipeline", "register_model",

@@ -8,7 +8,8 @@ Key rules, as in `transformers`:
   and the reverse: the `base_model_prefix` is added or stripped;
 - each family's `KeyRules` (the model class's `key_rules`) maps legacy key fragments (BERT's TF-era
   LayerNorm `gamma`/`beta`) and names keys to drop silently (buffers old checkpoints carry);
-- tied weights (the MLM decoder = word embeddings) are not written and need not be present.
+- tied weights (the MLM decoder = word embeddings; an encoder-decoder's `encoder.embed_tokens` = `shared`) are
+  not written and need not be present (`tied_keys`).
 Every error names the file it is about. `.bin` files are only read with `weights_only=True`.
 """
 
@@ -197,9 +198,11 @@ def load_pretrained(
     config = with_label_overrides(config, num_labels, id2label, label2id, problem_type)
     dtype = _resolve_dtype(torch_dtype, config)
 
-    model = cls(config).set_attn_implementation(attn_implementation)
     state, source = read_state_dict(folder)
-    state = adapt_prefix(normalise_keys(state, model.key_rules), model)
+    state = normalise_keys(state, cls.key_rules)
+    config = _untie_if_both_stored(cls, config, state, source)
+    model = cls(config).set_attn_implementation(attn_implementation)
+    state = adapt_prefix(state, model)
     info = _load_into(model, state, source, ignore_mismatched_sizes)
     _report(cls.__name__, source, info)
 
@@ -210,9 +213,30 @@ def load_pretrained(
     return (model, info) if output_loading_info else model
 
 
+def _untie_if_both_stored(cls, config, state: dict[str, Tensor], source: Path):
+    """A config that ties the output embeddings to the input ones, and a checkpoint holding both with different
+    values: the checkpoint wins and they stay apart (transformers 5 does the same; it writes
+    tie_word_embeddings=true for every T5, also for v1.1 models whose lm_head is its own)."""
+    if not getattr(config, "tie_word_embeddings", False):
+        return config
+    for target, source_key in getattr(cls, "_tied_weights", {}).items():
+        if target in state and source_key in state and not torch.equal(state[target], state[source_key]):
+            logger.info("%s: %s differs from %s, so they are not tied (the config says tie_word_embeddings)",
+                        source, target, source_key)
+            return config.untied()
+    return config
+
+
+def tied_keys(model) -> set[str]:
+    """Keys that hold another key's parameter: `_tied_weights` when the config ties embeddings, plus
+    `_shared_weights` always (the encoder's and decoder's token embeddings of an encoder-decoder are `shared`)."""
+    tied = set(getattr(model, "_tied_weights", {})) if model.config.tie_word_embeddings else set()
+    return tied | set(getattr(model, "_shared_weights", {}))
+
+
 def _load_into(model, state: dict[str, Tensor], source: Path, ignore_mismatched_sizes: bool) -> LoadingInfo:
     expected = model.state_dict()
-    tied = set(getattr(model, "_tied_weights", {})) if model.config.tie_word_embeddings else set()
+    tied = tied_keys(model)
     info = LoadingInfo()
     usable: dict[str, Tensor] = {}
     for key, value in state.items():
@@ -269,7 +293,7 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 def state_dict_for_saving(model) -> dict[str, Tensor]:
     """The model's weights minus tied copies (safetensors refuses shared storage)."""
-    tied = set(getattr(model, "_tied_weights", {})) if model.config.tie_word_embeddings else set()
+    tied = tied_keys(model)
     return {k: v.detach().contiguous() for k, v in model.state_dict().items() if k not in tied}
 
 

@@ -7,13 +7,13 @@
                    Seq2SeqSteps: an encoder-decoder's, the source encoded once)
     decoding.py    the loops: greedy / sampling, beam search (transformers' semantics)
     streaming.py   IncrementalDecoder (whole UTF-8 characters only), TextStreamer (put / end protocol)
-    mixin.py       GenerationMixin: generate(), generate_stream()
+    mixin.py       GenerationMixin: generate(), generate_stream(); Seq2SeqGenerationMixin (encoder-decoders)
 """
 
 from .config import GenerationConfig
-from .mixin import GenerationMixin
+from .mixin import GenerationMixin, Seq2SeqGenerationMixin
 from .steps import CausalLMSteps, Seq2SeqSteps
 from .streaming import IncrementalDecoder, TextStreamer
 
-__all__ = ["CausalLMSteps", "GenerationConfig", "GenerationMixin", "IncrementalDecoder", "Seq2SeqSteps",
-           "TextStreamer"]
+__all__ = ["CausalLMSteps", "GenerationConfig", "GenerationMixin", "IncrementalDecoder", "Seq2SeqGenerationMixin",
+           "Seq2SeqSteps", "TextStreamer"]

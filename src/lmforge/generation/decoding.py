@@ -54,18 +54,20 @@ def beam_search(steps, input_ids: Tensor, config: GenerationConfig, processors: 
     sum / new_tokens ** length_penalty) and continues with the K best unfinished ones.
     """
     K, lp, early = config.num_beams, config.length_penalty, config.early_stopping
-    B, prompt_length = input_ids.shape
     max_length = stopping.max_length
     keep = max(2, 1 + len(config.eos_ids)) * K  # candidates kept per prompt and step
     device = input_ids.device
 
-    _, logits = steps.start(input_ids)  # (B, V): the prompt runs once, then is copied to its K beams
+    # The prompt runs once, then is copied to its K beams. What the beams extend is what `start` returns: the
+    # prompt itself, or an encoder-decoder's decoder start tokens.
+    prompt, logits = steps.start(input_ids)  # (B, L0), (B, V)
+    B, prompt_length = prompt.shape
     expand = torch.arange(B, device=device).repeat_interleave(K)  # (B * K,)
     steps.reorder(expand)
     logits = logits.index_select(0, expand)  # (B * K, V)
 
     running = torch.full((B, K, max_length), fill_id, dtype=torch.long, device=device)
-    running[:, :, :prompt_length] = input_ids[:, None, :]
+    running[:, :, :prompt_length] = prompt[:, None, :]
     finished = running.clone()  # (B, K, max_length): the best finished hypotheses so far
     running_scores = torch.zeros(B, K, device=device)
     running_scores[:, 1:] = NEG  # all beams start equal: only beam 0 may extend the prompt at the first step

@@ -1,12 +1,14 @@
 """`GenerationMixin`: `model.generate(...)` and `model.generate_stream(...)` for every causal LM (a base class
-of `GPT2LMHeadModel` and `LlamaForCausalLM` / `Qwen2ForCausalLM`).
+of `GPT2LMHeadModel` and `LlamaForCausalLM` / `Qwen2ForCausalLM`); `Seq2SeqGenerationMixin` for encoder-decoders
+(BART's and Marian's LM heads, `T5ForConditionalGeneration`).
 
     out = model.generate(**tokenizer(prompts, padding=True, return_tensors="pt"), max_new_tokens=32)
     for text in model.generate_stream(ids, tokenizer, GenerationConfig(max_new_tokens=64)): print(text, end="")
 
-The call checks every setting, then picks the model's step function (`generation_steps`: decoders run the
-prompt into a KV cache, then one token per step; an encoder-decoder overrides this one method) and the loop
-(`decoding.sample_steps` or `decoding.beam_search`). The caller's model and tensors are not modified.
+The call checks every setting, then asks the model for the prompt to extend and its step function
+(`generation_setup`: decoders run the prompt into a KV cache, then one token per step; encoder-decoders encode
+the source once and extend the decoder start token, `Seq2SeqSteps`) and the loop (`decoding.sample_steps` or `decoding.beam_search`). The caller's model and
+tensors are not modified.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from torch import Tensor
 from .config import GenerationConfig
 from .decoding import beam_search, sample_steps
 from .logits import build_processors
-from .steps import CausalLMSteps
+from .steps import CausalLMSteps, Seq2SeqSteps
 from .stopping import Stopping, StopStrings
 from .streaming import IncrementalDecoder
 
@@ -37,7 +39,7 @@ class GenerationMixin:
 
     def generation_setup(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor, object]:
         """(prompt the loops extend, its mask, step function). A decoder continues its input; an encoder-decoder
-        (`ConditionalGenerationModel`) overrides this: the prompt is the decoder start token, the input the source."""
+        (`Seq2SeqGenerationMixin`) overrides this: the prompt is the decoder start token, the input the source."""
         return input_ids, attention_mask, self.generation_steps(attention_mask)
 
     def default_generation_config(self) -> GenerationConfig:
@@ -163,6 +165,20 @@ class GenerationMixin:
         stopping = Stopping(eos, stop, T + config.new_tokens(T), input_ids.device)
         processors = build_processors(config, first_real, stopping.max_length)
         return _Run(input_ids, steps, processors, stopping, pad_id, fill_id, generator)
+
+
+class Seq2SeqGenerationMixin(GenerationMixin):
+    """`generate` for encoder-decoders (BART, Marian, T5): the input (the source, padded on either side) is
+    encoded once; the loops extend the decoder start token, and the returned ids are the decoder's, from that
+    token on, as transformers returns them. The host has `get_encoder()` and config.decoder_start_token_id."""
+
+    def generation_setup(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor, Seq2SeqSteps]:
+        start = self.config.decoder_start_token_id
+        if start is None:
+            raise ValueError("generate: config.decoder_start_token_id is not set: the decoder needs a first token "
+                             "(T5 uses the pad id, 0)")
+        prompt = input_ids.new_full((input_ids.size(0), 1), start)  # (B, 1)
+        return prompt, torch.ones_like(prompt), Seq2SeqSteps(self, input_ids, attention_mask)
 
 
 class _Run:

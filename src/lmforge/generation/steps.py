@@ -8,8 +8,9 @@ directly; they call an object with three methods:
                                                          from its parent; also expands a prompt to its beams)
 
 `CausalLMSteps` is the decoder-only one: the prompt runs once into a new `KVCache` (prefill), then one
-token per step reads it. An encoder-decoder plugs in its own (encode once into the cache's cross-attention
-slots, start from the decoder start token) and reuses every loop, processor and stopping rule unchanged.
+token per step reads it. `Seq2SeqSteps` is the encoder-decoder one: `start` encodes the prompt once, the
+decoder begins from its start token and the cache's cross-attention slots keep the encoder's keys/values;
+every loop, processor and stopping rule is the same.
 """
 
 from __future__ import annotations
@@ -47,19 +48,22 @@ class CausalLMSteps:
 
 
 class Seq2SeqSteps:
-    """An encoder-decoder (`BartForConditionalGeneration`, `MarianMTModel`): `start` encodes the source once and
-    runs the decoder start tokens into a new `KVCache`, whose cross-attention slots then hold the encoder
-    output's keys/values for every later step; each step feeds one decoder token per row. No decoder padding
-    mask: decoder rows all begin with the start token (transformers passes none either)."""
+    """An encoder-decoder (`BartForConditionalGeneration`, `MarianMTModel`, `T5ForConditionalGeneration`):
+    `start` encodes the source once and runs the decoder start tokens into a new `KVCache` (the model's), whose
+    cross-attention slots then hold the encoder output's keys/values for every later step; each step feeds one
+    decoder token per row. No decoder padding mask: decoder rows all begin with the start token (transformers
+    passes none either). `reorder` moves the cache (cross keys/values included), the encoder output and the
+    source mask with the rows."""
 
     def __init__(self, model: torch.nn.Module, source_ids: Tensor, source_mask: Tensor):
         self.model = model
         self.source_ids, self.source_mask = source_ids, source_mask  # (R, S)
-        self.cache = KVCache(model.config.decoder_layers)
-        self.encoder_outputs = None
+        self.cache: KVCache | None = None
+        self.encoder_states: Tensor | None = None  # (R, S, C)
 
     def start(self, decoder_ids: Tensor) -> tuple[Tensor, Tensor]:
-        self.encoder_outputs = self.model.get_encoder()(self.source_ids, self.source_mask)
+        encoder = self.model.get_encoder()
+        self.encoder_states = encoder(input_ids=self.source_ids, attention_mask=self.source_mask).last_hidden_state
         return decoder_ids, self._logits(decoder_ids)  # (R, 1), (R, V)
 
     def step(self, tokens: Tensor) -> Tensor:
@@ -67,11 +71,11 @@ class Seq2SeqSteps:
 
     def _logits(self, decoder_ids: Tensor) -> Tensor:
         out = self.model(attention_mask=self.source_mask, decoder_input_ids=decoder_ids,
-                         encoder_outputs=self.encoder_outputs, past_key_values=self.cache, use_cache=True)
+                         encoder_outputs=(self.encoder_states,), past_key_values=self.cache, use_cache=True)
+        self.cache = out.past_key_values  # new at the first call, the same object later
         return out.logits[:, -1].float()
 
     def reorder(self, index: Tensor) -> None:
         self.cache.reorder(index)  # cross-attention keys/values included
         self.source_mask = self.source_mask.index_select(0, index)
-        states = self.encoder_outputs.last_hidden_state.index_select(0, index)
-        self.encoder_outputs = type(self.encoder_outputs)(last_hidden_state=states)
+        self.encoder_states = self.encoder_states.index_select(0, index)

@@ -36,6 +36,9 @@ class PreTrainedModel(nn.Module):
     # target key -> source key, for parameters shared between modules (the MLM decoder and the
     # word embeddings). Tied targets are not written on save and need not be in a checkpoint.
     _tied_weights: ClassVar[dict[str, str]] = {}
+    # target key -> source key, one parameter whatever the config says: an encoder-decoder's
+    # `encoder.embed_tokens` and `decoder.embed_tokens` are its `shared` embedding (see `hub.tied_keys`).
+    _shared_weights: ClassVar[dict[str, str]] = {}
     # False where dropping padding would change a public output (see BertForQuestionAnswering).
     supports_unpadding: ClassVar[bool] = True
 

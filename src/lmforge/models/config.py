@@ -161,6 +161,10 @@ class PretrainedConfig:
         directory.mkdir(parents=True, exist_ok=True)
         self.to_json_file(directory / CONFIG_NAME)
 
+    def untied(self):
+        """A copy whose output embeddings are not tied to the input ones (a checkpoint stores both, different)."""
+        return self.replace(tie_word_embeddings=False)
+
     def replace(self, **changes: Any):
         """A validated copy with some fields changed (configs are never mutated by models)."""
         current = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

@@ -15,7 +15,9 @@ Dimension legend (used in every shape comment of `lmforge.nn` and `lmforge.model
 
 Masks are additive (0 or the dtype's most negative value), so a row with nothing to attend (a left-padding
 query) gets a uniform average instead of NaN; its output is never read by a real position. With no padding,
-SDPA runs with `is_causal=True` and no mask at all (its fastest path).
+SDPA runs with `is_causal=True` and no mask at all (its fastest path). A mask may also carry a per-head additive
+position bias, (B or 1, H, T, S): T5's relative positions are that bias plus the padding / causal mask, with
+`scale=1` (T5 does not divide the scores by sqrt(D)).
 
 `attention_reference` is the formula written out: it runs when attention probabilities are requested, for
 `attn_implementation="eager"`, for `upcast` (scores and softmax in fp32 under half precision) and for dropout
@@ -234,37 +236,49 @@ class KVCache:
 
 # ---------------------------------------------------------------------------------------------- modules
 class Attention(nn.Module):
-    """Q, K, V and output projections with HF/Llama names (`q_proj`, `k_proj`, `v_proj`, `o_proj`; BART and Marian
-    call the output projection `out_proj`: `out_proj_name`, so their state dicts keep HF's keys).
+    """Q, K, V and output projections, read as `q_proj`, `k_proj`, `v_proj`, `o_proj` (HF/Llama's names) and
+    stored under `projection_names` (the checkpoint keys).
 
     Subclasses: `SelfAttention` (causal decoders; rotary positions optional) and `CrossAttention` (queries
-    from the decoder, keys/values from an encoder's output).
+    from the decoder, keys/values from an encoder's output). `scale` multiplies the scores (None: 1/sqrt(D)).
     """
+
+    # The projections' module names, i.e. their checkpoint keys. A family whose checkpoints spell them otherwise
+    # passes its own (BART / Marian: out_proj; T5: q, k, v, o); the code reads the properties below. An argument,
+    # not a subclass, so the CPU fast paths (swapped by exact class) still apply.
+    projection_names: tuple[str, str, str, str] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    q_proj = property(lambda self: self._modules[self.projection_names[0]])
+    k_proj = property(lambda self: self._modules[self.projection_names[1]])
+    v_proj = property(lambda self: self._modules[self.projection_names[2]])
+    o_proj = property(lambda self: self._modules[self.projection_names[3]])
 
     def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int, head_dim: int, *, qkv_bias: bool,
                  out_bias: bool, dropout: float, layer_idx: int, kv_input_size: int | None = None,
-                 out_proj_name: str = "o_proj"):
+                 scale: float | None = None, projection_names: tuple[str, str, str, str] | None = None):
         super().__init__()
+        if projection_names is not None:
+            self.projection_names = projection_names
         if num_heads % num_kv_heads != 0:
             raise ValueError(f"num_heads ({num_heads}) must be a multiple of num_kv_heads ({num_kv_heads})")
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.attn_dropout = nn.Dropout(dropout)  # on the attention probabilities
         self.layer_idx = layer_idx
+        self.scale = scale
         kv_in = kv_input_size or hidden_size
-        self.q_proj = nn.Linear(hidden_size, num_heads * head_dim, bias=qkv_bias)
-        self.k_proj = nn.Linear(kv_in, num_kv_heads * head_dim, bias=qkv_bias)
-        self.v_proj = nn.Linear(kv_in, num_kv_heads * head_dim, bias=qkv_bias)
-        self.out_proj_name = out_proj_name
-        self.add_module(out_proj_name, nn.Linear(num_heads * head_dim, hidden_size, bias=out_bias))
+        q, k, v, o = self.projection_names
+        setattr(self, q, nn.Linear(hidden_size, num_heads * head_dim, bias=qkv_bias))
+        setattr(self, k, nn.Linear(kv_in, num_kv_heads * head_dim, bias=qkv_bias))
+        setattr(self, v, nn.Linear(kv_in, num_kv_heads * head_dim, bias=qkv_bias))
+        setattr(self, o, nn.Linear(num_heads * head_dim, hidden_size, bias=out_bias))
         self.attn_implementation = "sdpa"
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool,
                 need_probs: bool) -> tuple[Tensor, Tensor | None]:
         context, probs = attend(
-            q, k, v, mask, is_causal=is_causal, dropout=self.attn_dropout, need_probs=need_probs,
+            q, k, v, mask, is_causal=is_causal, scale=self.scale, dropout=self.attn_dropout, need_probs=need_probs,
             eager=self.attn_implementation == "eager",
         )  # (B, T, H*D)
-        return getattr(self, self.out_proj_name)(context), probs  # (B, T, C)
+        return self.o_proj(context), probs  # (B, T, C)
 
 
 class SelfAttention(Attention):

@@ -1,4 +1,4 @@
-"""What task heads share: IGNORE_INDEX, the next-token loss, logits_to_keep slicing, last-token pooling, the classification loss rule,
+"""What task heads share: IGNORE_INDEX, the next-token loss, the encoder-decoder's label shift and loss, logits_to_keep slicing, last-token pooling, the classification loss rule,
 and the masked-LM head with its projection + loss (sparse: only the masked positions)."""
 
 from __future__ import annotations
@@ -27,6 +27,27 @@ def causal_lm_loss(logits: Tensor, labels: Tensor, attention_mask: Tensor | None
         shifted_labels = shifted_labels.masked_fill(from_padding.to(logits.device), IGNORE_INDEX)
     shifted_logits = logits[:, :-1].float().reshape(-1, V)  # (B*(T-1), V)
     return F.cross_entropy(shifted_logits, shifted_labels.reshape(-1), ignore_index=IGNORE_INDEX)
+
+
+def shift_tokens_right(labels: Tensor, pad_token_id: int | None, decoder_start_token_id: int | None) -> Tensor:
+    """An encoder-decoder's decoder inputs from its labels (teacher forcing): the start token, then the labels
+    without their last token; IGNORE_INDEX becomes the pad id. (B, T) -> (B, T), a new tensor."""
+    if decoder_start_token_id is None:
+        raise ValueError("config.decoder_start_token_id is not set: it is the decoder's first input (T5 uses the "
+                         "pad id, 0); set it in config.json")
+    if pad_token_id is None:
+        raise ValueError("config.pad_token_id is not set: labels of -100 become the pad id in the decoder's inputs")
+    shifted = labels.new_empty(labels.shape)
+    shifted[:, 1:] = labels[:, :-1]
+    shifted[:, 0] = decoder_start_token_id
+    return shifted.masked_fill_(shifted == IGNORE_INDEX, pad_token_id)
+
+
+def seq2seq_lm_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Mean cross-entropy of logits (B, T, V) against labels (B, T) at the same positions (the decoder's inputs
+    are the labels shifted right, so no shift here); IGNORE_INDEX ignored; in fp32."""
+    return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), labels.to(logits.device).reshape(-1),
+                           ignore_index=IGNORE_INDEX)
 
 
 def keep_last_positions(h: Tensor, logits_to_keep: int, labels: Tensor | None) -> Tensor:

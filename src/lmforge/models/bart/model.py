@@ -20,12 +20,10 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...generation.config import GenerationConfig
-from ...generation.mixin import GenerationMixin
-from ...generation.steps import Seq2SeqSteps
+from ...generation.mixin import Seq2SeqGenerationMixin
 from ...nn.attention import (
     CrossAttention,
     KVCache,
@@ -35,7 +33,7 @@ from ...nn.attention import (
     mask_dtype,
     padding_mask,
 )
-from ...nn.heads import IGNORE_INDEX, sequence_classification_loss
+from ...nn.heads import seq2seq_lm_loss, sequence_classification_loss, shift_tokens_right
 from ...nn.mlp import ACTIVATIONS
 from ...nn.outputs import LayerOutputs
 from ...outputs import (
@@ -49,16 +47,8 @@ from ..base import PreTrainedModel, normal_init
 from . import keys
 from .config import BartConfig
 
-
-def shift_tokens_right(labels: Tensor, pad_token_id: int, decoder_start_token_id: int) -> Tensor:
-    """Teacher forcing: decoder inputs are the targets moved one to the right after the start token,
-    (B, T) -> (B, T); IGNORE_INDEX (-100) labels become padding (transformers' function)."""
-    if decoder_start_token_id is None:
-        raise ValueError("config.decoder_start_token_id is not set: the decoder needs a first input token")
-    shifted = labels.new_zeros(labels.shape)
-    shifted[:, 1:] = labels[:, :-1]
-    shifted[:, 0] = decoder_start_token_id
-    return shifted.masked_fill_(shifted == IGNORE_INDEX, pad_token_id)
+# HF BART / Marian name the output projection out_proj (Llama's o_proj): `Attention.projection_names`.
+PROJECTION_NAMES = ("q_proj", "k_proj", "v_proj", "out_proj")
 
 
 class BartLearnedPositionalEmbedding(nn.Embedding):
@@ -80,8 +70,8 @@ class BartEncoderLayer(nn.Module):
     def __init__(self, config: BartConfig, layer_idx: int):
         super().__init__()
         C, H = config.d_model, config.encoder_attention_heads
-        self.self_attn = SelfAttention(C, H, H, C // H, qkv_bias=True, out_bias=True,
-                                       dropout=config.attention_dropout, layer_idx=layer_idx, out_proj_name="out_proj")
+        self.self_attn = SelfAttention(C, H, H, C // H, qkv_bias=True, out_bias=True, dropout=config.attention_dropout,
+                                       layer_idx=layer_idx, projection_names=PROJECTION_NAMES)
         self.self_attn_layer_norm = nn.LayerNorm(C)
         self.fc1 = nn.Linear(C, config.encoder_ffn_dim)
         self.fc2 = nn.Linear(config.encoder_ffn_dim, C)
@@ -104,7 +94,7 @@ class BartDecoderLayer(nn.Module):
         super().__init__()
         C, H = config.d_model, config.decoder_attention_heads
         common = dict(qkv_bias=True, out_bias=True, dropout=config.attention_dropout, layer_idx=layer_idx,
-                      out_proj_name="out_proj")
+                      projection_names=PROJECTION_NAMES)
         self.self_attn = SelfAttention(C, H, H, C // H, **common)
         self.self_attn_layer_norm = nn.LayerNorm(C)
         self.encoder_attn = CrossAttention(C, H, H, C // H, **common)
@@ -343,7 +333,7 @@ class BartModel(EncoderDecoderModel):
         self.post_init()
 
 
-class ConditionalGenerationModel(GenerationMixin, BartPreTrainedModel):
+class ConditionalGenerationModel(Seq2SeqGenerationMixin, BartPreTrainedModel):
     """What BartForConditionalGeneration and MarianMTModel share: logits = lm_head(decoder output) +
     final_logits_bias (a buffer: fine-tuned checkpoints carry non-zero values), loss against `labels`
     (the targets; decoder inputs are their right shift unless given), and `generate(source_ids, mask, ...)`,
@@ -376,13 +366,6 @@ class ConditionalGenerationModel(GenerationMixin, BartPreTrainedModel):
         return GenerationConfig(eos_token_id=self.config.eos_token_id, pad_token_id=self.config.pad_token_id,
                                 forced_eos_token_id=self.config.forced_eos_token_id)
 
-    def generation_setup(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor, Seq2SeqSteps]:
-        """The loops extend the decoder start token; the source (right-padded as usual) is encoded once."""
-        if self.config.decoder_start_token_id is None:
-            raise ValueError("generate: config.decoder_start_token_id is not set: the decoder needs a first token")
-        prompt = input_ids.new_full((input_ids.size(0), 1), self.config.decoder_start_token_id)  # (B, 1)
-        return prompt, torch.ones_like(prompt), Seq2SeqSteps(self, input_ids, attention_mask)
-
     def prepare_decoder_input_ids_from_labels(self, labels: Tensor) -> Tensor:
         return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
 
@@ -412,8 +395,7 @@ class ConditionalGenerationModel(GenerationMixin, BartPreTrainedModel):
         logits = self.lm_head(out.last_hidden_state) + self.final_logits_bias  # (B, T, V)
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), labels.reshape(-1).to(logits.device),
-                                   ignore_index=IGNORE_INDEX)
+            loss = seq2seq_lm_loss(logits, labels)
         return Seq2SeqLMOutput(
             loss=loss, logits=logits, past_key_values=out.past_key_values,
             decoder_hidden_states=out.decoder_hidden_states, decoder_attentions=out.decoder_attentions,
