@@ -108,3 +108,19 @@ def test_the_model_family_comes_from_model_type_through_lmforge_auto():
     assert config.vocab_size == 300 and config.hidden_dropout_prob == 0.0
     with pytest.raises(ConfigError, match="not-a-family"):
         model_config(PretrainOptions(model_type="not-a-family"), vocab_size=300, pad_token_id=0)
+
+
+def test_time_budget_ends_the_lr_schedule(tmp_path, corpus):
+    out = tmp_path / "run"
+    assert main(["pretrain", "--corpus", str(corpus), "-o", str(out), "--max-steps", "100000", "--max-minutes",
+                 "0.05", "--calibration-steps", "5", "--eval-every", "0", "--log-every", "1", "--warmup-ratio", "0.1",
+                 *TINY]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    fit = next(r for r in records if "fitted_steps" in r)
+    assert fit["step"] == 5 and summary["schedule_steps"] == fit["fitted_steps"] < 100000
+    lrs = [r["lr"] for r in records if "lr" in r]
+    # the run trained through its schedule: the last step's lr is the decay's end (a step or two short
+    # of it when this machine slowed down after the calibration), not the peak
+    assert summary["steps"] >= 0.9 * summary["schedule_steps"]
+    assert lrs[-1] <= 0.12 * max(lrs) and max(lrs) == pytest.approx(5e-4, rel=0.05)

@@ -2,6 +2,10 @@
 
     lmforge pretrain --corpus movie-reviews --preset bert-mini -o runs/pretrain --max-minutes 10
 
+With `--max-minutes`, the first `--calibration-steps` steps are timed and the step count (and so the lr
+schedule: warm-up, then decay to 0) is set to what fits in the budget on this machine, at most
+`--max-steps`; the fitted count is kept in checkpoints, so `--resume` follows the same schedule.
+
 Options come from, in increasing priority: the defaults below, `--preset`, `--config FILE`
 (YAML or JSON with the same option names), and flags. The final model is exported to
 `<output_dir>/final` (model + tokenizer) and loads in lmforge and in `transformers`.
@@ -62,8 +66,11 @@ class PretrainOptions:
     whole_word_mask: bool = option(False, "mask all pieces of a word together")
     batch_size: int = option(32, "sequences per optimizer step and process (before accumulation)")
     grad_accum_steps: int = option(1, "micro-batches per optimizer step")
-    max_steps: int = option(2000, "optimizer steps (the schedule's length)")
-    max_minutes: float | None = option(None, "stop after this many minutes (checkpoint and export still happen)")
+    max_steps: int = option(2000, "optimizer steps (the schedule's length); with --max-minutes, the most steps")
+    max_minutes: float | None = option(None, "time budget: the step count and the lr schedule are fitted to it after "
+                                             "--calibration-steps timed steps (the run stops at the budget either way)")
+    calibration_steps: int = option(30, "with --max-minutes: steps timed before the schedule is fitted to the budget "
+                                        "(0: keep --max-steps and only stop at the budget)")
     learning_rate: float = option(5e-4, "peak learning rate")
     weight_decay: float = option(0.01, "AdamW weight decay (not on biases and LayerNorm)")
     warmup_ratio: float = option(0.06, "fraction of steps of linear warm-up")
@@ -210,6 +217,7 @@ def run(opts: PretrainOptions) -> dict[str, Any]:
         eval_every=opts.eval_every, save_every=opts.save_every, keep_last=opts.keep_last,
         log_every=opts.log_every, seed=opts.seed, resume=opts.resume, overwrite=opts.overwrite,
         progress=opts.progress, max_time=opts.max_minutes * 60 if opts.max_minutes else None,
+        calibration_steps=opts.calibration_steps if opts.max_minutes else 0,
     )
     result = train(model, SparseMLMBatches(batches), args,
                    evaluate=make_evaluator(eval_batches) if eval_batches else None)
@@ -225,6 +233,7 @@ def run(opts: PretrainOptions) -> dict[str, Any]:
     summary = {
         "final_dir": str(final),
         "steps": result.step,
+        "schedule_steps": result.schedule_steps,
         "first_loss": result.losses[0] if result.losses else None,
         "last_loss": sum(result.losses[-20:]) / max(len(result.losses[-20:]), 1) if result.losses else None,
         "eval_history": result.eval_history,
