@@ -124,3 +124,18 @@ def test_time_budget_ends_the_lr_schedule(tmp_path, corpus):
     # of it when this machine slowed down after the calibration), not the peak
     assert summary["steps"] >= 0.9 * summary["schedule_steps"]
     assert lrs[-1] <= 0.12 * max(lrs) and max(lrs) == pytest.approx(5e-4, rel=0.05)
+
+
+def test_untied_word_embeddings_are_trained_and_exported_apart(tmp_path, corpus):
+    out = tmp_path / "run"
+    assert main(["pretrain", "--corpus", str(corpus), "-o", str(out), "--objective", "mlm", "--max-steps", "3",
+                 "--no-tie-word-embeddings", *TINY]) == 0
+    assert json.loads((out / "final" / "config.json").read_text())["tie_word_embeddings"] is False
+    model = AutoModelForMaskedLM.from_pretrained(out / "final")
+    decoder, embeddings = model.cls.predictions.decoder.weight, model.bert.embeddings.word_embeddings.weight
+    assert decoder.data_ptr() != embeddings.data_ptr() and not torch.equal(decoder, embeddings)
+    transformers = pytest.importorskip("transformers")
+    theirs = transformers.AutoModelForMaskedLM.from_pretrained(out / "final").eval()
+    batch = AutoTokenizer.from_pretrained(out / "final")(["the film was [MASK] ."], return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch).logits, theirs(**batch).logits, atol=1e-5, rtol=0)

@@ -256,12 +256,15 @@ def nearest_neighbours(folder: Path, words: list[str], init: str, k: int = 5, se
 
 
 def fill_mask_examples(folder: Path) -> list[str]:
-    """Top-5 fillers of a few sentences, or nothing when the model has no masked-LM head."""
+    """Top-5 fillers of a few sentences by the pretrained model's masked-LM head (an ELECTRA run's: its
+    generator, `final/generator`), or nothing when there is none."""
     from ..auto import AutoConfig
     from ..pipelines import pipeline
 
+    if (folder / "generator" / "config.json").is_file():
+        folder = folder / "generator"
     architectures = AutoConfig.from_pretrained(folder).architectures or []
-    if not any(a.endswith(("ForMaskedLM", "ForPreTraining")) and "Electra" not in a for a in architectures):
+    if not any(a.endswith("ForMaskedLM") or a == "BertForPreTraining" for a in architectures):
         return []
     fill = pipeline("fill-mask", model=str(folder))
     out = []
@@ -280,7 +283,7 @@ def words_section(neighbours: dict[str, dict[str, list[str]]], fills: list[str])
                      f"{', '.join(neighbours[PRETRAINED][word])} |")
     lines.append("")
     if fills:
-        lines += ["Fill-mask with the pretrained model (top 5):", "", *[f"- {e}" for e in fills], ""]
+        lines += ["Fill-mask with the pretrained model's masked-LM head (top 5):", "", *[f"- {e}" for e in fills], ""]
     return lines
 
 

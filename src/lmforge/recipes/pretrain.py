@@ -54,6 +54,8 @@ class PretrainOptions:
     vocab_size: int = option(8000, "vocabulary size when training a tokenizer")
     lowercase: bool = option(True, "lowercase when training a tokenizer")
     objective: str = option("mlm+nsp", "training objective", choices=["mlm+nsp", "mlm"])
+    tie_word_embeddings: bool = option(True, "share the input embeddings with the masked-LM decoder (BERT); "
+                                             "untied, the softmax's push on every rare word stays in the decoder")
     max_seq_length: int = option(128, "tokens per instance, [CLS]/[SEP] included")
     short_seq_prob: float = option(0.1, "probability of a shorter random target length (BERT)")
     dupe_factor: int = option(1, "times each document is cut into instances (different random cuts)")
@@ -103,7 +105,8 @@ def model_config(opts: PretrainOptions, vocab_size: int, pad_token_id: int):
             sizes[name] = getattr(opts, name)
     return AutoConfig.for_model(opts.model_type, vocab_size=vocab_size, pad_token_id=pad_token_id,
                                 max_position_embeddings=max(512, opts.max_seq_length),
-                                hidden_dropout_prob=opts.dropout, attention_probs_dropout_prob=opts.dropout, **sizes)
+                                hidden_dropout_prob=opts.dropout, attention_probs_dropout_prob=opts.dropout,
+                                tie_word_embeddings=opts.tie_word_embeddings, **sizes)
 
 
 def get_tokenizer(opts: PretrainOptions, corpus: list, is_main: bool):
