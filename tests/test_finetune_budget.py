@@ -8,6 +8,7 @@ import logging
 import statistics
 
 import pytest
+import torch
 from test_finetune import _scripted, _weight_sum, make_checkpoint, options, sentiment_rows, write_csv
 
 from lmforge.cli import build_parser, main
@@ -127,3 +128,20 @@ def test_bad_budget_options_are_refused():
         FinetuneOptions(seeds=[1, 1])
     with pytest.raises(SystemExit):
         build_parser().parse_args(["finetune", "--seeds", "0,x"])
+
+
+def test_reinit_layers_resets_only_the_top_layers(ckpt, sentiment_csv, tmp_path):
+    from lmforge.data.labels import LabelMap
+    from lmforge.recipes.finetune import build_model
+
+    labels = LabelMap(["negative", "positive"])
+    kept = build_model(options(ckpt, sentiment_csv, tmp_path), labels)
+    model = build_model(options(ckpt, sentiment_csv, tmp_path, reinit_layers=1), labels)
+    bottom, top = "bert.encoder.layer.0.", "bert.encoder.layer.1."
+    ours, theirs = dict(model.named_parameters()), dict(kept.named_parameters())
+    assert all(torch.equal(v, theirs[k]) for k, v in ours.items() if not k.startswith(top))
+    assert not torch.equal(ours[top + "attention.self.query.weight"], theirs[top + "attention.self.query.weight"])
+    assert torch.all(ours[top + "output.LayerNorm.weight"] == 1) and torch.all(ours[top + "output.dense.bias"] == 0)
+    assert bottom + "output.dense.bias" in ours
+    with pytest.raises(ValueError, match="exceeds the model's 2 layers"):
+        build_model(options(ckpt, sentiment_csv, tmp_path, reinit_layers=3), labels)

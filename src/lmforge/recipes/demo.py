@@ -37,12 +37,12 @@ FILL_MASK_TEXTS = ["the acting in this [MASK] was terrible .", "this is one of t
 @dataclass
 class DemoOptions:
     output_dir: str = option("runs/demo", "folder for the runs, plots and report.md", short="-o")
-    pretrain_minutes: float = option(10.0, "time budget of pretraining (the lr schedule is fitted to it)")
+    pretrain_minutes: float = option(8.0, "time budget of pretraining (the lr schedule is fitted to it)")
     pretrain_steps: int = option(100_000, "most pretraining steps (the budget normally ends the run first)")
     objective: str = option("mlm", "pretraining objective", choices=["mlm", "mlm+nsp"])
     pretrain_seq_length: int = option(64, "pretraining sequence length (the task's sentences are short)")
-    mlm_probability: float = option(0.15, "fraction of tokens masked in pretraining")
-    preset: str = option("bert-mini", "size of the model pretrained from scratch")
+    mlm_probability: float = option(0.4, "fraction of tokens masked in pretraining")
+    preset: str = option("bert-tiny", "size of the model pretrained from scratch")
     vocab_size: int = option(8000, "WordPiece vocabulary trained on the reviews")
     fractions: list[float] = option([0.01, 0.03, 0.1, 0.3, 1.0], "fractions of the training labels")
     seeds: list[int] = option([0, 1, 2], "fine-tuning seeds at fractions <= 10%")

@@ -81,6 +81,8 @@ class FinetuneOptions:
     label_fraction: float = option(1.0, "fraction of training examples used (seeded; stratified for single_label)")
     init: str = option("pretrained", "encoder weights: the checkpoint's, or random (same architecture)",
                        choices=["pretrained", "random"])
+    reinit_layers: int = option(0, "re-initialise the top N encoder layers of the pretrained model before "
+                                   "fine-tuning (few-sample fine-tuning, Zhang et al. 2021)")
     max_length: int = option(128, "tokens per sequence, special tokens included")
     batch_size: int = option(32, "examples per batch")
     eval_batch_size: int | None = option(None, "examples per evaluation batch (default: 2 x batch size)")
@@ -125,8 +127,8 @@ class FinetuneOptions:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
-        if self.eval_every < 0 or self.early_stopping_patience < 0 or self.min_steps < 0:
-            raise ValueError("eval_every, early_stopping_patience and min_steps must be >= 0")
+        if self.eval_every < 0 or self.early_stopping_patience < 0 or self.min_steps < 0 or self.reinit_layers < 0:
+            raise ValueError("eval_every, early_stopping_patience, min_steps and reinit_layers must be >= 0")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct, got {self.seeds}")
         if self.metric_for_best is not None:
@@ -165,8 +167,20 @@ def build_model(opts: FinetuneOptions, label_map):
     else:
         # A head of another size (a model fine-tuned on other labels) is re-initialised.
         model = auto.from_pretrained(opts.model, config=config, ignore_mismatched_sizes=True)
+        if opts.reinit_layers:
+            reinit_top_layers(model, opts.reinit_layers)
     model.set_attn_implementation("unpadded" if opts.unpad else "sdpa")
     return model
+
+
+def reinit_top_layers(model, n: int) -> None:
+    """Give the top `n` encoder layers the family's initial weights (in place): they are the layers most
+    shaped by the pretraining objective (Zhang et al. 2021, "Revisiting Few-sample BERT Fine-tuning")."""
+    layers = getattr(model, model.base_model_prefix).encoder.layer
+    if n > len(layers):
+        raise ValueError(f"reinit_layers {n} exceeds the model's {len(layers)} layers")
+    for layer in layers[len(layers) - n:]:
+        layer.apply(model._init_weights)
 
 
 # ------------------------------------------------------------------------------------------ finetune
