@@ -145,3 +145,12 @@ def test_reinit_layers_resets_only_the_top_layers(ckpt, sentiment_csv, tmp_path)
     assert bottom + "output.dense.bias" in ours
     with pytest.raises(ValueError, match="exceeds the model's 2 layers"):
         build_model(options(ckpt, sentiment_csv, tmp_path, reinit_layers=3), labels)
+
+
+def test_early_stopping_waits_for_min_steps(ckpt, sentiment_csv, tmp_path, monkeypatch):
+    _scripted(monkeypatch, [0.5, 0.7, 0.6, 0.6, 0.6, 0.6])
+    results = run(options(ckpt, sentiment_csv, tmp_path / "out", max_steps=50, min_steps=20, eval_every=5,
+                          early_stopping_patience=1))
+    # patience alone would stop after step 15; --min-steps keeps it training to step 20
+    assert [h["step"] for h in results["history"]] == [5, 10, 15, 20]
+    assert results["stopped_early"] and results["best_step"] == 10

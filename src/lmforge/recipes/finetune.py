@@ -87,7 +87,8 @@ class FinetuneOptions:
     batch_size: int = option(32, "examples per batch")
     eval_batch_size: int | None = option(None, "examples per evaluation batch (default: 2 x batch size)")
     epochs: int = option(3, "passes over the training examples (the step budget unless --min-steps / --max-steps)")
-    min_steps: int = option(0, "at least this many optimizer steps: more epochs over a small label set")
+    min_steps: int = option(0, "at least this many optimizer steps (more epochs over a small label set; early "
+                               "stopping waits for them)")
     max_steps: int | None = option(None, "optimizer-step budget; replaces --epochs and --min-steps")
     # Turc et al. 2019 fine-tune BERT miniatures (2-12 layers x 128-768) best at 1e-4..3e-4.
     learning_rate: float = option(1e-4, "peak learning rate (small BERTs: 1e-4..3e-4, Turc et al. 2019)")
@@ -273,7 +274,8 @@ def run_once(opts: FinetuneOptions) -> dict[str, Any]:
     tokens = 0
     first = True
     for end in boundaries:
-        if end <= start_step or tracker.should_stop:
+        # --min-steps is a floor: patience cannot stop the run before it
+        if end <= start_step or (tracker.should_stop and current["step"] >= opts.min_steps):
             continue
         current["step"] = end
         args = TrainArgs(
@@ -308,7 +310,7 @@ def run_once(opts: FinetuneOptions) -> dict[str, Any]:
         "validation": {k: v for k, v in best.items() if k not in ("step", "epoch")},
         "test": test_metrics,
         "history": tracker.history,
-        "stopped_early": tracker.should_stop and last_step < max_steps,
+        "stopped_early": last_step < max_steps,
         "steps": last_step,
         "max_steps": max_steps,
         "steps_per_epoch": steps_per_epoch,
