@@ -22,10 +22,18 @@ def test_demo_writes_report_table_and_plots(tmp_path, monkeypatch):
     monkeypatch.setenv("LMFORGE_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "demo"
     assert main(["demo", "-o", str(out), "--preset", "bert-tiny", "--pretrain-steps", "4", "--pretrain-minutes", "1",
-                 "--epochs", "1", "--fractions", "0.1", "--skip-minilm", "--threads", "1"]) == 0
+                 "--epochs", "1", "--min-steps", "2", "--fractions", "0.1", "--seeds", "0,1", "--skip-minilm",
+                 "--threads", "1"]) == 0
     report = (out / "report.md").read_text()
-    assert "| random init | 10% |" in report and "| lmforge pretrained | 10% |" in report
+    assert "| random init | 10% | 320 | 2 |" in report and "| lmforge pretrained | 10% | 320 | 2 |" in report
     assert (out / "pretraining_loss.png").stat().st_size > 0 and (out / "accuracy_vs_labels.png").stat().st_size > 0
-    rows = json.loads((out / "results.json").read_text())["rows"]
+    results = json.loads((out / "results.json").read_text())
+    rows = results["rows"]
     assert {r["model"] for r in rows} == {"random init", "lmforge pretrained"}
-    assert all(0.0 <= r["accuracy"] <= 1.0 for r in rows)
+    for r in rows:
+        assert 0.0 <= r["accuracy"] <= 1.0 and len(r["accuracies"]) == 2
+        assert r["accuracy"] == pytest.approx(sum(r["accuracies"]) / 2)
+        assert f"{r['accuracy']:.1%} ± {r['accuracy_std']:.1%}" in report
+    # the word-level section: neighbours of sentiment words, random vs pretrained
+    assert "## What pretraining did to words" in report
+    assert set(results["nearest_neighbours"]) == {"random init", "lmforge pretrained"}

@@ -165,3 +165,33 @@ def test_electra_objective_options_are_checked():
         PretrainOptions(objective="electra", generator_size=1.5)
     with pytest.raises(ValueError, match="electra family only"):
         PretrainOptions(objective="mlm", embedding_size=128)
+
+def test_time_budget_ends_the_lr_schedule(tmp_path, corpus):
+    out = tmp_path / "run"
+    assert main(["pretrain", "--corpus", str(corpus), "-o", str(out), "--max-steps", "100000", "--max-minutes",
+                 "0.05", "--calibration-steps", "5", "--eval-every", "0", "--log-every", "1", "--warmup-ratio", "0.1",
+                 *TINY]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    fit = next(r for r in records if "fitted_steps" in r)
+    assert fit["step"] == 5 and summary["schedule_steps"] == fit["fitted_steps"] < 100000
+    lrs = [r["lr"] for r in records if "lr" in r]
+    # the run trained through its schedule: the last step's lr is the decay's end (a step or two short
+    # of it when this machine slowed down after the calibration), not the peak
+    assert summary["steps"] >= 0.9 * summary["schedule_steps"]
+    assert lrs[-1] <= 0.12 * max(lrs) and max(lrs) == pytest.approx(5e-4, rel=0.05)
+
+
+def test_untied_word_embeddings_are_trained_and_exported_apart(tmp_path, corpus):
+    out = tmp_path / "run"
+    assert main(["pretrain", "--corpus", str(corpus), "-o", str(out), "--objective", "mlm", "--max-steps", "3",
+                 "--no-tie-word-embeddings", *TINY]) == 0
+    assert json.loads((out / "final" / "config.json").read_text())["tie_word_embeddings"] is False
+    model = AutoModelForMaskedLM.from_pretrained(out / "final")
+    decoder, embeddings = model.cls.predictions.decoder.weight, model.bert.embeddings.word_embeddings.weight
+    assert decoder.data_ptr() != embeddings.data_ptr() and not torch.equal(decoder, embeddings)
+    transformers = pytest.importorskip("transformers")
+    theirs = transformers.AutoModelForMaskedLM.from_pretrained(out / "final").eval()
+    batch = AutoTokenizer.from_pretrained(out / "final")(["the film was [MASK] ."], return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch).logits, theirs(**batch).logits, atol=1e-5, rtol=0)

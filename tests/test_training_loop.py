@@ -270,3 +270,81 @@ def test_loss_parts_of_any_name_are_logged(tmp_path):
         assert r["token_loss"] > 0 and r["aux_loss"] > 0
         assert r["token_loss"] + r["aux_loss"] == pytest.approx(r["loss"], rel=1e-5)
     assert records[0]["loss"] == pytest.approx(sum(result.losses[:2]) / 2)
+
+
+# ------------------------------------------------------------------------------- time-fitted schedule
+class FakeClock:
+    """`time` for the loop module: every forward call of `ClockedLM` advances it (the first by 5 s, building
+    kernels; the others by 1 s), so the loop measures 1 s per step whatever the machine does."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+class ClockedLM(ToyLM):
+    def __init__(self, clock: FakeClock):
+        super().__init__()
+        self.clock = clock
+
+    def forward(self, input_ids, labels, attention_mask=None):
+        self.clock.now += 5.0 if self.calls == 0 else 1.0
+        return super().forward(input_ids, labels, attention_mask)
+
+
+def _clocked(monkeypatch) -> ClockedLM:
+    from lmforge.training import loop
+
+    clock = FakeClock()
+    monkeypatch.setattr(loop, "time", clock)
+    torch.manual_seed(0)
+    return ClockedLM(clock)
+
+
+def _lrs(folder) -> list[tuple[int, float]]:
+    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["lr"]) for r in records if "lr" in r]
+
+
+def time_args(folder, **changes) -> TrainArgs:
+    settings = dict(max_steps=10_000, max_time=100.0, calibration_steps=10, learning_rate=0.01, warmup_ratio=0.1,
+                    log_every=1, progress=False)
+    settings.update(changes)
+    return TrainArgs(folder, **settings)
+
+
+def test_time_budget_fits_the_schedule_so_the_last_step_ends_it(tmp_path, monkeypatch):
+    from lmforge.training.loop import TIME_FIT_MARGIN
+    from lmforge.training.optim import lr_multiplier
+
+    result = train(_clocked(monkeypatch), ToyBatches(), time_args(tmp_path))
+    # steps 2..10 took 1 s each; 100 - 14 s left -> 10 + int(86 x margin) steps, far below max_steps
+    fitted = 10 + int(86 * TIME_FIT_MARGIN)
+    assert result.step == result.schedule_steps == fitted
+    lrs = dict(_lrs(tmp_path))
+    assert len(lrs) == fitted
+    # the last step runs at the schedule's last value (warm-up ceil(0.1 x fitted), linear decay to 0)
+    end = lr_multiplier("linear", math.ceil(0.1 * fitted), fitted)
+    assert lrs[fitted] == pytest.approx(0.01 * end(fitted - 1)) and end(fitted) == 0.0
+    assert lrs[fitted] < lrs[fitted - 1] < lrs[fitted // 2]
+    fit = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if "fitted_steps" in line]
+    assert fit == [{"step": 10, "fitted_steps": fitted, "seconds_per_step": 1.0}]
+
+
+def test_time_fitted_schedule_resumes_exactly(tmp_path, monkeypatch):
+    reference = train(_clocked(monkeypatch), ToyBatches(), time_args(tmp_path / "ref"))
+    model = _clocked(monkeypatch)
+    model.nan_at_call = 61  # crash at step 61: the checkpoint of step 60 (after the fit) is the latest
+    with pytest.raises(TrainingError):
+        train(model, ToyBatches(), time_args(tmp_path / "run", save_every=30))
+    resumed = train(_clocked(monkeypatch), ToyBatches(), time_args(tmp_path / "run", save_every=30, resume=True))
+    assert resumed.start_step == 60 and resumed.step == resumed.schedule_steps == reference.step
+    assert resumed.losses == reference.losses[60:]
+    assert _lrs(tmp_path / "run") == _lrs(tmp_path / "ref")
+
+
+def test_calibration_needs_a_time_budget():
+    with pytest.raises(ValueError, match="calibration_steps"):
+        TrainArgs("x", max_steps=10, calibration_steps=5)

@@ -223,6 +223,23 @@ def _print_json(keys: tuple[str, ...]) -> Callable[[dict[str, Any], Any], None]:
     return lambda result, _: print(json.dumps({k: result[k] for k in keys} if keys else result, indent=2))
 
 
+def _show_finetune(result: dict[str, Any], opts: Any) -> None:
+    """One run: its summary as JSON. Several seeds: the mean / std of each metric as JSON, then one line per
+    test metric ("test accuracy: 0.8125 +- 0.0102 over seeds 0, 1, 2")."""
+    if "seeds" not in result:
+        _print_json(("best_dir", "best_step", "best_epoch", "metric_for_best", "validation", "test", "steps",
+                     "stopped_early", "elapsed_s"))(result, opts)
+        return
+    brief = {name: {k: v for k, v in stats.items() if k != "values"} for name, stats in (result["test"] or {}).items()}
+    print(json.dumps({"seeds": result["seeds"], "metric_for_best": result["metric_for_best"], "test": brief,
+                      "runs": [{k: r[k] for k in ("seed", "best_dir", "steps", "stopped_early")}
+                               for r in result["runs"]],
+                      "elapsed_s": result["elapsed_s"]}, indent=2))
+    seeds = ", ".join(str(s) for s in result["seeds"])
+    for name, stats in (result["test"] or {}).items():
+        print(f"test {name}: {stats['mean']:.4f} +- {stats['std']:.4f} over seeds {seeds}")
+
+
 # name: (recipe module, options class, help, positional options, takes --config, show(result, options))
 RECIPES: dict[str, tuple[str, str, str, tuple[str, ...], bool, Callable[[Any, Any], None]]] = {
     "pretrain": ("pretrain", "PretrainOptions",
@@ -231,8 +248,7 @@ RECIPES: dict[str, tuple[str, str, str, tuple[str, ...], bool, Callable[[Any, An
                  _print_json(("final_dir", "steps", "first_loss", "last_loss", "final_eval"))),
     "finetune": ("finetune", "FinetuneOptions",
                  "fine-tune a pretrained model on labelled data (classification, tagging)", (), True,
-                 _print_json(("best_dir", "best_step", "best_epoch", "metric_for_best", "validation", "test",
-                              "steps", "stopped_early", "elapsed_s"))),
+                 _show_finetune),
     "evaluate": ("evaluate", "EvaluateOptions",
                  "metrics of a fine-tuned model on labelled data, or --perplexity of a causal LM on a text (JSON)",
                  ("model", "file"),

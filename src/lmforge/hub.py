@@ -42,6 +42,8 @@ class KeyRules:
 
     renames: dict[str, str] = field(default_factory=dict)  # legacy key fragment -> current, applied on load
     ignored: tuple[re.Pattern, ...] = ()  # keys holding nothing the model needs: dropped, not reported
+    # key written on save as a copy of another weight, for readers that want both (ignored on load here)
+    saved_copies: dict[str, str] = field(default_factory=dict)
 
     def is_ignored(self, key: str) -> bool:
         return any(p.search(key) for p in self.ignored)
@@ -294,7 +296,11 @@ def _dtype_name(dtype: torch.dtype) -> str:
 def state_dict_for_saving(model) -> dict[str, Tensor]:
     """The model's weights minus tied copies (safetensors refuses shared storage)."""
     tied = tied_keys(model)
-    return {k: v.detach().contiguous() for k, v in model.state_dict().items() if k not in tied}
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items() if k not in tied}
+    for copy, source in model.key_rules.saved_copies.items():
+        if source in state and copy not in state:
+            state[copy] = state[source].clone()
+    return state
 
 
 def save_pretrained(model, path, *, safe_serialization: bool = True, max_shard_size: int | str = "5GB") -> None:

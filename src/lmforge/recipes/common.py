@@ -36,9 +36,30 @@ def _base_type(annotation: Any) -> tuple[type, bool]:
     return annotation, False
 
 
+class _NumberList(argparse.Action):
+    """A list of numbers given as `--seeds 0 1 2`, `--seeds 0,1,2` or both mixed."""
+
+    def __init__(self, *args: Any, kind: type, **kwargs: Any):
+        self.kind = kind
+        super().__init__(*args, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        out = []
+        for value in values:
+            for part in str(value).split(","):
+                if not part.strip():
+                    continue
+                try:
+                    out.append(self.kind(part))
+                except ValueError:
+                    parser.error(f"argument {option_string}: invalid {self.kind.__name__} value: {part!r}")
+        setattr(namespace, self.dest, out)
+
+
 def add_options(parser: argparse.ArgumentParser, cls: type, positional: Iterable[str] = ()) -> None:
-    """One flag per dataclass field (`max_steps` -> `--max-steps`). Defaults are SUPPRESSed so the
-    caller can tell flags given on the command line from defaults (flags override config files)."""
+    """One flag per dataclass field (`max_steps` -> `--max-steps`, plus the field's `short` / `aliases`
+    names). Lists of numbers take spaces or commas. Defaults are SUPPRESSed so the caller can tell flags
+    given on the command line from defaults (flags override config files)."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         kind, is_list = _base_type(hints[f.name])
@@ -55,11 +76,13 @@ def add_options(parser: argparse.ArgumentParser, cls: type, positional: Iterable
             parser.add_argument(f.name, nargs=nargs, type=kind, **kwargs)
             continue
         flag = "--" + f.name.replace("_", "-")
-        names = [flag] + ([f.metadata["short"]] if "short" in f.metadata else [])
+        names = [flag, *f.metadata.get("aliases", ())] + ([f.metadata["short"]] if "short" in f.metadata else [])
         if kind is bool:
             if default is not None:  # None: the help text says what decides it
                 kwargs["help"] += f" (default: {'on' if default else 'off'})"
             parser.add_argument(*names, action=argparse.BooleanOptionalAction, **kwargs)
+        elif is_list and kind in (int, float):
+            parser.add_argument(*names, nargs="+", action=_NumberList, kind=kind, **kwargs)
         else:
             parser.add_argument(*names, type=kind, nargs="+" if is_list else None, **kwargs)
 

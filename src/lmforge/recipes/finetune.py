@@ -13,7 +13,9 @@ with `--label-fraction`, which keeps a seeded, stratified fraction of the traini
 stored in the model config (id2label / label2id).
 
 Training uses the shared loop (`lmforge.training.train`) on length-grouped, shuffled batches with
-dynamic padding, for `epochs x steps_per_epoch` optimizer steps. It runs in chunks that end at each
+dynamic padding. The budget is in optimizer steps: `epochs x steps_per_epoch`, raised to `--min-steps`
+(a small label set still gets a few hundred updates: 30 steps leave a small model at the majority class),
+or exactly `--max-steps` when given; warm-up and linear decay span that budget. It runs in chunks that end at each
 evaluation point (every epoch, or every `--eval-every` steps): every chunk is one `train()` call that
 evaluates on the validation split and checkpoints at its end, and the next chunk resumes from that
 checkpoint exactly (same lr schedule, data position and RNG states, so the result equals one
@@ -27,6 +29,11 @@ The evaluation history and best record are kept in `<output_dir>/finetune_state.
 continues an interrupted run from its latest checkpoint with the same best / patience state.
 At the end `best` is evaluated on the test split and `<output_dir>/results.json` gets the validation
 and test metrics, the history, the label map and the options.
+
+`--seeds 0,1,2` repeats the run once per seed (label subset, data order, head init, dropout) into
+`<output_dir>/seed-<s>`, on one train/validation/test split (`--split-seed`, default `--seed`), and
+`<output_dir>/results.json` gets the mean and standard deviation (n - 1) over the seeds of every
+validation and test metric.
 """
 
 from __future__ import annotations
@@ -34,8 +41,9 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -73,11 +81,17 @@ class FinetuneOptions:
     label_fraction: float = option(1.0, "fraction of training examples used (seeded; stratified for single_label)")
     init: str = option("pretrained", "encoder weights: the checkpoint's, or random (same architecture)",
                        choices=["pretrained", "random"])
+    reinit_layers: int = option(0, "re-initialise the top N encoder layers of the pretrained model before "
+                                   "fine-tuning (few-sample fine-tuning, Zhang et al. 2021)")
     max_length: int = option(128, "tokens per sequence, special tokens included")
     batch_size: int = option(32, "examples per batch")
     eval_batch_size: int | None = option(None, "examples per evaluation batch (default: 2 x batch size)")
-    epochs: int = option(3, "passes over the training examples")
-    learning_rate: float = option(5e-5, "peak learning rate")
+    epochs: int = option(3, "passes over the training examples (the step budget unless --min-steps / --max-steps)")
+    min_steps: int = option(0, "at least this many optimizer steps (more epochs over a small label set; early "
+                               "stopping waits for them)")
+    max_steps: int | None = option(None, "optimizer-step budget; replaces --epochs and --min-steps")
+    # Turc et al. 2019 fine-tune BERT miniatures (2-12 layers x 128-768) best at 1e-4..3e-4.
+    learning_rate: float = option(1e-4, "peak learning rate (small BERTs: 1e-4..3e-4, Turc et al. 2019)")
     weight_decay: float = option(0.01, "AdamW weight decay (not on biases and LayerNorm)")
     warmup_ratio: float = option(0.1, "fraction of steps of linear warm-up")
     schedule: str = option("linear", "decay after warm-up", choices=["linear", "cosine", "constant"])
@@ -87,9 +101,14 @@ class FinetuneOptions:
     eval_every: int = option(0, "evaluate every N optimizer steps (0: every epoch)")
     metric_for_best: str | None = option(None, "validation metric that picks the best model (default: accuracy, "
                                                "micro_f1, pearson or entity_f1 by task)")
-    early_stopping_patience: int = option(0, "stop after N evaluations without improvement (0: off)")
+    early_stopping_patience: int = option(0, "stop after N evaluations without improvement (0: off); the best "
+                                             "model is kept either way", aliases=["--patience"])
     log_every: int = option(10, "steps between metrics.jsonl records")
     seed: int = option(0, "random seed (splits, label fraction, data order, head init, dropout)")
+    seeds: list[int] = option([], "repeat the run once per seed (e.g. 0,1,2) into <output_dir>/seed-<s>; "
+                                  "results.json gets the mean and std of every metric")
+    split_seed: int | None = option(None, "seed of the train/validation/test split made from a dataset or a lone "
+                                          "file (default: --seed; all --seeds runs share it)")
     resume: bool = option(False, "continue an interrupted run from the latest checkpoint in output_dir")
     overwrite: bool = option(False, "start over even if output_dir holds checkpoints of another run")
     unpad: bool = option(True, "drop padding tokens before the encoder layers (faster, same results)")
@@ -107,14 +126,24 @@ class FinetuneOptions:
         for name in ("max_length", "batch_size", "epochs", "grad_accum_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.eval_every < 0 or self.early_stopping_patience < 0:
-            raise ValueError("eval_every and early_stopping_patience must be >= 0")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        if self.eval_every < 0 or self.early_stopping_patience < 0 or self.min_steps < 0 or self.reinit_layers < 0:
+            raise ValueError("eval_every, early_stopping_patience, min_steps and reinit_layers must be >= 0")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct, got {self.seeds}")
         if self.metric_for_best is not None:
             self.metric_for_best = _metric_name(self.metric_for_best, self.task)
 
     @property
     def best_metric(self) -> str:
         return self.metric_for_best or TASK_METRICS[self.task][0]
+
+    def step_budget(self, steps_per_epoch: int) -> int:
+        """Optimizer steps of the run: --max-steps, else epochs x steps per epoch raised to --min-steps."""
+        if self.max_steps is not None:
+            return self.max_steps
+        return max(self.epochs * steps_per_epoch, self.min_steps)
 
 
 def _metric_name(name: str, task: str) -> str:
@@ -139,13 +168,31 @@ def build_model(opts: FinetuneOptions, label_map):
     else:
         # A head of another size (a model fine-tuned on other labels) is re-initialised.
         model = auto.from_pretrained(opts.model, config=config, ignore_mismatched_sizes=True)
+        if opts.reinit_layers:
+            reinit_top_layers(model, opts.reinit_layers)
     model.set_attn_implementation("unpadded" if opts.unpad else "sdpa")
     return model
 
 
+def reinit_top_layers(model, n: int) -> None:
+    """Give the top `n` encoder layers the family's initial weights (in place): they are the layers most
+    shaped by the pretraining objective (Zhang et al. 2021, "Revisiting Few-sample BERT Fine-tuning")."""
+    layers = getattr(model, model.base_model_prefix).encoder.layer
+    if n > len(layers):
+        raise ValueError(f"reinit_layers {n} exceeds the model's {len(layers)} layers")
+    for layer in layers[len(layers) - n:]:
+        layer.apply(model._init_weights)
+
+
 # ------------------------------------------------------------------------------------------ finetune
 def run(opts: FinetuneOptions) -> dict[str, Any]:
-    """Fine-tune, keep the best model, evaluate it on the test split; returns the results summary."""
+    """Fine-tune, keep the best model, evaluate it on the test split; returns the results summary.
+    With `opts.seeds`, one run per seed and the summary of them all (`run_seeds`)."""
+    return run_seeds(opts) if opts.seeds else run_once(opts)
+
+
+def run_once(opts: FinetuneOptions) -> dict[str, Any]:
+    """One fine-tuning run with `opts.seed` (`opts.seeds` is not read)."""
     t0 = time.perf_counter()
     if not opts.model:
         raise ValueError("finetune: no model given (--model CHECKPOINT_FOLDER)")
@@ -165,7 +212,8 @@ def run(opts: FinetuneOptions) -> dict[str, Any]:
     # ---- data
     splits = load_splits(opts.data, opts.task, text_column=opts.text_column, text_pair_column=opts.text_pair_column,
                          label_column=opts.label_column, label_delimiter=opts.label_delimiter,
-                         validation_file=opts.validation_file, test_file=opts.test_file, seed=opts.seed)
+                         validation_file=opts.validation_file, test_file=opts.test_file,
+                         seed=opts.seed if opts.split_seed is None else opts.split_seed)
     label_map = build_label_map(opts.task, splits["train"])
     train_items = subsample(splits["train"], opts.label_fraction, seed=opts.seed, stratify=opts.task == "single_label")
     tokenizer = AutoTokenizer.from_pretrained(opts.model)
@@ -176,7 +224,7 @@ def run(opts: FinetuneOptions) -> dict[str, Any]:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else model.config.pad_token_id
     batches = TaskBatches(features["train"], opts.batch_size, pad_id, seed=opts.seed)
     steps_per_epoch = math.ceil(len(batches) / opts.grad_accum_steps)
-    max_steps = opts.epochs * steps_per_epoch
+    max_steps = opts.step_budget(steps_per_epoch)
     interval = opts.eval_every or steps_per_epoch
     boundaries = [*range(interval, max_steps, interval), max_steps]
     eval_batch_size = opts.eval_batch_size or 2 * opts.batch_size
@@ -226,7 +274,8 @@ def run(opts: FinetuneOptions) -> dict[str, Any]:
     tokens = 0
     first = True
     for end in boundaries:
-        if end <= start_step or tracker.should_stop:
+        # --min-steps is a floor: patience cannot stop the run before it
+        if end <= start_step or (tracker.should_stop and current["step"] >= opts.min_steps):
             continue
         current["step"] = end
         args = TrainArgs(
@@ -261,7 +310,7 @@ def run(opts: FinetuneOptions) -> dict[str, Any]:
         "validation": {k: v for k, v in best.items() if k not in ("step", "epoch")},
         "test": test_metrics,
         "history": tracker.history,
-        "stopped_early": tracker.should_stop and last_step < max_steps,
+        "stopped_early": last_step < max_steps,
         "steps": last_step,
         "max_steps": max_steps,
         "steps_per_epoch": steps_per_epoch,
@@ -279,11 +328,47 @@ def run(opts: FinetuneOptions) -> dict[str, Any]:
     return json_safe(results)
 
 
+# ------------------------------------------------------------------------------------------- seeds
+def mean_std(values: list[float]) -> dict[str, Any]:
+    """Mean and sample standard deviation (n - 1; 0 for one value) of a metric over seeds."""
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "values": list(values)}
 
 
+def aggregate(runs: list[dict[str, Any]], key: str) -> dict[str, dict[str, Any]]:
+    """`{metric: mean_std}` of `run[key]` (validation or test metrics) over runs; metrics some run lacks
+    (None: not finite) are left out."""
+    names = [name for name in (runs[0].get(key) or {})
+             if all(r.get(key) and isinstance(r[key].get(name), (int, float)) for r in runs)]
+    return {name: mean_std([float(r[key][name]) for r in runs]) for name in names}
 
 
-
-
-
-
+def run_seeds(opts: FinetuneOptions) -> dict[str, Any]:
+    """One run per seed into `<output_dir>/seed-<s>`, all on the split of `split_seed` (default `seed`);
+    `<output_dir>/results.json` holds each run's summary and the mean / std of every metric."""
+    t0 = time.perf_counter()
+    output_dir = Path(opts.output_dir)
+    split_seed = opts.seed if opts.split_seed is None else opts.split_seed
+    runs = []
+    for seed in opts.seeds:
+        one = replace(opts, seed=seed, seeds=[], split_seed=split_seed, output_dir=str(output_dir / f"seed-{seed}"))
+        result = run_once(one)
+        runs.append({"seed": seed, "output_dir": one.output_dir, "best_dir": result["best_dir"],
+                     "best_step": result["best_step"], "steps": result["steps"],
+                     "stopped_early": result["stopped_early"], "validation": result["validation"],
+                     "test": result["test"], "train_examples": result["train_examples"],
+                     "elapsed_s": result["elapsed_s"]})
+    summary = {
+        "task": opts.task,
+        "metric_for_best": opts.best_metric,
+        "seeds": list(opts.seeds),
+        "split_seed": split_seed,
+        "test": aggregate(runs, "test") if runs[0]["test"] is not None else None,
+        "validation": aggregate(runs, "validation"),
+        "train_examples": runs[0]["train_examples"],
+        "runs": runs,
+        "elapsed_s": time.perf_counter() - t0,
+        "options": asdict(opts),
+    }
+    write_json(output_dir / RESULTS_NAME, summary)
+    return json_safe(summary)

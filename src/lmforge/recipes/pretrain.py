@@ -12,6 +12,10 @@ discriminator (an HF `electra` folder, ElectraForPreTraining) and `final/generat
 `OBJECTIVES` maps each objective to what differs (its data, the module trained, its evaluation, its
 export); `run` does the rest alike: tokenizer, the one training loop.
 
+With `--max-minutes`, the first `--calibration-steps` steps are timed and the step count (and so the lr
+schedule: warm-up, then decay to 0) is set to what fits in the budget on this machine, at most
+`--max-steps`; the fitted count is kept in checkpoints, so `--resume` follows the same schedule.
+
 Options come from, in increasing priority: the defaults below, `--preset`, `--config FILE`
 (YAML or JSON with the same option names), and flags. The final model is exported to
 `<output_dir>/final` (model + tokenizer) and loads in lmforge and in `transformers`.
@@ -108,6 +112,8 @@ class PretrainOptions:
     disc_weight: float = option(50.0, "electra: weight of the discriminator's loss (loss = mlm + w * rtd)")
     embedding_size: int | None = option(None, "electra: width of the embeddings both models share (default: the "
                                               "hidden size)")
+    tie_word_embeddings: bool = option(True, "share the input embeddings with the masked-LM decoder (BERT); "
+                                             "untied, the softmax's push on every rare word stays in the decoder")
     max_seq_length: int = option(128, "tokens per instance, [CLS]/[SEP] included; clm: the block size (and the "
                                       "exported model's context length)")
     short_seq_prob: float = option(0.1, "probability of a shorter random target length (BERT)")
@@ -121,8 +127,11 @@ class PretrainOptions:
     whole_word_mask: bool = option(False, "mask all pieces of a word together")
     batch_size: int = option(32, "sequences per optimizer step and process (before accumulation)")
     grad_accum_steps: int = option(1, "micro-batches per optimizer step")
-    max_steps: int = option(2000, "optimizer steps (the schedule's length)")
-    max_minutes: float | None = option(None, "stop after this many minutes (checkpoint and export still happen)")
+    max_steps: int = option(2000, "optimizer steps (the schedule's length); with --max-minutes, the most steps")
+    max_minutes: float | None = option(None, "time budget: the step count and the lr schedule are fitted to it after "
+                                             "--calibration-steps timed steps (the run stops at the budget either way)")
+    calibration_steps: int = option(30, "with --max-minutes: steps timed before the schedule is fitted to the budget "
+                                        "(0: keep --max-steps and only stop at the budget)")
     learning_rate: float = option(5e-4, "peak learning rate")
     weight_decay: float = option(0.01, "AdamW weight decay (not on biases and LayerNorm)")
     warmup_ratio: float = option(0.06, "fraction of steps of linear warm-up")
@@ -193,7 +202,8 @@ def model_config(opts: PretrainOptions, vocab_size: int, pad_token_id: int):
         sizes["embedding_size"] = opts.embedding_size or sizes["hidden_size"]
     return AutoConfig.for_model(opts.model_type, vocab_size=vocab_size, pad_token_id=pad_token_id,
                                 max_position_embeddings=max(512, opts.max_seq_length),
-                                hidden_dropout_prob=opts.dropout, attention_probs_dropout_prob=opts.dropout, **sizes)
+                                hidden_dropout_prob=opts.dropout, attention_probs_dropout_prob=opts.dropout,
+                                tie_word_embeddings=opts.tie_word_embeddings, **sizes)
 
 
 def get_tokenizer(opts: PretrainOptions, corpus: list, is_main: bool):
@@ -495,6 +505,7 @@ def run(opts: PretrainOptions) -> dict[str, Any]:
         eval_every=opts.eval_every, save_every=opts.save_every, keep_last=opts.keep_last,
         log_every=opts.log_every, seed=opts.seed, resume=opts.resume, overwrite=opts.overwrite,
         progress=opts.progress, max_time=opts.max_minutes * 60 if opts.max_minutes else None,
+        calibration_steps=opts.calibration_steps if opts.max_minutes else 0,
     )
     result = train(trained, data.batches, args,
                    evaluate=objective.evaluator(data.eval_batches) if data.eval_batches else None)
@@ -506,6 +517,7 @@ def run(opts: PretrainOptions) -> dict[str, Any]:
     summary = {
         "final_dir": str(final),
         "steps": result.step,
+        "schedule_steps": result.schedule_steps,
         "first_loss": result.losses[0] if result.losses else None,
         "last_loss": sum(result.losses[-20:]) / max(len(result.losses[-20:]), 1) if result.losses else None,
         "eval_history": result.eval_history,

@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from ..cpu import capabilities as cpu_caps
 from ..files import atomic_write_text
 from .distributed import DistInfo, dist_info
-from .optim import build_optimizer, build_scheduler
+from .optim import build_optimizer, build_scheduler, lr_multiplier
 from .state import (
     CHECKPOINTS_DIR,
     capture_rng_state,
@@ -69,6 +69,10 @@ class TrainArgs:
     # Wall-clock budget of this call in seconds: the step that exceeds it is the last one (logged,
     # evaluated and checkpointed like the final step), so a later resume=True call continues.
     max_time: float | None = None
+    # With max_time: after this many steps, time them and set max_steps and the lr schedule's length to
+    # the steps that fit in the rest of max_time (never more than max_steps), so the schedule ends with
+    # the budget on a fast or a slow machine. The fitted length is saved in checkpoints (exact resume).
+    calibration_steps: int = 0
     learning_rate: float = 5e-5  # peak learning rate
     weight_decay: float = 0.01
     warmup_steps: int = 0  # wins over warmup_ratio when > 0
@@ -104,6 +108,8 @@ class TrainArgs:
             raise ValueError("eval_every, save_every and log_every must be >= 0")
         if self.max_time is not None and self.max_time <= 0:
             raise ValueError(f"max_time must be positive seconds, got {self.max_time}")
+        if self.calibration_steps < 0 or (self.calibration_steps > 0 and self.max_time is None):
+            raise ValueError("calibration_steps must be >= 0, and > 0 only with a max_time to fit the schedule to")
 
     @property
     def total_schedule_steps(self) -> int:
@@ -111,9 +117,17 @@ class TrainArgs:
 
     @property
     def num_warmup_steps(self) -> int:
+        return self.warmup_for(self.total_schedule_steps)
+
+    def warmup_for(self, total_steps: int) -> int:
         if self.warmup_steps > 0:
             return self.warmup_steps
-        return math.ceil(self.warmup_ratio * self.total_schedule_steps)
+        return math.ceil(self.warmup_ratio * total_steps)
+
+
+# Share of the time left after calibration that the fitted steps may fill: evaluations and checkpoints
+# (~2-3% of a pretraining run) and speed drift take the rest.
+TIME_FIT_MARGIN = 0.95
 
 
 @dataclass
@@ -126,6 +140,7 @@ class TrainResult:
     last_checkpoint: Path | None = None
     tokens: int = 0  # tokens trained on in this call, all ranks
     elapsed: float = 0.0  # seconds spent in this call
+    schedule_steps: int = 0  # length of the lr schedule (fitted to max_time with calibration_steps)
 
 
 def loss_parts(outputs: Any) -> dict[str, torch.Tensor]:
@@ -133,6 +148,24 @@ def loss_parts(outputs: Any) -> dict[str, torch.Tensor]:
     (detached parts of `loss`, the contract of lmforge.outputs), by field name."""
     return {f.name: getattr(outputs, f.name) for f in fields(outputs)
             if f.name.endswith("_loss") and f.name != "loss" and getattr(outputs, f.name) is not None}
+
+
+def fit_steps(calibration_step: int, seconds_per_step: float, seconds_left: float, max_steps: int) -> int:
+    """The step count that ends a run in `seconds_left` from `calibration_step` at the measured speed
+    (`TIME_FIT_MARGIN` of it), between calibration_step and max_steps."""
+    more = int(seconds_left * TIME_FIT_MARGIN / max(seconds_per_step, 1e-9))
+    return max(calibration_step, min(max_steps, calibration_step + more))
+
+
+def _set_schedule(scheduler: Any, args: TrainArgs, total_steps: int) -> None:
+    """Point a LambdaLR built by `build_scheduler` at a schedule of `total_steps`, from its current step on
+    (the optimizer's lr is set to the new schedule's value there)."""
+    multiplier = lr_multiplier(args.schedule, args.warmup_for(total_steps), total_steps)
+    scheduler.lr_lambdas = [multiplier] * len(scheduler.optimizer.param_groups)
+    lrs = [base * multiplier(scheduler.last_epoch) for base in scheduler.base_lrs]
+    for group, lr in zip(scheduler.optimizer.param_groups, lrs):
+        group["lr"] = lr
+    scheduler._last_lr = lrs
 
 
 def _seed_everything(seed: int) -> None:
@@ -267,6 +300,8 @@ def train(
     metrics = _MetricsLog(output_dir / METRICS_NAME, enabled=ddp.is_main)
 
     _seed_everything(args.seed + ddp.rank)
+    if args.calibration_steps > 0 and scheduler is not None:
+        raise ValueError("calibration_steps refits the loop's own lr schedule; do not pass a scheduler with it")
     if optimizer is None:
         optimizer = build_optimizer(
             model, args.learning_rate, args.weight_decay, betas=args.adam_betas, eps=args.adam_eps
@@ -276,6 +311,7 @@ def train(
 
     # ---- resume, or make sure a fresh run does not mix with an earlier run's checkpoints
     start_step, elapsed_before, checkpoint_path = 0, 0.0, None
+    fitted_steps: int | None = None  # the schedule's length once fitted to max_time
     checkpoint = load_latest_checkpoint(output_dir) if args.resume else None
     if checkpoint is not None:
         if checkpoint.world_size != ddp.world_size:
@@ -288,7 +324,11 @@ def train(
         loop_state = checkpoint.extra.get("loop", {})
         elapsed_before = float(loop_state.get("elapsed", 0.0))
         saved_schedule = loop_state.get("schedule_steps")
-        if ddp.is_main and saved_schedule is not None and saved_schedule != args.total_schedule_steps:
+        if args.calibration_steps > 0 and loop_state.get("fitted_steps") is not None:
+            # The run fitted its schedule to its time budget before this checkpoint: keep that schedule.
+            fitted_steps = int(loop_state["fitted_steps"])
+            _set_schedule(scheduler, args, fitted_steps)
+        if ddp.is_main and saved_schedule is not None and saved_schedule != (fitted_steps or args.total_schedule_steps):
             tqdm.write(
                 f"warning: resuming a run whose lr schedule spanned {saved_schedule} steps with "
                 f"{args.total_schedule_steps}; the lr curve changes from step {start_step} on "
@@ -305,8 +345,10 @@ def train(
     ddp.barrier()
     metrics.start(resume_step=start_step if checkpoint is not None else None)
 
-    result = TrainResult(step=start_step, start_step=start_step, last_checkpoint=checkpoint_path)
-    if start_step >= args.max_steps:
+    stop_step = fitted_steps or args.max_steps
+    result = TrainResult(step=start_step, start_step=start_step, last_checkpoint=checkpoint_path,
+                         schedule_steps=fitted_steps or args.total_schedule_steps)
+    if start_step >= stop_step:
         return result
 
     # Wrap after restoring: DDP broadcasts rank 0's (restored) weights to the other ranks.
@@ -334,8 +376,9 @@ def train(
     t_log, tokens_since_log, loss_since_log, steps_since_log = t_start, 0, 0.0, 0
     parts_since_log: list[float] = []
     last_eval_step = -1
+    t_first_step = t_start  # end of this call's first step: calibration times the steps after it
     pbar = tqdm(
-        total=args.max_steps,
+        total=stop_step,
         initial=start_step,
         desc="train",
         disable=not (args.progress and ddp.is_main),
@@ -344,7 +387,7 @@ def train(
     model.train()
     optimizer.zero_grad(set_to_none=True)
     try:
-        while step < args.max_steps:
+        while step < stop_step:
             lr = optimizer.param_groups[0]["lr"]  # the lr this step uses
             stats = torch.zeros(3, device=device, dtype=torch.float32)
             parts: torch.Tensor | None = None
@@ -393,7 +436,24 @@ def train(
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            last = step == args.max_steps or out_of_time
+            if step == start_step + 1:
+                t_first_step = time.perf_counter()  # the first step also builds kernels and buffers
+            if fitted_steps is None and step == args.calibration_steps:
+                now = time.perf_counter()
+                timed = step - start_step - 1
+                per_step = (now - t_first_step) / timed if timed > 0 else now - t_start
+                seconds_left = args.max_time - (now - t_start)
+                if ddp.enabled:  # every rank must stop at the same step
+                    # the slowest rank's step time and the least time left
+                    agreed = torch.tensor([per_step, -seconds_left], device=device, dtype=torch.float64)
+                    dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
+                    per_step, seconds_left = agreed[0].item(), -agreed[1].item()
+                fitted_steps = fit_steps(step, per_step, seconds_left, args.max_steps)
+                stop_step = result.schedule_steps = fitted_steps
+                _set_schedule(scheduler, args, fitted_steps)
+                pbar.total = fitted_steps
+                metrics.write({"step": step, "fitted_steps": fitted_steps, "seconds_per_step": per_step})
+            last = step == stop_step or out_of_time
 
             result.losses.append(step_loss)
             result.tokens += step_tokens
@@ -440,7 +500,7 @@ def train(
             if args.save_every > 0 and (step % args.save_every == 0 or last):
                 checkpoint_path = _save(
                     output_dir, step, raw_model, optimizer, scheduler, batches, args, ddp,
-                    elapsed=elapsed_before + time.perf_counter() - t_start,
+                    elapsed=elapsed_before + time.perf_counter() - t_start, fitted_steps=fitted_steps,
                 )
                 result.last_checkpoint = checkpoint_path
             if last:
@@ -465,13 +525,15 @@ def _save(
     args: TrainArgs,
     ddp: DistInfo,
     elapsed: float,
+    fitted_steps: int | None,
 ) -> Path:
     """Checkpoint on rank 0 with every rank's batch position and RNG states (a collective call)."""
     batches_states = ddp.gather(batches.state_dict())
     rng_states = ddp.gather(capture_rng_state())
     if ddp.is_main:
         extra = {
-            "loop": {"elapsed": elapsed, "schedule_steps": args.total_schedule_steps},
+            "loop": {"elapsed": elapsed, "schedule_steps": fitted_steps or args.total_schedule_steps,
+                     "fitted_steps": fitted_steps},
             "train_args": {k: _plain(v) for k, v in asdict(args).items()},
         }
         save_checkpoint(

@@ -16,4 +16,7 @@ IGNORED_KEY_PATTERNS = (
     re.compile(r"(^|\.)embeddings\.token_type_ids$"),
     re.compile(r"^cls\.predictions\.decoder\.bias$"),  # HF ties it to cls.predictions.bias
 )
-BERT_KEY_RULES = KeyRules(renames=LEGACY_KEY_RENAMES, ignored=IGNORED_KEY_PATTERNS)
+# transformers reads the decoder's bias from its own key when the decoder is not tied to the word embeddings
+# (tie_word_embeddings=False); tied, it shares cls.predictions.bias. Written in both cases, as HF's checkpoints do.
+SAVED_COPIES = {"cls.predictions.decoder.bias": "cls.predictions.bias"}
+BERT_KEY_RULES = KeyRules(renames=LEGACY_KEY_RENAMES, ignored=IGNORED_KEY_PATTERNS, saved_copies=SAVED_COPIES)
