@@ -296,11 +296,7 @@ def _dtype_name(dtype: torch.dtype) -> str:
 def state_dict_for_saving(model) -> dict[str, Tensor]:
     """The model's weights minus tied copies (safetensors refuses shared storage)."""
     tied = tied_keys(model)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items() if k not in tied}
-    for copy, source in model.key_rules.saved_copies.items():
-        if source in state and copy not in state:
-            state[copy] = state[source].clone()
-    return state
+    return {k: v.detach().contiguous() for k, v in model.state_dict().items() if k not in tied}
 
 
 def save_pretrained(model, path, *, safe_serialization: bool = True, max_shard_size: int | str = "5GB") -> None:
@@ -309,6 +305,9 @@ def save_pretrained(model, path, *, safe_serialization: bool = True, max_shard_s
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     state = state_dict_for_saving(model)
+    for copy, source in model.key_rules.saved_copies.items():  # HF folders only, not training checkpoints
+        if source in state and copy not in state:
+            state[copy] = state[source].clone()
     config = model.config.replace(architectures=[type(model).__name__], torch_dtype=_dtype_name(model.dtype))
 
     limit = _parse_size(max_shard_size)

@@ -115,6 +115,9 @@ def load_weights(model: nn.Module, directory: str | os.PathLike) -> None:
     directory = Path(directory)
     model = unwrap_model(model)
     state, _ = read_state_dict(directory)
+    # copies written for other readers (KeyRules.saved_copies, e.g. BERT's decoder bias) are not weights here
+    copies = getattr(getattr(model, "key_rules", None), "saved_copies", {})
+    state = {k: v for k, v in state.items() if k not in copies}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected:
         raise RuntimeError(f"{directory}: weights not in the model: {sorted(unexpected)[:10]}")
