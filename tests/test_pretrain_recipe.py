@@ -173,13 +173,14 @@ def test_time_budget_ends_the_lr_schedule(tmp_path, corpus):
                  *TINY]) == 0
     summary = json.loads((out / "summary.json").read_text())
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    fit = next(r for r in records if "fitted_steps" in r)
-    assert fit["step"] == 5 and summary["schedule_steps"] == fit["fitted_steps"] < 100000
+    fits = [r for r in records if "fitted_steps" in r]
+    assert fits[0]["step"] == 5 and summary["schedule_steps"] == fits[-1]["fitted_steps"] < 100000
     lrs = [r["lr"] for r in records if "lr" in r]
-    # the run trained through its schedule: the last step's lr is the decay's end (a step or two short
-    # of it when this machine slowed down after the calibration), not the peak
-    assert summary["steps"] >= 0.9 * summary["schedule_steps"]
-    assert lrs[-1] <= 0.12 * max(lrs) and max(lrs) == pytest.approx(5e-4, rel=0.05)
+    # The run decayed its lr through most of its schedule. Real time on a shared machine: the refits
+    # (tests/test_training_loop.py checks them exactly) bound the shortfall to a slowdown after the last
+    # one, at or after half the run, so these bounds hold unless the machine slows down > 2.5x.
+    assert summary["steps"] >= 0.6 * summary["schedule_steps"]
+    assert lrs[-1] <= 0.5 * max(lrs) and max(lrs) == pytest.approx(5e-4, rel=0.05)
 
 
 def test_untied_word_embeddings_are_trained_and_exported_apart(tmp_path, corpus):

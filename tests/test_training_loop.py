@@ -274,8 +274,8 @@ def test_loss_parts_of_any_name_are_logged(tmp_path):
 
 # ------------------------------------------------------------------------------- time-fitted schedule
 class FakeClock:
-    """`time` for the loop module: every forward call of `ClockedLM` advances it (the first by 5 s, building
-    kernels; the others by 1 s), so the loop measures 1 s per step whatever the machine does."""
+    """`time` for the loop module: every forward call of `ClockedLM` advances it, so the loop measures the
+    step times the test sets whatever the machine does."""
 
     def __init__(self):
         self.now = 0.0
@@ -285,27 +285,36 @@ class FakeClock:
 
 
 class ClockedLM(ToyLM):
-    def __init__(self, clock: FakeClock):
+    """The first forward takes 5 s (building kernels), the others `seconds` each, from call
+    `slow_from_call` on `slow_seconds`."""
+
+    def __init__(self, clock: FakeClock, slow_from_call: int | None = None, slow_seconds: float = 2.0):
         super().__init__()
-        self.clock = clock
+        self.clock, self.slow_from_call, self.slow_seconds = clock, slow_from_call, slow_seconds
 
     def forward(self, input_ids, labels, attention_mask=None):
-        self.clock.now += 5.0 if self.calls == 0 else 1.0
+        slow = self.slow_from_call is not None and self.calls + 1 >= self.slow_from_call
+        self.clock.now += 5.0 if self.calls == 0 else self.slow_seconds if slow else 1.0
         return super().forward(input_ids, labels, attention_mask)
 
 
-def _clocked(monkeypatch) -> ClockedLM:
+def _clocked(monkeypatch, **slowdown) -> ClockedLM:
     from lmforge.training import loop
 
     clock = FakeClock()
     monkeypatch.setattr(loop, "time", clock)
     torch.manual_seed(0)
-    return ClockedLM(clock)
+    return ClockedLM(clock, **slowdown)
 
 
 def _lrs(folder) -> list[tuple[int, float]]:
     records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     return [(r["step"], r["lr"]) for r in records if "lr" in r]
+
+
+def _fits(folder) -> list[tuple[int, int]]:
+    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["fitted_steps"]) for r in records if "fitted_steps" in r]
 
 
 def time_args(folder, **changes) -> TrainArgs:
@@ -315,34 +324,57 @@ def time_args(folder, **changes) -> TrainArgs:
     return TrainArgs(folder, **settings)
 
 
-def test_time_budget_fits_the_schedule_so_the_last_step_ends_it(tmp_path, monkeypatch):
-    from lmforge.training.loop import TIME_FIT_MARGIN
+def _ends_its_schedule(folder, steps: int) -> None:
     from lmforge.training.optim import lr_multiplier
 
+    lrs = dict(_lrs(folder))
+    # the last step runs at the schedule's last value (warm-up ceil(0.1 x steps), linear decay to 0)
+    end = lr_multiplier("linear", math.ceil(0.1 * steps), steps)
+    assert lrs[steps] == pytest.approx(0.01 * end(steps - 1)) and end(steps) == 0.0
+
+
+def test_time_budget_fits_the_schedule_so_the_last_step_ends_it(tmp_path, monkeypatch):
+    from lmforge.training.loop import TIME_FIT_MARGIN
+
     result = train(_clocked(monkeypatch), ToyBatches(), time_args(tmp_path))
-    # steps 2..10 took 1 s each; 100 - 14 s left -> 10 + int(86 x margin) steps, far below max_steps
-    fitted = 10 + int(86 * TIME_FIT_MARGIN)
-    assert result.step == result.schedule_steps == fitted
-    lrs = dict(_lrs(tmp_path))
-    assert len(lrs) == fitted
-    # the last step runs at the schedule's last value (warm-up ceil(0.1 x fitted), linear decay to 0)
-    end = lr_multiplier("linear", math.ceil(0.1 * fitted), fitted)
-    assert lrs[fitted] == pytest.approx(0.01 * end(fitted - 1)) and end(fitted) == 0.0
-    assert lrs[fitted] < lrs[fitted - 1] < lrs[fitted // 2]
-    fit = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if "fitted_steps" in line]
-    assert fit == [{"step": 10, "fitted_steps": fitted, "seconds_per_step": 1.0}]
+    # After step s the clock reads s + 4 s (5 s, then 1 s a step): the fit at 10 and the refits at 20, 40, 80
+    # give s + int((100 - s - 4) x margin) steps; the last one (95) is the run's length.
+    fits = [(s, s + int((96 - s) * TIME_FIT_MARGIN)) for s in (10, 20, 40, 80)]
+    assert _fits(tmp_path) == fits
+    assert result.step == result.schedule_steps == fits[-1][1] < 10_000
+    assert len(_lrs(tmp_path)) == result.step
+    _ends_its_schedule(tmp_path, result.step)
+
+
+def test_refits_follow_a_machine_that_slows_down(tmp_path, monkeypatch):
+    # Steps take 2 s from step 11 on: the calibration's fit (91 steps) would stop on time at step 53 with
+    # the lr at ~45% of its peak; the refits at 20 (51 steps) and 40 (52) end the schedule with the budget.
+    result = train(_clocked(monkeypatch, slow_from_call=11), ToyBatches(), time_args(tmp_path))
+    assert _fits(tmp_path) == [(10, 91), (20, 51), (40, 52)]
+    assert result.step == result.schedule_steps == 52
+    _ends_its_schedule(tmp_path, 52)
 
 
 def test_time_fitted_schedule_resumes_exactly(tmp_path, monkeypatch):
     reference = train(_clocked(monkeypatch), ToyBatches(), time_args(tmp_path / "ref"))
     model = _clocked(monkeypatch)
-    model.nan_at_call = 61  # crash at step 61: the checkpoint of step 60 (after the fit) is the latest
+    model.nan_at_call = 91  # crash at step 91: the checkpoint of step 90 (after the last refit) is the latest
     with pytest.raises(TrainingError):
         train(model, ToyBatches(), time_args(tmp_path / "run", save_every=30))
     resumed = train(_clocked(monkeypatch), ToyBatches(), time_args(tmp_path / "run", save_every=30, resume=True))
-    assert resumed.start_step == 60 and resumed.step == resumed.schedule_steps == reference.step
-    assert resumed.losses == reference.losses[60:]
+    assert resumed.start_step == 90 and resumed.step == resumed.schedule_steps == reference.step
+    assert resumed.losses == reference.losses[90:]
     assert _lrs(tmp_path / "run") == _lrs(tmp_path / "ref")
+
+
+def test_a_resumed_run_keeps_its_checkpoints_schedule(tmp_path, monkeypatch):
+    model = _clocked(monkeypatch)
+    model.nan_at_call = 61  # the checkpoint of step 60 holds the fit of step 40 (93 steps)
+    with pytest.raises(TrainingError):
+        train(model, ToyBatches(), time_args(tmp_path, save_every=30))
+    resumed = train(_clocked(monkeypatch), ToyBatches(), time_args(tmp_path, save_every=30, resume=True))
+    assert resumed.step == resumed.schedule_steps == 93  # no refit at 80 after the resume
+    assert [fit for fit in _fits(tmp_path) if fit[0] > 60] == []
 
 
 def test_calibration_needs_a_time_budget():

@@ -14,7 +14,8 @@ export); `run` does the rest alike: tokenizer, the one training loop.
 
 With `--max-minutes`, the first `--calibration-steps` steps are timed and the step count (and so the lr
 schedule: warm-up, then decay to 0) is set to what fits in the budget on this machine, at most
-`--max-steps`; the fitted count is kept in checkpoints, so `--resume` follows the same schedule.
+`--max-steps`, and refitted at twice the step of each fit from the speed since it (a machine that slows
+down still ends its schedule); the fitted count is kept in checkpoints, and `--resume` keeps it.
 
 Options come from, in increasing priority: the defaults below, `--preset`, `--config FILE`
 (YAML or JSON with the same option names), and flags. The final model is exported to

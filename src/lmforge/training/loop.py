@@ -71,7 +71,8 @@ class TrainArgs:
     max_time: float | None = None
     # With max_time: after this many steps, time them and set max_steps and the lr schedule's length to
     # the steps that fit in the rest of max_time (never more than max_steps), so the schedule ends with
-    # the budget on a fast or a slow machine. The fitted length is saved in checkpoints (exact resume).
+    # the budget on a fast or a slow machine; refit at twice the last fit's step (2c, 4c, ...) from the
+    # speed since then. The fitted length is saved in checkpoints; a resumed call keeps it (no refit).
     calibration_steps: int = 0
     learning_rate: float = 5e-5  # peak learning rate
     weight_decay: float = 0.01
@@ -155,6 +156,17 @@ def fit_steps(calibration_step: int, seconds_per_step: float, seconds_left: floa
     (`TIME_FIT_MARGIN` of it), between calibration_step and max_steps."""
     more = int(seconds_left * TIME_FIT_MARGIN / max(seconds_per_step, 1e-9))
     return max(calibration_step, min(max_steps, calibration_step + more))
+
+
+def _fit_to_budget(step: int, seconds_per_step: float, seconds_left: float, max_steps: int, ddp: DistInfo,
+                   device: torch.device) -> int:
+    """`fit_steps` agreed by every rank (they must stop at the same step): the slowest rank's step time
+    and the least time left."""
+    if ddp.enabled:
+        agreed = torch.tensor([seconds_per_step, -seconds_left], device=device, dtype=torch.float64)
+        dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
+        seconds_per_step, seconds_left = agreed[0].item(), -agreed[1].item()
+    return fit_steps(step, seconds_per_step, seconds_left, max_steps)
 
 
 def _set_schedule(scheduler: Any, args: TrainArgs, total_steps: int) -> None:
@@ -377,6 +389,10 @@ def train(
     parts_since_log: list[float] = []
     last_eval_step = -1
     t_first_step = t_start  # end of this call's first step: calibration times the steps after it
+    t_last_fit, last_fit_step = t_start, start_step
+    # The step of the next fit of the schedule to max_time. A resumed run keeps the schedule saved in its
+    # checkpoint (the same lr curve from there on), so only the call that calibrated refits.
+    next_fit = args.calibration_steps if args.calibration_steps > 0 and fitted_steps is None else -1
     pbar = tqdm(
         total=stop_step,
         initial=start_step,
@@ -438,21 +454,24 @@ def train(
             step += 1
             if step == start_step + 1:
                 t_first_step = time.perf_counter()  # the first step also builds kernels and buffers
-            if fitted_steps is None and step == args.calibration_steps:
+            if step == next_fit:
+                # Calibration (the first fit), then refits at twice the step of the last one: each times
+                # the steps since the last fit (evaluations and checkpoints included), so a machine that
+                # slows down or speeds up later still ends its schedule with the budget.
                 now = time.perf_counter()
-                timed = step - start_step - 1
-                per_step = (now - t_first_step) / timed if timed > 0 else now - t_start
-                seconds_left = args.max_time - (now - t_start)
-                if ddp.enabled:  # every rank must stop at the same step
-                    # the slowest rank's step time and the least time left
-                    agreed = torch.tensor([per_step, -seconds_left], device=device, dtype=torch.float64)
-                    dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
-                    per_step, seconds_left = agreed[0].item(), -agreed[1].item()
-                fitted_steps = fit_steps(step, per_step, seconds_left, args.max_steps)
-                stop_step = result.schedule_steps = fitted_steps
-                _set_schedule(scheduler, args, fitted_steps)
-                pbar.total = fitted_steps
-                metrics.write({"step": step, "fitted_steps": fitted_steps, "seconds_per_step": per_step})
+                if fitted_steps is None:
+                    timed = step - start_step - 1
+                    per_step = (now - t_first_step) / timed if timed > 0 else now - t_start
+                else:
+                    per_step = (now - t_last_fit) / (step - last_fit_step)
+                new_steps = _fit_to_budget(step, per_step, args.max_time - (now - t_start), args.max_steps,
+                                           ddp, device)
+                if new_steps != fitted_steps:
+                    fitted_steps = stop_step = result.schedule_steps = new_steps
+                    _set_schedule(scheduler, args, fitted_steps)
+                    pbar.total = fitted_steps
+                    metrics.write({"step": step, "fitted_steps": fitted_steps, "seconds_per_step": per_step})
+                t_last_fit, last_fit_step, next_fit = now, step, 2 * step
             last = step == stop_step or out_of_time
 
             result.losses.append(step_loss)
