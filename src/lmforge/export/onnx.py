@@ -36,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -268,7 +269,9 @@ def _export(graph: nn.Module, args: tuple, path: Path, input_names: list[str], o
             dynamic_shapes: tuple) -> None:
     """torch.onnx.export with the dynamo exporter, weights inside the file."""
     graph.eval()  # the wrapper's own mode (the model inside is already in eval)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # Axes named alike (every input's "batch") are one axis: torch.onnx says so once per input.
+        warnings.filterwarnings("ignore", message="# The axis name")
         program = torch.onnx.export(graph, args, dynamo=True, input_names=input_names, output_names=output_names,
                                     dynamic_shapes=dynamic_shapes, external_data=False, optimize=True, verbose=False)
     program.save(str(path), external_data=False)
@@ -278,8 +281,13 @@ def _per_layer(prefix: str, n: int) -> list[str]:
     return [f"{prefix}.{i}.{part}" for i in range(n) for part in ("key", "value")]
 
 
-BATCH_LENGTH = {0: torch.export.Dim.DYNAMIC, 1: torch.export.Dim.DYNAMIC}
-BATCH_PAST = {0: torch.export.Dim.DYNAMIC, 2: torch.export.Dim.DYNAMIC}
+# Dynamic axes, by the names the ONNX graph gives them (strings: torch.onnx makes each a Dim.DYNAMIC and names
+# the graph's axis after it).
+TOKENS = {0: "batch", 1: "sequence"}
+SOURCE = {0: "batch", 1: "source_sequence"}
+PAST = {0: "batch", 2: "past_sequence"}
+CROSS = {0: "batch", 2: "source_sequence"}
+PAST_AND_TOKENS = {0: "batch", 1: "past_sequence + sequence"}
 
 
 def export_encoder(model: nn.Module, out: Path, pooling: str = "mean", normalize: bool = False) -> list[Path]:
@@ -295,7 +303,7 @@ def export_encoder(model: nn.Module, out: Path, pooling: str = "mean", normalize
         graph, output_names = EncoderGraph(view, names), list(names)
     path = out / "model.onnx"
     _export(graph, args, path, ["input_ids", "attention_mask", "token_type_ids"], output_names,
-            (BATCH_LENGTH, BATCH_LENGTH, BATCH_LENGTH))
+            (TOKENS, TOKENS, TOKENS))
     return [path]
 
 
@@ -310,7 +318,7 @@ def export_causal_lm(model: nn.Module, out: Path) -> list[Path]:
     n = len(past) // 2
     path = out / "model.onnx"
     _export(CausalLMGraph(view), args, path, ["input_ids", "attention_mask", *_per_layer("past_key_values", n)],
-            ["logits", *_per_layer("present", n)], (BATCH_LENGTH, BATCH_LENGTH, tuple(BATCH_PAST for _ in past)))
+            ["logits", *_per_layer("present", n)], (TOKENS, PAST_AND_TOKENS, tuple(PAST for _ in past)))
     return [path]
 
 
@@ -324,7 +332,7 @@ def export_seq2seq(model: nn.Module, out: Path) -> list[Path]:
     n = len(encoder_graph.cross_attentions)
     encoder_path, decoder_path = out / "encoder.onnx", out / "decoder.onnx"
     _export(encoder_graph, (source, source_mask), encoder_path, ["input_ids", "attention_mask"],
-            ["encoder_hidden_states", *_per_layer("cross", n)], (BATCH_LENGTH, BATCH_LENGTH))
+            ["encoder_hidden_states", *_per_layer("cross", n)], (SOURCE, SOURCE))
     with torch.no_grad():
         states, *cross = encoder_graph(source, source_mask)
         start = _ids(generator, _target_vocab_size(view), B, P)
@@ -335,7 +343,7 @@ def export_seq2seq(model: nn.Module, out: Path) -> list[Path]:
     _export(Seq2SeqDecoderGraph(view), args, decoder_path,
             ["decoder_input_ids", "encoder_attention_mask", *_per_layer("past_key_values", n), *_per_layer("cross", n)],
             ["logits", *_per_layer("present", n)],
-            (BATCH_LENGTH, BATCH_LENGTH, tuple(BATCH_PAST for _ in past), tuple(BATCH_PAST for _ in cross)))
+            (TOKENS, SOURCE, tuple(PAST for _ in past), tuple(CROSS for _ in cross)))
     return [encoder_path, decoder_path]
 
 
