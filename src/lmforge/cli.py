@@ -134,6 +134,8 @@ def _add_export(sub) -> None:
 def cmd_export_onnx(args) -> int:
     from .export.onnx import MissingExtraError, export_folder
 
+    # torch.onnx logs a warning per optional operator library it does not find (torchvision): not ours to show.
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     try:
         paths, diff = export_folder(args.model, args.output, verify=args.verify)
     except MissingExtraError as e:
