@@ -18,6 +18,7 @@ warm-up also checks the embeddings agree (max |diff| <= 1e-4).
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,6 +108,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # one warning per optional library it does not find
     result = run(args.model or minilm_path(), args.batch_size, args.seq_len, args.batches, args.repeats, args.threads)
     print(describe(args.threads))
     print(f"export: {result.export_s:.1f} s; max |onnxruntime - lmforge| of the embeddings: {result.max_abs_diff:.1e}")

@@ -62,11 +62,11 @@ KINDS = {
     **{(family, "seq2seq-lm"): "seq2seq-lm" for family in SEQ2SEQ_FAMILIES},
 }
 # Weight files are not copied next to the graphs (the graphs hold the weights); everything else in the folder is.
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".onnx")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".onnx", ".data")
 # The export's example: batch 2, lengths 5 (new tokens), 3 (past), 7 (source). Distinct sizes, none 0 or 1:
 # torch.export gives equal example sizes one symbol and specialises sizes 0 and 1.
 EXAMPLE_BATCH, EXAMPLE_LENGTH, EXAMPLE_PAST, EXAMPLE_SOURCE = 2, 5, 3, 7
-DEFAULT_TOLERANCE = 1e-4
+PROTOBUF_LIMIT = 2**31 - 2**26  # bytes of weights an .onnx file can hold (2 GB, less room for the graph)
 
 
 class MissingExtraError(ImportError):
@@ -267,14 +267,16 @@ def decoder_past(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) ->
 # ---------------------------------------------------------------------------------------------- export
 def _export(graph: nn.Module, args: tuple, path: Path, input_names: list[str], output_names: list[str],
             dynamic_shapes: tuple) -> None:
-    """torch.onnx.export with the dynamo exporter, weights inside the file."""
+    """torch.onnx.export with the dynamo exporter. Weights go inside the file, or, past protobuf's 2 GB limit, into
+    `<file>.data` next to it (ONNX's external data; onnxruntime finds it by the relative name)."""
+    external = sum(p.numel() * p.element_size() for p in graph.parameters()) > PROTOBUF_LIMIT
     graph.eval()  # the wrapper's own mode (the model inside is already in eval)
     with torch.no_grad(), warnings.catch_warnings():
         # Axes named alike (every input's "batch") are one axis: torch.onnx says so once per input.
         warnings.filterwarnings("ignore", message="# The axis name")
         program = torch.onnx.export(graph, args, dynamo=True, input_names=input_names, output_names=output_names,
-                                    dynamic_shapes=dynamic_shapes, external_data=False, optimize=True, verbose=False)
-    program.save(str(path), external_data=False)
+                                    dynamic_shapes=dynamic_shapes, external_data=external, optimize=True, verbose=False)
+    program.save(str(path), external_data=external)
 
 
 def _per_layer(prefix: str, n: int) -> list[str]:
