@@ -70,15 +70,17 @@ PROTOBUF_LIMIT = 2**31 - 2**26  # bytes of weights an .onnx file can hold (2 GB,
 
 
 class MissingExtraError(ImportError):
-    pass
+    """onnx, onnxruntime or onnxscript is not installed (the `onnx` extra)."""
 
 
 def import_onnx_runtime():
-    """onnx and onnxruntime, or an error naming the extra to install."""
+    """(onnx, onnxruntime), with onnxscript (torch's dynamo exporter imports it) checked too; or an error naming
+    the extra to install."""
     try:
+        importlib.import_module("onnxscript")
         return importlib.import_module("onnx"), importlib.import_module("onnxruntime")
     except ImportError as error:
-        raise MissingExtraError(f"ONNX export needs onnx and onnxruntime ({error}); install them with "
+        raise MissingExtraError(f"ONNX export needs onnx, onnxruntime and onnxscript ({error}); install them with "
                                 "`pip install 'lmforge[onnx]'`") from error
 
 
@@ -479,7 +481,6 @@ def export_folder(folder: str | Path, out: str | Path, verify: bool = True) -> t
     (config, tokenizer, pooling settings), and verify it unless `verify=False`. Returns (graphs, max diff)."""
     import_onnx_runtime()
     model = load_for_export(folder)
-    model_kind(model)
     pooling, normalize = read_pooling(folder)
     paths = export_onnx(model, out, pooling, normalize)
     copy_folder_files(folder, out)
