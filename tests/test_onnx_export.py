@@ -146,6 +146,14 @@ def llama():
                                         tie_word_embeddings=False))
 
 
+def qwen2():
+    from lmforge.models.llama import Qwen2Config, Qwen2ForCausalLM
+
+    return Qwen2ForCausalLM(Qwen2Config(vocab_size=101, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                        num_key_value_heads=1, intermediate_size=48, max_position_embeddings=64,
+                                        tie_word_embeddings=True))
+
+
 def ort_greedy(path, ids: torch.Tensor, mask: torch.Tensor, steps: int) -> torch.Tensor:
     """Greedy decoding with the causal-LM graph alone: prefill from an empty past, then one token per step."""
     import onnxruntime
@@ -168,7 +176,7 @@ def ort_greedy(path, ids: torch.Tensor, mask: torch.Tensor, steps: int) -> torch
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("build", [gpt2, llama], ids=["gpt2", "llama-gqa"])
+@pytest.mark.parametrize("build", [gpt2, llama, qwen2], ids=["gpt2", "llama-gqa", "qwen2-bias-tied"])
 def test_causal_lm_graph_with_past(tmp_path, build):
     torch.manual_seed(3)
     model = perturb_(build()).eval()
