@@ -137,3 +137,26 @@ def test_serve_load_runs_small(tmp_path):
     assert load["concurrent"]["errors"] == 0 and load["fuzz"]["5xx_or_failed"] == 0
     assert _positive([load["concurrent"]["req_per_s"], load["one_at_a_time"]["p50_ms"]])
     assert load["max_abs_diff_batched_vs_single"] < 1e-5
+
+
+def test_onnx_inference_bench_runs_small(tmp_path, monkeypatch):
+    """bench/onnx_inference.py at its smallest size on a tiny embedding folder: both rows finite, embeddings equal."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    import torch
+
+    from lmforge import BertConfig
+    from lmforge.models.bert import BertModel
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    for name in ("common", "onnx_inference"):
+        sys.modules.pop(name, None)
+    import onnx_inference
+
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=60, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32)).save_pretrained(tmp_path / "m")
+    result = onnx_inference.run(tmp_path / "m", batch_size=2, seq_len=8, batches=1, repeats=1, threads=1)
+    assert set(result.seq_per_s) == {"lmforge eager", "onnxruntime"} and _positive(result.seq_per_s.values())
+    assert result.max_abs_diff < 1e-4
+    assert onnx_inference.rows(result)[0][3].endswith("x")

@@ -58,7 +58,7 @@ def registered_commands(parser: argparse.ArgumentParser, prefix: tuple[str, ...]
 def test_every_subcommand_has_a_smoke_test():
     commands = registered_commands(build_parser())
     assert {"tokenizer train", "pretrain", "fill-mask", "finetune", "evaluate", "predict", "classify",
-            "generate", "chat", "serve", "demo"} <= set(commands)
+            "generate", "chat", "serve", "export onnx", "demo"} <= set(commands)
     smoke_tests = [name for name in globals() if name.startswith("test_smoke_")]
     for command in commands:
         slug = "test_smoke_" + command.replace(" ", "_").replace("-", "_")
@@ -296,6 +296,29 @@ def http(method: str, url: str, body: dict | None = None, timeout: float = 30) -
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read())
+
+
+def test_smoke_export_onnx(tmp_path):
+    """`lmforge export onnx` on a tiny classifier folder: the graph, the folder's files, the verified max diff;
+    a model kind it cannot export is a one-line error."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from lmforge import BertConfig
+    from lmforge.models.bert import BertForMultipleChoice, BertForSequenceClassification
+
+    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, num_labels=2)
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).save_pretrained(tmp_path / "clf")
+    result = lmforge("export", "onnx", tmp_path / "clf", tmp_path / "out", cache=tmp_path)
+    assert f"wrote {tmp_path / 'out' / 'model.onnx'}" in result.stdout
+    verify = result.stdout.strip().splitlines()[-1]
+    assert verify.startswith("verify: max |onnxruntime - lmforge| = ") and verify.endswith(" ok"), result.stdout
+    assert float(verify.split("= ")[1].split()[0]) <= 1e-4
+    assert (tmp_path / "out" / "config.json").is_file()
+    BertForMultipleChoice(config).save_pretrained(tmp_path / "mc")
+    bad = lmforge("export", "onnx", tmp_path / "mc", tmp_path / "out2", cache=tmp_path, expect_rc=2)
+    assert "error: cannot export BertForMultipleChoice" in bad.stderr
 
 
 def test_smoke_serve(tmp_path):

@@ -8,6 +8,7 @@
     lmforge predict           labels + probabilities for a file -> JSONL / CSV
     lmforge classify          classify texts given on the command line
     lmforge serve             HTTP server for a model folder or GGUF file (micro-batched; OpenAI-compatible)
+    lmforge export onnx       ONNX graphs of a model folder, verified with onnxruntime
     lmforge generate          continue a prompt with a causal LM (HF folder or GGUF file), streamed
     lmforge chat              interactive chat with an instruct model (history kept, /reset, Ctrl-D ends)
     lmforge demo              the main job: pretrain, fine-tune three models, report with plots
@@ -114,6 +115,39 @@ def cmd_classify(args) -> int:
     for text, result in zip(args.text, clf(list(args.text), top_k=args.top_k)):
         print(json.dumps({"text": text, "prediction": result}, ensure_ascii=False))
     return 0
+
+
+def _add_export(sub) -> None:
+    export = sub.add_parser("export", help="export a model to another runtime (onnx)")
+    esub = export.add_subparsers(dest="export_format", required=True)
+    p = esub.add_parser("onnx", help="ONNX graphs of a model folder (encoder heads, sentence embeddings, causal LMs "
+                                     "and encoder-decoders with past keys/values), checked with onnxruntime",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("model", help="HF model folder (BERT / ELECTRA heads, GPT-2, Llama, Qwen2, BART, Marian, T5)")
+    p.add_argument("output", help="folder to write the graphs (and the folder's config / tokenizer files) into")
+    p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
+                   help="run the graphs with onnxruntime on new shapes and compare with lmforge (max |diff|)")
+    p.add_argument("--tolerance", type=float, default=1e-4, help="largest |onnxruntime - lmforge| accepted")
+    p.set_defaults(func=cmd_export_onnx)
+
+
+def cmd_export_onnx(args) -> int:
+    from .export.onnx import MissingExtraError, export_folder
+
+    # torch.onnx logs a warning per optional operator library it does not find (torchvision): not ours to show.
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    try:
+        paths, diff = export_folder(args.model, args.output, verify=args.verify)
+    except MissingExtraError as e:
+        print(f"lmforge export onnx: error: {e}", file=sys.stderr)
+        return 2
+    for path in paths:
+        print(f"wrote {path}")
+    if diff is None:
+        return 0
+    verdict = "ok" if diff <= args.tolerance else "FAILED"
+    print(f"verify: max |onnxruntime - lmforge| = {diff:.3g} (tolerance {args.tolerance:g}) {verdict}")
+    return 0 if diff <= args.tolerance else 1
 
 
 def _add_serve(sub) -> None:
@@ -298,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
         _recipe_command(sub, name)
     _add_classify(sub)
     _add_serve(sub)
+    _add_export(sub)
     _add_generate(sub)
     _add_chat(sub)
     _recipe_command(sub, "demo")

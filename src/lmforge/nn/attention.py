@@ -67,16 +67,26 @@ def check_attention_mask(attention_mask: Tensor | None, B: int, S: int) -> None:
         )
 
 
+def has_padding(attention_mask: Tensor | None) -> bool:
+    """Whether a mask must be applied: `attention_mask` has a 0. While `torch.export` traces (ONNX export), any
+    given mask counts as padded: the graph serves every input, so the mask computation must be in it (reading
+    the mask's values to skip it would be a data-dependent branch that export cannot trace)."""
+    if attention_mask is None:
+        return False
+    return torch.compiler.is_exporting() or not bool(attention_mask.all())
+
+
 def causal_mask(attention_mask: Tensor | None, T: int, S: int, dtype: torch.dtype,
                 device: torch.device) -> tuple[Tensor | None, bool]:
     """The mask for decoder self-attention of T new queries over S = past + T keys.
 
     Returns (additive mask (B or 1, 1, T, S) or None, is_causal). Query t (absolute position S - T + t) sees keys
     0 .. S - T + t that are not padding. No padding and T == S: no mask, `is_causal=True` (SDPA's causal kernel);
-    no padding and T == 1: no mask (one new token sees everything cached).
+    no padding and T == 1: no mask (one new token sees everything cached). While exporting, the mask is always
+    spelled out: a graph's T and S are symbolic, and branching on them would fix them to the example's.
     """
-    padded = attention_mask is not None and not bool(attention_mask.all())
-    if not padded:
+    padded = has_padding(attention_mask)
+    if not padded and not torch.compiler.is_exporting():
         if T == S:
             return None, True
         if T == 1:
@@ -89,7 +99,7 @@ def causal_mask(attention_mask: Tensor | None, T: int, S: int, dtype: torch.dtyp
 
 def padding_mask(attention_mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:
     """(B, S) of 1 = attend / 0 = padding -> additive (B, 1, 1, S), or None when nothing is padding."""
-    if attention_mask is None or bool(attention_mask.all()):
+    if not has_padding(attention_mask):
         return None
     return to_additive(attention_mask.bool()[:, None, None, :], dtype)  # (B, 1, 1, S)
 
@@ -194,6 +204,11 @@ class KVCache:
 
     def __len__(self) -> int:
         return self.num_layers
+
+    def layer(self, layer: int) -> tuple[Tensor, Tensor]:
+        """The cached keys and values of `layer`, (B, Hk, S, D) views each."""
+        n = self._lengths[layer]
+        return self._keys[layer][:, :, :n], self._values[layer][:, :, :n]
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Append k, v (B, Hk, T, D) to `layer`; returns all of its keys and values, (B, Hk, S, D) each."""
@@ -313,21 +328,25 @@ class CrossAttention(Attention):
         """x: (B, T, C) decoder states; encoder_states: (B, S, C_enc), or None when `cache` holds its keys/values;
         mask: from `padding_mask` over the encoder positions."""
         B, T, _ = x.shape
-        H, Hk, D = self.num_heads, self.num_kv_heads, self.head_dim
-        q = self.q_proj(x).view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
+        q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         cached = cache.cross[self.layer_idx] if cache is not None else None
         if cached is not None:
             k, v = cached
         else:
             if encoder_states is None:
                 raise ValueError("cross-attention needs encoder_states (or a cache that already holds them)")
-            S = encoder_states.size(1)
-            k, v = self.project_kv(encoder_states)  # (B, S, Hk*D) each
-            k = k.view(B, S, Hk, D).transpose(1, 2)  # (B, Hk, S, D)
-            v = v.view(B, S, Hk, D).transpose(1, 2)  # (B, Hk, S, D)
+            k, v = self.keys_values(encoder_states)  # (B, Hk, S, D) each
             if cache is not None:
                 cache.cross[self.layer_idx] = (k, v)
         return self._attend(q, k, v, mask, False, need_probs)
+
+    def keys_values(self, encoder_states: Tensor) -> tuple[Tensor, Tensor]:
+        """encoder_states (B, S, C_enc) -> keys and values (B, Hk, S, D): what the cache holds in `cross`."""
+        B, S, _ = encoder_states.shape
+        k, v = self.project_kv(encoder_states)  # (B, S, Hk*D) each
+        k = k.view(B, S, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hk, S, D)
+        v = v.view(B, S, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hk, S, D)
+        return k, v
 
     def project_kv(self, encoder_states: Tensor) -> tuple[Tensor, Tensor]:
         """k_proj and v_proj of the encoder output. (`cpu.attention` runs the two as one matmul.)"""

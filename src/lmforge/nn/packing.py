@@ -15,7 +15,7 @@ import functools
 import torch
 from torch import Tensor
 
-from .attention import to_additive
+from .attention import has_padding, to_additive
 
 
 class Padded:
@@ -70,8 +70,7 @@ def batch_layout(attention_mask: Tensor | None, attn_implementation: str, keep_p
     "unpadded" and nothing asks to keep padding (attention probabilities, a loss that reads padding);
     else padded. `dtype`: the model's; the packed mask takes the autocast dtype inside autocast (the
     dtype its attention scores have)."""
-    padded = attention_mask is not None and not bool(attention_mask.all())
-    if not padded:
+    if not has_padding(attention_mask):
         return Padded(None)
     if attn_implementation == "unpadded" and not keep_padding:
         packing = Packing(attention_mask, dtype)

@@ -70,13 +70,20 @@ class SentenceEmbeddingPipeline(Pipeline):
     def _embed(self, texts: list[str]) -> list[list[float]]:
         batch = self._encode(texts)
         hidden = self._forward(batch).last_hidden_state.float()  # (B, T, H)
-        mask = batch["attention_mask"].to(hidden.device).unsqueeze(-1).bool()  # (B, T, 1)
-        if self.pooling == "cls":
-            pooled = hidden[:, 0]
-        elif self.pooling == "mean":
-            pooled = hidden.masked_fill(~mask, 0).sum(1) / mask.sum(1).clamp(min=1)  # (B, H)
-        else:
-            pooled = hidden.masked_fill(~mask, float("-inf")).amax(1)
-        if self.normalize:
-            pooled = torch.nn.functional.normalize(pooled, dim=-1)
-        return pooled.tolist()
+        mask = batch["attention_mask"].to(hidden.device)
+        return pool_embeddings(hidden, mask, self.pooling, self.normalize).tolist()
+
+
+def pool_embeddings(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str, normalize: bool) -> torch.Tensor:
+    """hidden (B, T, H), attention_mask (B, T) -> one vector per row (B, H): the CLS token, or the mean or max
+    over real tokens; L2-normalised when `normalize` (sentence-transformers' Pooling + Normalize modules)."""
+    mask = attention_mask.unsqueeze(-1).bool()  # (B, T, 1)
+    if pooling == "cls":
+        pooled = hidden[:, 0]
+    elif pooling == "mean":
+        pooled = hidden.masked_fill(~mask, 0).sum(1) / mask.sum(1).clamp(min=1)  # (B, H)
+    else:
+        pooled = hidden.masked_fill(~mask, float("-inf")).amax(1)  # (B, H)
+    if normalize:
+        pooled = torch.nn.functional.normalize(pooled, dim=-1)
+    return pooled

@@ -199,7 +199,9 @@ class GPT2Model(GPT2PreTrainedModel):
         check_attention_mask(attention_mask, B, past + T)
         if position_ids is None:
             position_ids = position_ids_from_mask(attention_mask, T, past, x.device)  # (B or 1, T)
-        if past + T > self.config.n_positions or int(position_ids.max()) >= self.config.n_positions:
+        # (Not while exporting: a graph's lengths are symbolic and the maximum is data; ONNX has no error to raise.)
+        if not torch.compiler.is_exporting() and (past + T > self.config.n_positions
+                                                  or int(position_ids.max()) >= self.config.n_positions):
             raise ValueError(f"sequence of {past + T} positions exceeds n_positions={self.config.n_positions}; "
                              "truncate the input")
         x = x + self.wpe(position_ids)

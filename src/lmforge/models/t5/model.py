@@ -364,6 +364,9 @@ class T5ForConditionalGeneration(Seq2SeqGenerationMixin, T5PreTrainedModel):
     def get_encoder(self) -> T5Stack:
         return self.encoder
 
+    def get_decoder(self) -> T5Stack:
+        return self.decoder
+
     def forward(
         self,
         input_ids: Tensor | None = None,
