@@ -5,11 +5,19 @@ Layout under `output_dir/checkpoints/`:
     step-000123/            model weights (`model.save_pretrained` or `model.safetensors`)
                             + training_state.pt (optimizer, scheduler, step, batch-source position,
                             RNG states, extra)
+    step-000456/            a sharded (FSDP) run's: sharded/ (torch.distributed.checkpoint: each rank
+                            writes its shard of the model and optimizer state, rank 0 the metadata)
+                            + training_state.pt (the rest, as above; "sharded": True)
     latest                  text file naming the newest complete checkpoint ("step-000123")
+
+A sharded checkpoint loads into a model sharded over any number of processes (DCP reshards) or into a
+whole model in one process (`Checkpoint.restore` does either); every rank must see the same folder
+(a shared filesystem on several machines).
 
 Crash safety: a checkpoint is written into a hidden sibling `.tmp-step-000123-<pid>/`, every file
 is fsync'd, and only then the folder is renamed into place (a rename is atomic on POSIX) and the
-`latest` pointer is replaced (write a temp file + `os.replace`). Folders whose name does not match
+`latest` pointer is replaced (write a temp file + `os.replace`). A sharded save writes into
+`.tmp-step-000123/` from every rank; rank 0 renames it once every rank has finished (a barrier). Folders whose name does not match
 `step-NNNNNN` are never read, so a save interrupted at any point leaves the previous checkpoint as
 the one that resumes. Old checkpoints are renamed away before they are deleted, for the same reason.
 
@@ -34,10 +42,12 @@ from torch import nn
 
 from ..files import atomic_write_text, fsync_path, fsync_tree, remove_dir
 from ..hub import SAFE_WEIGHTS_NAME, read_state_dict
+from .distributed import dist_info, is_sharded
 
 CHECKPOINTS_DIR = "checkpoints"
 LATEST_NAME = "latest"
 TRAINING_STATE_NAME = "training_state.pt"
+SHARDED_DIR = "sharded"
 FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -150,6 +160,16 @@ class Checkpoint:
     def world_size(self) -> int:
         return int(self.training_state.get("world_size", 1))
 
+    @property
+    def sharded(self) -> bool:
+        """Model and optimizer state are in `sharded/` (torch.distributed.checkpoint), not in this file."""
+        return bool(self.training_state.get("sharded", False))
+
+    def batches_states(self) -> list[Any]:
+        """The batch-source state of every rank that saved it."""
+        value = self.training_state.get("batches")
+        return list(value) if self.world_size > 1 else [value]
+
     def batches_state(self, rank: int = 0) -> Any:
         value = self.training_state.get("batches")
         return value[rank] if self.world_size > 1 else value
@@ -175,8 +195,16 @@ class Checkpoint:
 
         Order matters for the learning rate: the optimizer state carries the current lr of each
         group, the scheduler state its position; both are restored after they were constructed.
+        A sharded checkpoint loads into an FSDP-sharded `model` (and its optimizer) on any number of
+        processes, or into a whole one; a whole checkpoint into a whole model only.
         """
-        self.load_weights(model)
+        if self.sharded:
+            load_sharded(self.path, model, optimizer)
+        else:
+            if is_sharded(model):
+                raise RuntimeError(f"{self.path}: a checkpoint of an unsharded run cannot be loaded into an "
+                                   "FSDP-sharded model; resume it without FSDP")
+            self.load_weights(model)
         if optimizer is not None and self.training_state.get("optimizer") is not None:
             optimizer.load_state_dict(self.training_state["optimizer"])
         if scheduler is not None and self.training_state.get("scheduler") is not None:
@@ -308,3 +336,88 @@ def _rotate(root: Path, keep: Path, keep_last: int) -> None:
     for path in found[:-keep_last]:
         if path != keep:
             remove_dir(path)
+
+
+# ---------------------------------------------------------------------------------- sharded (DCP)
+def _dcp_state(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
+    """{"model": ..., "optim": ...} keyed by parameter names (sharded tensors for a sharded model)."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
+
+    if optimizer is None:
+        return {"model": get_model_state_dict(model)}
+    model_state, optim_state = get_state_dict(model, optimizer)
+    return {"model": model_state, "optim": optim_state}
+
+
+def load_sharded(path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
+    """Load `path/sharded/` into `model` (sharded or whole) and `optimizer`: each rank reads the parts of the
+    saved shards its own shard covers, whatever the number of processes that saved them (collective when
+    a process group is initialised)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import set_state_dict
+
+    state = _dcp_state(model, optimizer)
+    dcp.load(state, checkpoint_id=Path(path) / SHARDED_DIR)
+    set_state_dict(model, optimizer if optimizer is not None else (),
+                   model_state_dict=state["model"], optim_state_dict=state.get("optim", {}))
+
+
+def save_sharded_checkpoint(
+    output_dir: str | os.PathLike,
+    step: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any | None,
+    batches_state: list[Any],
+    extra: dict[str, Any] | None = None,
+    *,
+    keep_last: int = 2,
+    rng_state: list[Any],
+) -> Path:
+    """`save_checkpoint` for an FSDP-sharded model, called by every rank (a collective call): each rank writes
+    its shard of the model and optimizer state into `.tmp-step-NNNNNN/sharded/`, rank 0 then adds
+    training_state.pt (scheduler, step, every rank's batch position and RNG states, extra) and renames the
+    folder into place once all ranks are done, points `latest` at it and rotates old checkpoints."""
+    import torch.distributed.checkpoint as dcp
+
+    ddp = dist_info()
+    root = checkpoints_root(output_dir)
+    name = checkpoint_dir_name(step)
+    final = root / name
+    tmp = root / f".tmp-{name}"  # one name for all ranks (a pid would differ between them)
+    if ddp.is_main:
+        root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+    ddp.barrier()
+    dcp.save(_dcp_state(model, optimizer), checkpoint_id=tmp / SHARDED_DIR)
+    # Every rank syncs what it wrote (on a shared filesystem the others' files too: harmless).
+    fsync_tree(tmp)
+    ddp.barrier()
+    if ddp.is_main:
+        state = {
+            "format": FORMAT_VERSION,
+            "step": int(step),
+            "optimizer": None,
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "batches": batches_state,
+            "rng": rng_state,
+            "world_size": ddp.world_size,
+            "sharded": True,
+            "extra": extra or {},
+        }
+        try:
+            torch.save(state, tmp / TRAINING_STATE_NAME)
+            fsync_tree(tmp)
+            if final.exists():
+                remove_dir(final)
+            os.rename(tmp, final)
+            fsync_path(root)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        atomic_write_text(root / LATEST_NAME, name + "\n")
+        _rotate(root, keep=final, keep_last=keep_last)
+    ddp.barrier()
+    return final
