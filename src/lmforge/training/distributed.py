@@ -86,10 +86,16 @@ def dist_info() -> DistInfo:
 
 
 # ------------------------------------------------------------------------------------------------- FSDP2
+# Parameters read outside their layer's forward, so the layer holding them stays in the root unit: T5's stack
+# computes the relative position bias of its first block before it runs the blocks.
+READ_OUTSIDE_LAYER = ("relative_attention_bias",)
+
+
 def transformer_layers(model: nn.Module) -> list[nn.Module]:
     """The FSDP units below the root: elements of `nn.ModuleList`s (the layer stacks: BERT's encoder.layer,
     GPT-2's h, Llama's / BART's layers, T5's block), outermost only, whose parameters are used nowhere
-    outside them (a tied parameter stays in the root, whole)."""
+    outside them (a tied parameter stays in the root, whole) and not read outside the layer's forward
+    (`READ_OUTSIDE_LAYER`)."""
     owners: dict[int, set[str]] = {}  # parameter -> every name it has in the model
     for name, p in model.named_parameters(remove_duplicate=False):
         owners.setdefault(id(p), set()).add(name)
@@ -101,8 +107,8 @@ def transformer_layers(model: nn.Module) -> list[nn.Module]:
             prefix = f"{name}.{index}." if name else f"{index}."
             if any(prefix.startswith(unit + ".") for unit, _ in units):
                 continue  # inside a unit already (T5's block.i.layer)
-            names = (n for p in layer.parameters() for n in owners[id(p)])
-            if all(n.startswith(prefix) for n in names):
+            names = [n for p in layer.parameters() for n in owners[id(p)]]
+            if all(n.startswith(prefix) and not any(key in n for key in READ_OUTSIDE_LAYER) for n in names):
                 units.append((prefix[:-1], layer))
     return [layer for _, layer in units]
 

@@ -357,7 +357,7 @@ def load_sharded(path: str | os.PathLike, model: nn.Module, optimizer: torch.opt
     from torch.distributed.checkpoint.state_dict import set_state_dict
 
     state = _dcp_state(model, optimizer)
-    dcp.load(state, checkpoint_id=Path(path) / SHARDED_DIR)
+    dcp.load(state, checkpoint_id=Path(path) / SHARDED_DIR, no_dist=not dist_info().enabled)
     set_state_dict(model, optimizer if optimizer is not None else (),
                    model_state_dict=state["model"], optim_state_dict=state.get("optim", {}))
 
