@@ -45,6 +45,7 @@ class ToyLM(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(dim, VOCAB)
         self.head.weight = self.emb.weight
+        nn.init.normal_(self.emb.weight, std=0.1)  # logits of order 1 at the start
 
     def forward(self, input_ids, labels, attention_mask=None):
         h = self.drop(self.emb(input_ids))
@@ -188,8 +189,7 @@ def train_families(rank: int, world_size: int, spec: dict) -> None:
             torch.manual_seed(0)
             model = family_model(name)
             args = TrainArgs(f"{spec['dir']}/{name}-{mode}", max_steps=spec["steps"], learning_rate=1e-3,
-                             grad_accum_steps=2, progress=False, fsdp=mode == "fsdp", log_every=0,
-                             )
+                             grad_accum_steps=2, progress=False, fsdp=mode == "fsdp", log_every=0)
             result = train(model, FamilyBatches(name, rank, world_size), args)
             results.setdefault(name, {})[mode] = (result.losses, {k: v.clone() for k, v in model.state_dict().items()})
     if rank == 0:
@@ -219,6 +219,12 @@ def launch(target, payload, world_size: int = 2, timeout: float = 60.0) -> list[
     torchrun, the first process that fails gets the others killed. Returns the exit codes (-9: killed).
     Raises TimeoutError (after killing them all) past `timeout` seconds."""
     import multiprocessing as mp
+
+    # Imported once here, not in every child: forked children start with them loaded.
+    import torch.distributed.checkpoint.state_dict  # noqa: F401
+    import torch.distributed.fsdp  # noqa: F401
+
+    import lmforge.training  # noqa: F401
 
     ctx = mp.get_context("fork")
     port = _free_port()

@@ -357,7 +357,11 @@ def load_sharded(path: str | os.PathLike, model: nn.Module, optimizer: torch.opt
     from torch.distributed.checkpoint.state_dict import set_state_dict
 
     state = _dcp_state(model, optimizer)
-    dcp.load(state, checkpoint_id=Path(path) / SHARDED_DIR, no_dist=not dist_info().enabled)
+    single = not dist_info().enabled
+    with warnings.catch_warnings():
+        if single:  # DCP warns that it loads in one process: that is the intent here
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(state, checkpoint_id=Path(path) / SHARDED_DIR, no_dist=single)
     set_state_dict(model, optimizer if optimizer is not None else (),
                    model_state_dict=state["model"], optim_state_dict=state.get("optim", {}))
 
