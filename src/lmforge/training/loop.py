@@ -394,6 +394,8 @@ def train(
     result = TrainResult(step=start_step, start_step=start_step, last_checkpoint=checkpoint_path,
                          schedule_steps=fitted_steps or args.total_schedule_steps)
     if start_step >= stop_step:
+        if sharding:
+            copy_full_weights(model, raw_model)  # the checkpoint's weights, as a DDP resume leaves them
         return result
 
     # Wrap after restoring: DDP broadcasts rank 0's (restored) weights to the other ranks.
