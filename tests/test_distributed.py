@@ -237,7 +237,7 @@ TINY = ["--hidden-size", "32", "--num-hidden-layers", "2", "--num-attention-head
 @pytest.mark.parametrize("objective,extra", [
     ("mlm+nsp", ["--fsdp"]), ("mlm", []), ("electra", ["--fsdp"]), ("clm", ["--fsdp", "--preset", "gpt2-tiny"]),
     ("clm", ["--fsdp", "--preset", "llama-tiny"]),
-])
+], ids=["mlm+nsp-fsdp", "mlm-ddp", "electra-fsdp", "gpt2-fsdp", "llama-fsdp"])
 def test_pretrain_recipes_on_torchrun(tmp_path, recipe_env, objective, extra):
     out = tmp_path / "run"
     run = _torchrun(["pretrain", "--corpus", str(tmp_path / "corpus.txt"), "-o", str(out), "--objective", objective,
