@@ -11,14 +11,14 @@ Layout under `output_dir/checkpoints/`:
     latest                  text file naming the newest complete checkpoint ("step-000123")
 
 A sharded checkpoint loads into a model sharded over any number of processes (DCP reshards) or into a
-whole model in one process (`Checkpoint.restore` does either); every rank must see the same folder
+whole model (one process, or each DDP process; `Checkpoint.restore` does either); every rank must see the same folder
 (a shared filesystem on several machines).
 
 Crash safety: a checkpoint is written into a hidden sibling `.tmp-step-000123-<pid>/`, every file
 is fsync'd, and only then the folder is renamed into place (a rename is atomic on POSIX) and the
 `latest` pointer is replaced (write a temp file + `os.replace`). A sharded save writes into
-`.tmp-step-000123/` from every rank; rank 0 renames it once every rank has finished (a barrier). Folders whose name does not match
-`step-NNNNNN` are never read, so a save interrupted at any point leaves the previous checkpoint as
+`.tmp-step-000123/` from every rank; rank 0 renames it once every rank has finished (a barrier).
+Folders whose name does not match `step-NNNNNN` are never read, so a save interrupted at any point leaves the previous checkpoint as
 the one that resumes. Old checkpoints are renamed away before they are deleted, for the same reason.
 
 `training_state.pt` holds only tensors and plain Python values, so it loads with
