@@ -108,6 +108,18 @@ def test_ddp_checkpoint_resumes_on_one_process(runs, tmp_path):
     assert max(abs(a - b) for a, b in zip(resumed["losses"], runs["ddp"]["losses"][3:])) <= TOL
 
 
+def test_ddp_checkpoint_resumes_under_fsdp_exactly(runs, tmp_path):
+    """A whole checkpoint cut into shards (weights and Adam state): the FSDP run continues the DDP run exactly."""
+    run = tmp_path / "run"
+    shutil.copytree(runs["root"] / "ddp", run)
+    shutil.rmtree(run / "checkpoints" / "step-000006")
+    spec = {"args": dict(COMMON, output_dir=str(run), resume=True, fsdp=True), "out": str(tmp_path / "run.pt")}
+    assert helpers.launch(helpers.train_toys, [spec], timeout=120) == [0, 0]
+    got, want = torch.load(spec["out"]), runs["ddp"]
+    assert got["start_step"] == 3 and got["losses"] == want["losses"][3:]
+    assert _max_diff(got["state"], want["state"]) <= TOL
+
+
 def test_per_rank_positions_need_the_same_number_of_processes(tmp_path):
     torch.manual_seed(0)
     model = helpers.ToyLM()

@@ -360,9 +360,6 @@ def train(
                     f"warning: resuming a run of {checkpoint.world_size} processes on {ddp.world_size}: same "
                     "weights, optimizer state and data position; random streams restart from the seed"
                 )
-        if sharding and not checkpoint.sharded:
-            raise TrainingError(f"{checkpoint.path} is a checkpoint of an unsharded (DDP or one-process) run; "
-                                "resume it without fsdp")
         checkpoint.restore(model, optimizer, scheduler, batches, rank=ddp.rank if same_world else 0,
                            rng=same_world)
         start_step, checkpoint_path = checkpoint.step, checkpoint.path

@@ -195,18 +195,19 @@ class Checkpoint:
 
         Order matters for the learning rate: the optimizer state carries the current lr of each
         group, the scheduler state its position; both are restored after they were constructed.
-        A sharded checkpoint loads into an FSDP-sharded `model` (and its optimizer) on any number of
-        processes, or into a whole one; a whole checkpoint into a whole model only.
+        Either kind of checkpoint loads into either kind of model: a sharded checkpoint into an
+        FSDP-sharded `model` (and its optimizer) on any number of processes or into a whole one; a whole
+        checkpoint into a whole model, or cut into an FSDP-sharded one's shards.
         """
+        optimizer_state = self.training_state.get("optimizer")
         if self.sharded:
             load_sharded(self.path, model, optimizer)
+        elif is_sharded(model):
+            load_whole_into_sharded(self.path, model, optimizer, optimizer_state)
         else:
-            if is_sharded(model):
-                raise RuntimeError(f"{self.path}: a checkpoint of an unsharded run cannot be loaded into an "
-                                   "FSDP-sharded model; resume it without FSDP")
             self.load_weights(model)
-        if optimizer is not None and self.training_state.get("optimizer") is not None:
-            optimizer.load_state_dict(self.training_state["optimizer"])
+            if optimizer is not None and optimizer_state is not None:
+                optimizer.load_state_dict(optimizer_state)
         if scheduler is not None and self.training_state.get("scheduler") is not None:
             scheduler.load_state_dict(self.training_state["scheduler"])
         if batches is not None and self.batches_state(rank) is not None:
@@ -364,6 +365,50 @@ def load_sharded(path: str | os.PathLike, model: nn.Module, optimizer: torch.opt
         dcp.load(state, checkpoint_id=Path(path) / SHARDED_DIR, no_dist=single)
     set_state_dict(model, optimizer if optimizer is not None else (),
                    model_state_dict=state["model"], optim_state_dict=state.get("optim", {}))
+
+
+def load_whole_into_sharded(
+    directory: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer | None,
+    optimizer_state: dict[str, Any] | None,
+) -> None:
+    """A whole checkpoint (a DDP or one-process run's) into an FSDP-sharded `model`: every rank reads the whole
+    weights and keeps its shard, and cuts the optimizer state the same way (it is indexed like the
+    optimizer's parameters, whose order sharding keeps)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    state, _ = read_state_dict(Path(directory))
+    copies = getattr(getattr(model, "key_rules", None), "saved_copies", {})
+    state = {k: v for k, v in state.items() if k not in copies}
+    # Tied names the file leaves out get the tensor of their parameter's other name.
+    names: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(name)
+    for group in names.values():
+        present = [n for n in group if n in state]
+        for name in group:
+            if name not in state and present:
+                state[name] = state[present[0]]
+    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
+    if optimizer is None or optimizer_state is None:
+        return
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    saved = [i for group in optimizer_state["param_groups"] for i in group["params"]]
+    if len(saved) != len(params):
+        raise RuntimeError(f"{directory}: the optimizer state holds {len(saved)} parameters, the optimizer "
+                           f"{len(params)}")
+
+    def shard(value: Any, param: torch.Tensor) -> Any:
+        if isinstance(param, DTensor) and torch.is_tensor(value) and value.shape == param.shape:
+            # src_data_rank=None: every rank holds the whole tensor and keeps its own part, no communication
+            return distribute_tensor(value.to(param.device), param.device_mesh, param.placements, src_data_rank=None)
+        return value
+
+    optimizer.load_state_dict({
+        "state": {i: {k: shard(v, params[i]) for k, v in values.items()}
+                  for i, values in optimizer_state["state"].items()},
+        "param_groups": optimizer_state["param_groups"],
+    })
 
 
 def save_sharded_checkpoint(
