@@ -27,6 +27,7 @@ checkpoint is resharded by torch.distributed.checkpoint; a DDP one is whole), so
 rank saved the same batch-source position (a global position, as `PretrainingBatches` and `TaskBatches`
 keep); the random streams then restart from the seed, so the run is no longer bit-identical to an
 uninterrupted one. A per-rank position (sources that shard by iterating) needs the same number.
+Either kind of checkpoint resumes with or without `fsdp`.
 """
 
 from __future__ import annotations
