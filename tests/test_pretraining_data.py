@@ -349,7 +349,7 @@ def test_resumed_batches_equal_uninterrupted_ones():
     for _ in range(6):
         next(interrupted)
     state = interrupted.state_dict()
-    assert state == {"epoch": 1, "index": 1}
+    assert state == {"epoch": 1, "index": 1, "batch_size": 8}
     resumed = make()
     CountingCollator.calls = 0
     resumed.load_state_dict(state)

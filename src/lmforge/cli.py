@@ -23,6 +23,7 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -317,7 +318,9 @@ def _run_recipe(args, name: str, options: type, run: Callable[[Any], Any], show:
     config = getattr(args, "config", None)
     file_options = read_config_file(config) if config else {}
     opts = build_options(options, file_options, flags, source=config or f"{name} options")
-    show(run(opts), opts)
+    result = run(opts)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary (rank 0's)
+        show(result, opts)
     return 0
 
 
@@ -352,6 +355,16 @@ def configure_logging() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if "TORCHELASTIC_ERROR_FILE" in os.environ:
+        # Under torchrun: an uncaught error is written where torchrun reads it, and its summary names the rank
+        # that failed and this error as the root cause (the other ranks are stopped, not left waiting).
+        from torch.distributed.elastic.multiprocessing.errors import record
+
+        return record(_main)(argv)
+    return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     configure_logging()
     parser = build_parser()
     args = parser.parse_args(argv)

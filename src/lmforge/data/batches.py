@@ -57,29 +57,44 @@ class TaskBatches:
 
     Resumable: `state_dict()` is `{"epoch", "position"}` (batches handed out in that epoch); once an
     epoch is used up, the next iteration starts the following one.
+
+    Distributed: `batch_size` is the *global* batch size; rank `r` of `world_size` takes every
+    `world_size`-th example of each batch from the `r`-th (similar lengths on every rank). A last batch
+    with fewer examples than processes is dropped. The position is global, the same on every rank.
     """
 
-    def __init__(self, features: Sequence[dict[str, Any]], batch_size: int, pad_token_id: int, seed: int = 0):
+    def __init__(self, features: Sequence[dict[str, Any]], batch_size: int, pad_token_id: int, seed: int = 0,
+                 rank: int = 0, world_size: int = 1):
         if not features:
             raise ValueError("TaskBatches needs at least one example")
+        if batch_size < world_size:
+            raise ValueError(f"batch_size ({batch_size}) must be at least world_size ({world_size}): it is the "
+                             "global batch, split over the processes")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
         self.features = features
         self.batch_size = batch_size
         self.pad_token_id = pad_token_id
         self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
         self.lengths = [len(f["input_ids"]) for f in features]
         self.epoch = 0
         self.position = 0
         self._order: tuple[int, list[list[int]]] | None = None
 
     def __len__(self) -> int:
-        return math.ceil(len(self.features) / self.batch_size)
+        short = len(self.features) % self.batch_size
+        dropped = self.world_size > 1 and 0 < short < self.world_size
+        return math.ceil(len(self.features) / self.batch_size) - dropped
 
     def batches_of_epoch(self, epoch: int) -> list[list[int]]:
         if self._order is None or self._order[0] != epoch:
             from .batches import length_grouped_order
 
             order = length_grouped_order(self.lengths, self.batch_size, seed=self.seed * 1_000_003 + epoch)
-            self._order = (epoch, [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)])
+            batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+            self._order = (epoch, batches[:len(self)])
         return self._order[1]
 
     def __iter__(self):
@@ -88,7 +103,7 @@ class TaskBatches:
             self.position = 0
         batches = self.batches_of_epoch(self.epoch)
         while self.position < len(batches):
-            indices = batches[self.position]
+            indices = batches[self.position][self.rank::self.world_size]
             self.position += 1  # counted as handed out before the caller sees it
             yield pad_collate([self.features[i] for i in indices], self.pad_token_id)
 
@@ -120,8 +135,9 @@ class PretrainingBatches:
     Distributed: `batch_size` is the *global* batch size; rank `r` of `world_size` takes the
     `r`-th of `world_size` equal, disjoint slices of every global batch.
 
-    `state_dict()` is `{"epoch", "index"}` where index counts batches already yielded in the epoch;
-    `load_state_dict` jumps there without collating anything.
+    `state_dict()` is `{"epoch", "index", "batch_size"}` where index counts batches already yielded in the
+    epoch and batch_size is the global batch; `load_state_dict` jumps there without collating anything, on
+    any number of processes, provided the global batch is the same.
     """
 
     def __init__(
@@ -163,10 +179,15 @@ class PretrainingBatches:
         return len(self.dataset) // self.batch_size
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "index": self.index}
+        return {"epoch": self.epoch, "index": self.index, "batch_size": self.batch_size}
 
     def load_state_dict(self, state: Mapping[str, int]) -> None:
         epoch, index = int(state["epoch"]), int(state["index"])
+        saved = int(state.get("batch_size", self.batch_size))
+        if saved != self.batch_size:
+            raise ValueError(f"the saved batch position counts global batches of {saved} sequences, this source's "
+                             f"global batch is {self.batch_size} (per-process batch x processes): keep it the same "
+                             "to resume")
         if epoch < 0 or not 0 <= index <= len(self):
             raise ValueError(f"invalid batch position {dict(state)} for {len(self)} batches per epoch")
         self.epoch, self.index = epoch, index

@@ -30,6 +30,10 @@ continues an interrupted run from its latest checkpoint with the same best / pat
 At the end `best` is evaluated on the test split and `<output_dir>/results.json` gets the validation
 and test metrics, the history, the label map and the options.
 
+Multi-process: `torchrun --nproc-per-node N -m lmforge.cli finetune ...` (DDP, or `--fsdp`): `--batch-size` is
+the global batch, split over the processes; rank 0 evaluates (the others receive its metrics, so every rank
+takes the same best / stop decisions) and writes every file.
+
 `--seeds 0,1,2` repeats the run once per seed (label subset, data order, head init, dropout) into
 `<output_dir>/seed-<s>`, on one train/validation/test split (`--split-seed`, default `--seed`), and
 `<output_dir>/results.json` gets the mean and standard deviation (n - 1) over the seeds of every
@@ -57,6 +61,7 @@ from ..data.splits import load_splits, subsample
 from ..eval.scoring import TASK_METRICS, make_scorer
 from ..tokenizers import AutoTokenizer
 from ..training import TrainArgs, list_checkpoints, train
+from ..training.distributed import dist_info, local_device, maybe_init_distributed
 from .common import json_safe, option, pick_device, write_json
 from .finetuned import BEST_DIR, BestTracker, auto_class, checkpoint_step, recover_best, save_best
 
@@ -98,6 +103,8 @@ class FinetuneOptions:
     max_grad_norm: float = option(1.0, "gradient clipping (<= 0: off)")
     grad_accum_steps: int = option(1, "batches per optimizer step")
     bf16: bool = option(False, "bfloat16 autocast")
+    fsdp: bool = option(False, "under torchrun: shard parameters, gradients and optimizer state over the processes "
+                               "(FSDP2) instead of replicating them (DDP)")
     eval_every: int = option(0, "evaluate every N optimizer steps (0: every epoch)")
     metric_for_best: str | None = option(None, "validation metric that picks the best model (default: accuracy, "
                                                "micro_f1, pearson or entity_f1 by task)")
@@ -202,10 +209,13 @@ def run_once(opts: FinetuneOptions) -> dict[str, Any]:
         raise FileNotFoundError(f"{opts.model}: checkpoint folder not found")
     if opts.threads:
         torch.set_num_threads(opts.threads)
+    maybe_init_distributed()
+    ddp = dist_info()
     output_dir = Path(opts.output_dir)
     if list_checkpoints(output_dir) and not (opts.resume or opts.overwrite):
         raise ValueError(f"{output_dir} holds checkpoints of an earlier run; pass --resume to continue it, "
                          "--overwrite to start over, or another --output-dir")
+    ddp.barrier()  # every rank has looked before rank 0 changes anything
     output_dir.mkdir(parents=True, exist_ok=True)
     metric = opts.best_metric
 
@@ -222,7 +232,8 @@ def run_once(opts: FinetuneOptions) -> dict[str, Any]:
     features = {name: encode(opts.task, items, tokenizer, label_map, max_length)
                 for name, items in (("train", train_items), *((k, v) for k, v in splits.items() if k != "train"))}
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else model.config.pad_token_id
-    batches = TaskBatches(features["train"], opts.batch_size, pad_id, seed=opts.seed)
+    batches = TaskBatches(features["train"], opts.batch_size, pad_id, seed=opts.seed, rank=ddp.rank,
+                          world_size=ddp.world_size)
     steps_per_epoch = math.ceil(len(batches) / opts.grad_accum_steps)
     max_steps = opts.step_budget(steps_per_epoch)
     interval = opts.eval_every or steps_per_epoch
@@ -230,14 +241,17 @@ def run_once(opts: FinetuneOptions) -> dict[str, Any]:
     eval_batch_size = opts.eval_batch_size or 2 * opts.batch_size
     score_validation = make_scorer(opts.task, splits["validation"], features["validation"], label_map,
                                    eval_batch_size, pad_id, opts.bf16)
-    model.to(pick_device(opts.device))
+    device = local_device() if ddp.enabled and opts.device is None else pick_device(opts.device)
+    model.to(device)
 
     # ---- state: fresh, or resumed from the latest checkpoint
     state_path = output_dir / STATE_NAME
     start_step = 0
     if opts.resume and list_checkpoints(output_dir):
         start_step = checkpoint_step(output_dir)
-        recover_best(output_dir)
+        if ddp.is_main:
+            recover_best(output_dir)
+        ddp.barrier()
         saved = json.loads(state_path.read_text(encoding="utf-8")) if state_path.is_file() else {}
         history = [r for r in saved.get("history", []) if r["step"] <= start_step]
         tracker = BestTracker.replay(metric, opts.early_stopping_patience, history)
@@ -248,26 +262,30 @@ def run_once(opts: FinetuneOptions) -> dict[str, Any]:
         # that step is evaluated again.
     else:
         tracker = BestTracker(metric, opts.early_stopping_patience)
-        for stale in (state_path, output_dir / RESULTS_NAME):
-            stale.unlink(missing_ok=True)
-        for stale in [output_dir / BEST_DIR, *output_dir.glob(f".{BEST_DIR}-tmp-*"),
-                      *output_dir.glob(f".{BEST_DIR}-old-*")]:
-            shutil.rmtree(stale, ignore_errors=True)
-    write_json(output_dir / "options.json", asdict(opts))
+        if ddp.is_main:
+            for stale in (state_path, output_dir / RESULTS_NAME):
+                stale.unlink(missing_ok=True)
+            for stale in [output_dir / BEST_DIR, *output_dir.glob(f".{BEST_DIR}-tmp-*"),
+                          *output_dir.glob(f".{BEST_DIR}-old-*")]:
+                shutil.rmtree(stale, ignore_errors=True)
+    if ddp.is_main:
+        write_json(output_dir / "options.json", asdict(opts))
 
     current = {"step": 0}
 
     def evaluate_and_track(m) -> dict[str, float]:
-        metrics = score_validation(m)
+        # Rank 0 scores; every rank tracks its metrics, so all take the same best / stop decisions.
+        metrics = ddp.broadcast(score_validation(m) if ddp.is_main else None)
         step = current["step"]
         record = {"step": step, "epoch": round(step / steps_per_epoch, 4), **json_safe(metrics)}
-        if tracker.update(record):
+        if tracker.update(record) and ddp.is_main:
             save_best(m, tokenizer, output_dir, {"task": opts.task, "step": step, "epoch": record["epoch"],
                                                  "metric_for_best": metric, "metrics": record,
                                                  "max_length": max_length, "text_column": opts.text_column,
                                                  "text_pair_column": opts.text_pair_column,
                                                  "label_column": opts.label_column})
-        write_json(state_path, {"metric_for_best": metric, "history": tracker.history})
+        if ddp.is_main:
+            write_json(state_path, {"metric_for_best": metric, "history": tracker.history})
         return metrics
 
     losses: list[float] = []
@@ -284,22 +302,24 @@ def run_once(opts: FinetuneOptions) -> dict[str, Any]:
             grad_accum_steps=opts.grad_accum_steps, max_grad_norm=opts.max_grad_norm, bf16=opts.bf16,
             eval_every=0, save_every=interval, keep_last=1, log_every=opts.log_every, seed=opts.seed,
             resume=opts.resume or not first, overwrite=opts.overwrite and first, progress=opts.progress,
+            fsdp=opts.fsdp,
         )
         result = train(model, batches, args, evaluate=evaluate_and_track)
         losses.extend(result.losses)
         tokens += result.tokens
         first = False
     last_step = tracker.history[-1]["step"] if tracker.history else start_step
-    if tracker.best is None or not (output_dir / BEST_DIR).is_dir():
+    if tracker.best is None or (ddp.is_main and not (output_dir / BEST_DIR).is_dir()):
         raise RuntimeError(f"{output_dir}: no evaluation recorded, so no best model")
 
-    # ---- the best model on the test split
+    # ---- the best model on the test split (rank 0; the others get its metrics)
     test_metrics = None
-    if "test" in splits:
+    if "test" in splits and ddp.is_main:
         best_model = auto_class(opts.task).from_pretrained(output_dir / BEST_DIR)
-        best_model.set_attn_implementation("unpadded" if opts.unpad else "sdpa").to(pick_device(opts.device))
+        best_model.set_attn_implementation("unpadded" if opts.unpad else "sdpa").to(device)
         test_metrics = make_scorer(opts.task, splits["test"], features["test"], label_map, eval_batch_size,
                                    pad_id, opts.bf16)(best_model)
+    test_metrics = ddp.broadcast(test_metrics)
     best = tracker.best
     results = {
         "task": opts.task,
@@ -324,7 +344,8 @@ def run_once(opts: FinetuneOptions) -> dict[str, Any]:
         "elapsed_s": time.perf_counter() - t0,
         "options": asdict(opts),
     }
-    write_json(output_dir / RESULTS_NAME, results)
+    if ddp.is_main:
+        write_json(output_dir / RESULTS_NAME, results)
     return json_safe(results)
 
 
@@ -370,5 +391,6 @@ def run_seeds(opts: FinetuneOptions) -> dict[str, Any]:
         "elapsed_s": time.perf_counter() - t0,
         "options": asdict(opts),
     }
-    write_json(output_dir / RESULTS_NAME, summary)
+    if dist_info().is_main:
+        write_json(output_dir / RESULTS_NAME, summary)
     return json_safe(summary)

@@ -20,14 +20,15 @@ down still ends its schedule); the fitted count is kept in checkpoints, and `--r
 Options come from, in increasing priority: the defaults below, `--preset`, `--config FILE`
 (YAML or JSON with the same option names), and flags. The final model is exported to
 `<output_dir>/final` (model + tokenizer) and loads in lmforge and in `transformers`.
-Multi-process: `torchrun --nproc_per_node N -m lmforge.cli pretrain ...` (gloo on CPU, nccl on GPU).
+Multi-process: `torchrun --nproc-per-node N -m lmforge.cli pretrain ...` (gloo on CPU, nccl on GPU): DDP, or with
+`--fsdp` FSDP2; `--batch-size` is per process (the global batch is N times it). Rank 0 exports `final/`, the whole
+model.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -139,6 +140,9 @@ class PretrainOptions:
     schedule: str = option("linear", "decay after warm-up", choices=["linear", "cosine", "constant"])
     max_grad_norm: float = option(1.0, "gradient clipping (<= 0: off)")
     bf16: bool = option(False, "bfloat16 autocast")
+    fsdp: bool = option(False, "under torchrun: shard parameters, gradients and optimizer state over the processes "
+                               "(FSDP2; sharded checkpoints that resume on any number of processes) instead of "
+                               "replicating them (DDP)")
     unpad: bool = option(True, "drop padding tokens before the encoder layers (faster, same results; MLM only: clm "
                                "blocks have no padding)")
     eval_fraction: float = option(0.02, "fraction of documents held out for evaluation")
@@ -471,7 +475,7 @@ OBJECTIVES: dict[str, Objective] = {
 
 def run(opts: PretrainOptions) -> dict[str, Any]:
     """Run pretraining; returns a summary (losses, eval metrics, final folder)."""
-    from ..training.distributed import maybe_init_distributed
+    from ..training.distributed import local_device, maybe_init_distributed
     from ..training.loop import TrainArgs, train
     from .common import resolve_corpus
 
@@ -497,7 +501,7 @@ def run(opts: PretrainOptions) -> dict[str, Any]:
     torch.manual_seed(opts.seed)
     trained, model = objective.model(opts, tokenizer)
     if torch.cuda.is_available():
-        trained.to(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
+        trained.to(local_device())
 
     args = TrainArgs(
         output_dir=output_dir, max_steps=opts.max_steps, learning_rate=opts.learning_rate,
@@ -506,7 +510,7 @@ def run(opts: PretrainOptions) -> dict[str, Any]:
         eval_every=opts.eval_every, save_every=opts.save_every, keep_last=opts.keep_last,
         log_every=opts.log_every, seed=opts.seed, resume=opts.resume, overwrite=opts.overwrite,
         progress=opts.progress, max_time=opts.max_minutes * 60 if opts.max_minutes else None,
-        calibration_steps=opts.calibration_steps if opts.max_minutes else 0,
+        calibration_steps=opts.calibration_steps if opts.max_minutes else 0, fsdp=opts.fsdp,
     )
     result = train(trained, data.batches, args,
                    evaluate=objective.evaluator(data.eval_batches) if data.eval_batches else None)

@@ -1,5 +1,5 @@
 """Training: the one loop (loop.py: `train` + `TrainArgs`), AdamW + lr schedules (optim.py), atomic checkpoints and
-resume (state.py), torch.distributed set-up (distributed.py)."""
+resume, whole or sharded (state.py), torch.distributed set-up and FSDP2 sharding (distributed.py)."""
 
 from .loop import TrainArgs, TrainingError, TrainResult, train
 from .optim import build_optimizer, build_scheduler, lr_multiplier, param_groups
@@ -10,9 +10,11 @@ from .state import (
     list_checkpoints,
     load_checkpoint,
     load_latest_checkpoint,
+    load_sharded,
     load_weights,
     restore_rng_state,
     save_checkpoint,
+    save_sharded_checkpoint,
 )
 
 __all__ = [
@@ -27,10 +29,12 @@ __all__ = [
     "list_checkpoints",
     "load_checkpoint",
     "load_latest_checkpoint",
+    "load_sharded",
     "load_weights",
     "lr_multiplier",
     "param_groups",
     "restore_rng_state",
     "save_checkpoint",
+    "save_sharded_checkpoint",
     "train",
 ]

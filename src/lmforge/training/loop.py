@@ -17,8 +17,17 @@ uninterrupted run's. Evaluation runs with the RNG states saved and restored arou
 and when it runs never changes the training random streams.
 
 Distributed: when `torch.distributed` is initialised (e.g. under `torchrun`), the model is wrapped in
-DistributedDataParallel; only rank 0 writes files and shows progress. Logged losses and token
-counts are averaged / summed over ranks.
+DistributedDataParallel, or with `fsdp=True` a copy of it is sharded with FSDP2 (`distributed.shard_model`:
+parameters, gradients and optimizer state split over the ranks) and the caller's model receives the
+gathered weights before each evaluation and at the end. Only rank 0 writes files (a sharded checkpoint:
+every rank its shard) and shows progress. Logged losses and token counts are averaged / summed over ranks.
+
+Resume on another number of processes: the weights and optimizer state load on any number (a sharded
+checkpoint is resharded by torch.distributed.checkpoint; a DDP one is whole), so it is allowed when every
+rank saved the same batch-source position (a global position, as `PretrainingBatches` and `TaskBatches`
+keep); the random streams then restart from the seed, so the run is no longer bit-identical to an
+uninterrupted one. A per-rank position (sources that shard by iterating) needs the same number.
+Either kind of checkpoint resumes with or without `fsdp`.
 """
 
 from __future__ import annotations
@@ -42,7 +51,7 @@ from tqdm.auto import tqdm
 
 from ..cpu import capabilities as cpu_caps
 from ..files import atomic_write_text
-from .distributed import DistInfo, dist_info
+from .distributed import DistInfo, copy_full_weights, dist_info, shard_model
 from .optim import build_optimizer, build_scheduler, lr_multiplier
 from .state import (
     CHECKPOINTS_DIR,
@@ -52,6 +61,7 @@ from .state import (
     load_latest_checkpoint,
     restore_rng_state,
     save_checkpoint,
+    save_sharded_checkpoint,
 )
 
 METRICS_NAME = "metrics.jsonl"
@@ -97,6 +107,10 @@ class TrainArgs:
     progress: bool = True  # tqdm progress bar (rank 0)
     # DDP: needed when some parameters get no gradient in a step (e.g. an unused pooler).
     ddp_find_unused_parameters: bool = False
+    # Distributed runs: shard a copy of the model with FSDP2 (each transformer layer and the root; with bf16 a
+    # bfloat16 MixedPrecisionPolicy) instead of DDP; checkpoints become sharded (torch.distributed.checkpoint).
+    # One process trains the model as it is.
+    fsdp: bool = False
 
     def __post_init__(self) -> None:
         if self.max_steps <= 0:
@@ -314,6 +328,14 @@ def train(
     _seed_everything(args.seed + ddp.rank)
     if args.calibration_steps > 0 and scheduler is not None:
         raise ValueError("calibration_steps refits the loop's own lr schedule; do not pass a scheduler with it")
+    sharding = args.fsdp and ddp.enabled
+    if sharding and (optimizer is not None or scheduler is not None):
+        raise ValueError("fsdp builds its optimizer and scheduler over the sharded parameters; do not pass them")
+    # FSDP: a sharded copy trains (the optimizer holds its shards); `model` gets its weights back to evaluate
+    # and at the end. DDP and one process: `model` itself trains.
+    raw_model = model
+    if sharding:
+        model = shard_model(raw_model, bf16=args.bf16)
     if optimizer is None:
         optimizer = build_optimizer(
             model, args.learning_rate, args.weight_decay, betas=args.adam_betas, eps=args.adam_eps
@@ -326,12 +348,21 @@ def train(
     fitted_steps: int | None = None  # the schedule's length once fitted to max_time
     checkpoint = load_latest_checkpoint(output_dir) if args.resume else None
     if checkpoint is not None:
-        if checkpoint.world_size != ddp.world_size:
-            raise TrainingError(
-                f"{checkpoint.path} was saved by {checkpoint.world_size} processes, this run has "
-                f"{ddp.world_size}; exact resume needs the same number"
-            )
-        checkpoint.restore(model, optimizer, scheduler, batches, rank=ddp.rank)
+        same_world = checkpoint.world_size == ddp.world_size
+        if not same_world:
+            positions = checkpoint.batches_states()
+            if any(p != positions[0] for p in positions):
+                raise TrainingError(
+                    f"{checkpoint.path} was saved by {checkpoint.world_size} processes at different batch "
+                    f"positions per rank, this run has {ddp.world_size}; resume it on {checkpoint.world_size}"
+                )
+            if ddp.is_main:
+                tqdm.write(
+                    f"warning: resuming a run of {checkpoint.world_size} processes on {ddp.world_size}: same "
+                    "weights, optimizer state and data position; random streams restart from the seed"
+                )
+        checkpoint.restore(model, optimizer, scheduler, batches, rank=ddp.rank if same_world else 0,
+                           rng=same_world)
         start_step, checkpoint_path = checkpoint.step, checkpoint.path
         loop_state = checkpoint.extra.get("loop", {})
         elapsed_before = float(loop_state.get("elapsed", 0.0))
@@ -361,11 +392,12 @@ def train(
     result = TrainResult(step=start_step, start_step=start_step, last_checkpoint=checkpoint_path,
                          schedule_steps=fitted_steps or args.total_schedule_steps)
     if start_step >= stop_step:
+        if sharding:
+            copy_full_weights(model, raw_model)  # the checkpoint's weights, as a DDP resume leaves them
         return result
 
     # Wrap after restoring: DDP broadcasts rank 0's (restored) weights to the other ranks.
-    raw_model = model
-    if ddp.enabled:
+    if ddp.enabled and not sharding:
         device_ids = [device.index] if device.type == "cuda" else None
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=device_ids, find_unused_parameters=args.ddp_find_unused_parameters
@@ -409,8 +441,11 @@ def train(
             parts: torch.Tensor | None = None
             for micro in range(accum):
                 batch = _to_device(stream.next(), device)
-                # DDP: all-reduce gradients only on the last micro-batch of the step.
-                sync = model.no_sync() if ddp.enabled and micro < accum - 1 else contextlib.nullcontext()
+                # Reduce gradients across ranks only on the last micro-batch of the step.
+                if sharding:
+                    model.set_requires_gradient_sync(micro == accum - 1)
+                sync = (model.no_sync() if ddp.enabled and not sharding and micro < accum - 1
+                        else contextlib.nullcontext())
                 with sync:
                     with autocast:
                         outputs = model(**batch)
@@ -442,7 +477,9 @@ def train(
                 raise TrainingError(
                     f"non-finite loss {step_loss} at step {step + 1}; last checkpoint: {checkpoint_path}"
                 )
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+            # FSDP: a DTensor of the shards' norms; full_tensor() combines them (the same on every rank).
+            grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
             if not math.isfinite(grad_norm):
                 raise TrainingError(
                     f"non-finite gradient norm {grad_norm} at step {step + 1} (loss {step_loss}); "
@@ -507,6 +544,8 @@ def train(
             if evaluate is not None and (
                 (args.eval_every > 0 and step % args.eval_every == 0) or last
             ):
+                if sharding:
+                    copy_full_weights(model, raw_model)
                 eval_record = _evaluate(evaluate, raw_model, step)
                 eval_record["elapsed"] = elapsed_before + time.perf_counter() - t_start
                 result.eval_history.append(eval_record)
@@ -518,7 +557,7 @@ def train(
 
             if args.save_every > 0 and (step % args.save_every == 0 or last):
                 checkpoint_path = _save(
-                    output_dir, step, raw_model, optimizer, scheduler, batches, args, ddp,
+                    output_dir, step, model if sharding else raw_model, optimizer, scheduler, batches, args, ddp,
                     elapsed=elapsed_before + time.perf_counter() - t_start, fitted_steps=fitted_steps,
                 )
                 result.last_checkpoint = checkpoint_path
@@ -527,6 +566,8 @@ def train(
     finally:
         pbar.close()
 
+    if sharding:
+        copy_full_weights(model, raw_model)  # the caller's model ends with the trained weights, as with DDP
     result.step = step
     result.elapsed = time.perf_counter() - t_start
     if last_eval_step == step:
@@ -546,15 +587,19 @@ def _save(
     elapsed: float,
     fitted_steps: int | None,
 ) -> Path:
-    """Checkpoint on rank 0 with every rank's batch position and RNG states (a collective call)."""
+    """Checkpoint with every rank's batch position and RNG states (a collective call): written by rank 0, or
+    with FSDP by every rank (its shard of the model and optimizer state)."""
     batches_states = ddp.gather(batches.state_dict())
     rng_states = ddp.gather(capture_rng_state())
+    extra = {
+        "loop": {"elapsed": elapsed, "schedule_steps": fitted_steps or args.total_schedule_steps,
+                 "fitted_steps": fitted_steps},
+        "train_args": {k: _plain(v) for k, v in asdict(args).items()},
+    }
+    if args.fsdp and ddp.enabled:
+        return save_sharded_checkpoint(output_dir, step, model, optimizer, scheduler, batches_states, extra,
+                                       keep_last=args.keep_last, rng_state=rng_states)
     if ddp.is_main:
-        extra = {
-            "loop": {"elapsed": elapsed, "schedule_steps": fitted_steps or args.total_schedule_steps,
-                     "fitted_steps": fitted_steps},
-            "train_args": {k: _plain(v) for k, v in asdict(args).items()},
-        }
         save_checkpoint(
             output_dir,
             step,

@@ -5,12 +5,20 @@ Layout under `output_dir/checkpoints/`:
     step-000123/            model weights (`model.save_pretrained` or `model.safetensors`)
                             + training_state.pt (optimizer, scheduler, step, batch-source position,
                             RNG states, extra)
+    step-000456/            a sharded (FSDP) run's: sharded/ (torch.distributed.checkpoint: each rank
+                            writes its shard of the model and optimizer state, rank 0 the metadata)
+                            + training_state.pt (the rest, as above; "sharded": True)
     latest                  text file naming the newest complete checkpoint ("step-000123")
+
+A sharded checkpoint loads into a model sharded over any number of processes (DCP reshards) or into a
+whole model (one process, or each DDP process; `Checkpoint.restore` does either); every rank must see the same folder
+(a shared filesystem on several machines).
 
 Crash safety: a checkpoint is written into a hidden sibling `.tmp-step-000123-<pid>/`, every file
 is fsync'd, and only then the folder is renamed into place (a rename is atomic on POSIX) and the
-`latest` pointer is replaced (write a temp file + `os.replace`). Folders whose name does not match
-`step-NNNNNN` are never read, so a save interrupted at any point leaves the previous checkpoint as
+`latest` pointer is replaced (write a temp file + `os.replace`). A sharded save writes into
+`.tmp-step-000123/` from every rank; rank 0 renames it once every rank has finished (a barrier).
+Folders whose name does not match `step-NNNNNN` are never read, so a save interrupted at any point leaves the previous checkpoint as
 the one that resumes. Old checkpoints are renamed away before they are deleted, for the same reason.
 
 `training_state.pt` holds only tensors and plain Python values, so it loads with
@@ -34,10 +42,12 @@ from torch import nn
 
 from ..files import atomic_write_text, fsync_path, fsync_tree, remove_dir
 from ..hub import SAFE_WEIGHTS_NAME, read_state_dict
+from .distributed import dist_info, is_sharded
 
 CHECKPOINTS_DIR = "checkpoints"
 LATEST_NAME = "latest"
 TRAINING_STATE_NAME = "training_state.pt"
+SHARDED_DIR = "sharded"
 FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -150,6 +160,16 @@ class Checkpoint:
     def world_size(self) -> int:
         return int(self.training_state.get("world_size", 1))
 
+    @property
+    def sharded(self) -> bool:
+        """Model and optimizer state are in `sharded/` (torch.distributed.checkpoint), not in this file."""
+        return bool(self.training_state.get("sharded", False))
+
+    def batches_states(self) -> list[Any]:
+        """The batch-source state of every rank that saved it."""
+        value = self.training_state.get("batches")
+        return list(value) if self.world_size > 1 else [value]
+
     def batches_state(self, rank: int = 0) -> Any:
         value = self.training_state.get("batches")
         return value[rank] if self.world_size > 1 else value
@@ -175,10 +195,19 @@ class Checkpoint:
 
         Order matters for the learning rate: the optimizer state carries the current lr of each
         group, the scheduler state its position; both are restored after they were constructed.
+        Either kind of checkpoint loads into either kind of model: a sharded checkpoint into an
+        FSDP-sharded `model` (and its optimizer) on any number of processes or into a whole one; a whole
+        checkpoint into a whole model, or cut into an FSDP-sharded one's shards.
         """
-        self.load_weights(model)
-        if optimizer is not None and self.training_state.get("optimizer") is not None:
-            optimizer.load_state_dict(self.training_state["optimizer"])
+        optimizer_state = self.training_state.get("optimizer")
+        if self.sharded:
+            load_sharded(self.path, model, optimizer)
+        elif is_sharded(model):
+            load_whole_into_sharded(self.path, model, optimizer, optimizer_state)
+        else:
+            self.load_weights(model)
+            if optimizer is not None and optimizer_state is not None:
+                optimizer.load_state_dict(optimizer_state)
         if scheduler is not None and self.training_state.get("scheduler") is not None:
             scheduler.load_state_dict(self.training_state["scheduler"])
         if batches is not None and self.batches_state(rank) is not None:
@@ -308,3 +337,136 @@ def _rotate(root: Path, keep: Path, keep_last: int) -> None:
     for path in found[:-keep_last]:
         if path != keep:
             remove_dir(path)
+
+
+# ---------------------------------------------------------------------------------- sharded (DCP)
+def _dcp_state(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
+    """{"model": ..., "optim": ...} keyed by parameter names (sharded tensors for a sharded model)."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
+
+    if optimizer is None:
+        return {"model": get_model_state_dict(model)}
+    model_state, optim_state = get_state_dict(model, optimizer)
+    return {"model": model_state, "optim": optim_state}
+
+
+def load_sharded(path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
+    """Load `path/sharded/` into `model` (sharded or whole) and `optimizer`: each rank reads the parts of the
+    saved shards its own shard covers, whatever the number of processes that saved them (collective when
+    a process group is initialised)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import set_state_dict
+
+    state = _dcp_state(model, optimizer)
+    single = not dist_info().enabled
+    with warnings.catch_warnings():
+        if single:  # DCP warns that it loads in one process: that is the intent here
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(state, checkpoint_id=Path(path) / SHARDED_DIR, no_dist=single)
+    set_state_dict(model, optimizer if optimizer is not None else (),
+                   model_state_dict=state["model"], optim_state_dict=state.get("optim", {}))
+
+
+def load_whole_into_sharded(
+    directory: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer | None,
+    optimizer_state: dict[str, Any] | None,
+) -> None:
+    """A whole checkpoint (a DDP or one-process run's) into an FSDP-sharded `model`: every rank reads the whole
+    weights and keeps its shard, and cuts the optimizer state the same way (it is indexed like the
+    optimizer's parameters, whose order sharding keeps)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    state, _ = read_state_dict(Path(directory))
+    copies = getattr(getattr(model, "key_rules", None), "saved_copies", {})
+    state = {k: v for k, v in state.items() if k not in copies}
+    # Tied names the file leaves out get the tensor of their parameter's other name.
+    names: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(name)
+    for group in names.values():
+        present = [n for n in group if n in state]
+        for name in group:
+            if name not in state and present:
+                state[name] = state[present[0]]
+    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
+    if optimizer is None or optimizer_state is None:
+        return
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    saved = [i for group in optimizer_state["param_groups"] for i in group["params"]]
+    if len(saved) != len(params):
+        raise RuntimeError(f"{directory}: the optimizer state holds {len(saved)} parameters, the optimizer "
+                           f"{len(params)}")
+
+    def shard(value: Any, param: torch.Tensor) -> Any:
+        if isinstance(param, DTensor) and torch.is_tensor(value) and value.shape == param.shape:
+            # src_data_rank=None: every rank holds the whole tensor and keeps its own part, no communication
+            return distribute_tensor(value.to(param.device), param.device_mesh, param.placements, src_data_rank=None)
+        return value
+
+    optimizer.load_state_dict({
+        "state": {i: {k: shard(v, params[i]) for k, v in values.items()}
+                  for i, values in optimizer_state["state"].items()},
+        "param_groups": optimizer_state["param_groups"],
+    })
+
+
+def save_sharded_checkpoint(
+    output_dir: str | os.PathLike,
+    step: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any | None,
+    batches_state: list[Any],
+    extra: dict[str, Any] | None = None,
+    *,
+    keep_last: int = 2,
+    rng_state: list[Any],
+) -> Path:
+    """`save_checkpoint` for an FSDP-sharded model, called by every rank (a collective call): each rank writes
+    its shard of the model and optimizer state into `.tmp-step-NNNNNN/sharded/`, rank 0 then adds
+    training_state.pt (scheduler, step, every rank's batch position and RNG states, extra) and renames the
+    folder into place once all ranks are done, points `latest` at it and rotates old checkpoints."""
+    import torch.distributed.checkpoint as dcp
+
+    ddp = dist_info()
+    root = checkpoints_root(output_dir)
+    name = checkpoint_dir_name(step)
+    final = root / name
+    tmp = root / f".tmp-{name}"  # one name for all ranks (a pid would differ between them)
+    if ddp.is_main:
+        root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+    ddp.barrier()
+    dcp.save(_dcp_state(model, optimizer), checkpoint_id=tmp / SHARDED_DIR)
+    # Every rank syncs what it wrote (on a shared filesystem the others' files too: harmless).
+    fsync_tree(tmp)
+    ddp.barrier()
+    if ddp.is_main:
+        state = {
+            "format": FORMAT_VERSION,
+            "step": int(step),
+            "optimizer": None,
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "batches": batches_state,
+            "rng": rng_state,
+            "world_size": ddp.world_size,
+            "sharded": True,
+            "extra": extra or {},
+        }
+        try:
+            torch.save(state, tmp / TRAINING_STATE_NAME)
+            fsync_tree(tmp)
+            if final.exists():
+                remove_dir(final)
+            os.rename(tmp, final)
+            fsync_path(root)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        atomic_write_text(root / LATEST_NAME, name + "\n")
+        _rotate(root, keep=final, keep_last=keep_last)
+    ddp.barrier()
+    return final
