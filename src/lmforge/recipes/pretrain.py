@@ -130,7 +130,7 @@ class PretrainOptions:
                                         "SentencePiece-style)", choices=["wordpiece", "bpe", "gpt2", "unigram"])
     vocab_size: int = option(8000, "vocabulary size when training a tokenizer")
     lowercase: bool | None = option(None, "lowercase when training a tokenizer (default: yes for wordpiece and "
-                                          "bpe, no for gpt2)")
+                                          "bpe, no for gpt2 and unigram)")
     objective: str = option("mlm+nsp", "training objective: BERT's masked LM (+ next sentence); electra: "
                                        "replaced-token detection (Clark et al. 2020); clm: next-token prediction "
                                        "(GPT-2 / Llama); denoise: BART's text infilling (BART / Marian); span: "
@@ -221,7 +221,7 @@ class PretrainOptions:
                                  f"{sorted(PRESETS)}")
             self.tokenizer_kind = self.tokenizer_kind or "wordpiece"
         if self.lowercase is None:
-            self.lowercase = self.tokenizer_kind != "gpt2"
+            self.lowercase = self.tokenizer_kind not in ("gpt2", "unigram")  # seq2seq reconstructs the text as is
         if not 0 < self.generator_size <= 1:
             raise ValueError(f"generator_size must be in (0, 1], got {self.generator_size}")
         if self.embedding_size is not None and self.model_type != "electra":
