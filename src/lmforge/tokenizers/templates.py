@@ -23,6 +23,9 @@ BERT_SPECIAL_TOKENS = {
 TRAINED_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 # Ids 0..1 of a GPT-2-style tokenizer lmforge trains (causal LMs): end of text (BOS, EOS, UNK), then padding.
 GPT2_STYLE_SPECIAL_TOKENS = ("<|endoftext|>", "<|pad|>")
+# Ids 0..4 of a Unigram tokenizer lmforge trains (encoder-decoders): T5's pad / eos / unk first, then BART's
+# <s> and <mask>.
+SEQ2SEQ_SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>", "<s>", "<mask>")
 
 
 def bert_template(cls_token: str, sep_token: str, cls_id: int, sep_id: int) -> processors.TemplateProcessing:
@@ -63,4 +66,5 @@ TEMPLATES = {
     # Encoder-decoders: the source's ids and mask (decoder inputs come from labels or generation).
     "bart": Template(model_input_names=("input_ids", "attention_mask")),
     "marian": Template(model_input_names=("input_ids", "attention_mask")),
+    "t5": Template(model_input_names=("input_ids", "attention_mask")),
 }

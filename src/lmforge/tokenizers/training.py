@@ -1,18 +1,27 @@
-"""Tokenizer training: WordPiece (BERT), byte-level BPE (BERT's special tokens) or GPT-2-style byte-level BPE
-(causal LMs) from a stream of texts, deterministic across processes (see `_train_wordpiece_vocab`)."""
+"""Tokenizer training: WordPiece (BERT), byte-level BPE (BERT's special tokens), GPT-2-style byte-level BPE
+(causal LMs) or SentencePiece-style Unigram (encoder-decoders) from a stream of texts, deterministic across
+processes (see `_train_wordpiece_vocab` and `_train_unigram`)."""
 
 from __future__ import annotations
 
 import itertools
+import json
 import os
 from collections.abc import Iterable, Iterator
 
-from tokenizers import Regex, decoders, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import AddedToken, Regex, decoders, normalizers, pre_tokenizers, processors, trainers
 from tokenizers import Tokenizer as BackendTokenizer
-from tokenizers.models import BPE
+from tokenizers.models import BPE, Unigram
 
 from .loading import build_bert_backend
-from .templates import GPT2_STYLE_SPECIAL_TOKENS, TEMPLATES, TRAINED_SPECIAL_TOKENS, bert_normalizer, bert_template
+from .templates import (
+    GPT2_STYLE_SPECIAL_TOKENS,
+    SEQ2SEQ_SPECIAL_TOKENS,
+    TEMPLATES,
+    TRAINED_SPECIAL_TOKENS,
+    bert_normalizer,
+    bert_template,
+)
 from .tokenizer import DEFAULT_MODEL_MAX_LENGTH, Tokenizer
 
 # CJK ideograph blocks, the same ranges BERT's `_is_chinese_char` (and BertNormalizer) uses.
@@ -22,7 +31,7 @@ _CJK_PATTERN = (
 )
 
 
-KINDS = ("wordpiece", "bpe", "gpt2")
+KINDS = ("wordpiece", "bpe", "gpt2", "unigram")
 
 
 def train_tokenizer(
@@ -38,6 +47,7 @@ def train_tokenizer(
     model_max_length: int = DEFAULT_MODEL_MAX_LENGTH,
     length: int | None = None,
     show_progress: bool = False,
+    extra_ids: int = 0,
 ) -> Tokenizer:
     """Train a WordPiece (BERT), byte-level BPE (BERT) or GPT-2-style byte-level BPE tokenizer on a stream of
     texts, save it, return it.
@@ -49,14 +59,26 @@ def train_tokenizer(
     template). `lowercase=None` lowercases for "wordpiece" and "bpe" (BERT's uncased default), not for "gpt2".
     `strip_accents=None` follows `lowercase`. `tokenize_chinese_chars` makes every CJK ideograph its own word
     (so it becomes a single token).
+
+    "unigram" is for encoder-decoders (BART, Marian, T5), as SentencePiece's: NFKC, whitespace kept as `▁`
+    (Metaspace), no lowercasing by default, ids 0-4 `<pad> </s> <unk> <s> <mask>`, every text encoded as
+    `$A </s>`; `extra_ids` > 0 appends T5's sentinels `<extra_id_0>` .. `<extra_id_{n-1}>` as special tokens,
+    in T5's order (`<extra_id_0>` gets the highest id). CJK texts need no spaces: Unigram segments them.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if extra_ids and kind != "unigram":
+        raise ValueError("extra_ids (T5's sentinel tokens) needs kind='unigram'")
+    if kind == "unigram":
+        return _train_unigram(texts, output_dir, vocab_size=vocab_size, lowercase=bool(lowercase),
+                              model_max_length=model_max_length, extra_ids=extra_ids, show_progress=show_progress,
+                              length=length if length is not None or not hasattr(texts, "__len__")
+                              else len(texts))  # type: ignore[arg-type]
     special = list(GPT2_STYLE_SPECIAL_TOKENS if kind == "gpt2" else TRAINED_SPECIAL_TOKENS)
     if vocab_size <= len(special):
         raise ValueError(f"vocab_size must exceed the {len(special)} special tokens, got {vocab_size}")
     if lowercase is None:
-        lowercase = kind != "gpt2"
+        lowercase = kind not in ("gpt2", "unigram")
 
     if length is None and hasattr(texts, "__len__"):
         length = len(texts)  # type: ignore[arg-type]
@@ -149,6 +171,66 @@ def _save_gpt2_style(
                         "pad_token": pad},
         model_max_length=model_max_length,
         model_input_names=TEMPLATES["gpt2"].model_input_names,
+    )
+    tokenizer.save_pretrained(output_dir)
+    return Tokenizer.from_pretrained(output_dir)
+
+
+def _train_unigram(
+    texts: Iterable[str], output_dir: str | os.PathLike[str], *, vocab_size: int, lowercase: bool,
+    model_max_length: int, extra_ids: int, show_progress: bool, length: int | None,
+) -> Tokenizer:
+    """SentencePiece-style Unigram (Kudo 2018) with Marian's / T5's pipeline: NFKC, `▁` for whitespace, `$A </s>`.
+
+    `tokenizers`' UnigramTrainer learns the same pieces in every process but orders pieces of equal score by
+    hash-map order and sums scores in varying order (they differ in the last bits), so ids change from run to
+    run. The learned pieces are re-sorted here by score rounded to 1e-8, then by the piece, after the specials.
+    """
+    special = list(SEQ2SEQ_SPECIAL_TOKENS)
+    if vocab_size <= len(special):
+        raise ValueError(f"vocab_size must exceed the {len(special)} special tokens, got {vocab_size}")
+    pad, eos, unk, bos, mask = special
+    learner = BackendTokenizer(Unigram())
+    steps: list[normalizers.Normalizer] = [normalizers.NFKC()]
+    if lowercase:
+        steps.append(normalizers.Lowercase())
+    learner.normalizer = normalizers.Sequence(steps)
+    learner.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+    learner.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
+    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=special, unk_token=unk,
+                                      show_progress=show_progress)
+    learner.train_from_iterator(_iter_texts(texts), trainer=trainer, length=length)
+
+    pieces = [(str(piece), float(score)) for piece, score in json.loads(learner.to_str())["model"]["vocab"]]
+    if [p for p, _ in pieces[: len(special)]] != special:
+        raise RuntimeError(f"special tokens did not get ids 0-{len(special) - 1} after training")
+    learned = sorted(((p, round(s, 8)) for p, s in pieces[len(special):]), key=lambda ps: (-ps[1], ps[0]))
+    # The trainer appends the characters it must cover but did not keep with scores that step down by 1e-4, in
+    # hash order: give that run's scores to its characters in code-point order instead.
+    first = len(learned) - 1  # where that run starts
+    while (first >= 1 and len(learned[first - 1][0]) == len(learned[first][0]) == 1
+           and abs(learned[first - 1][1] - learned[first][1] - 1e-4) < 1e-7):
+        first -= 1
+    learned[first:] = zip(sorted(p for p, _ in learned[first:]), [s for _, s in learned[first:]], strict=True)
+    backend = BackendTokenizer(Unigram(pieces[: len(special)] + learned, unk_id=special.index(unk),
+                                       byte_fallback=False))
+    backend.normalizer, backend.pre_tokenizer, backend.decoder = learner.normalizer, learner.pre_tokenizer, \
+        learner.decoder
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in special])
+    # T5's layout: sentinel i is id len(vocab) - 1 - i (its span-corruption code counts down from the top).
+    sentinels = [f"<extra_id_{i}>" for i in reversed(range(extra_ids))]
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in sentinels])
+    backend.post_processor = processors.TemplateProcessing(single=f"$A:0 {eos}:0", pair=f"$A:0 {eos}:0 $B:0 {eos}:0",
+                                                           special_tokens=[(eos, special.index(eos))])
+    tokenizer = Tokenizer(
+        backend,
+        special_tokens={"bos_token": bos, "eos_token": eos, "unk_token": unk, "pad_token": pad, "mask_token": mask,
+                        # BART's tokenizer names <s> / </s> as cls / sep too (the pretraining cache brackets
+                        # instances with them).
+                        "cls_token": bos, "sep_token": eos},
+        additional_special_tokens=list(reversed(sentinels)),
+        model_max_length=model_max_length,
+        model_input_names=TEMPLATES["t5"].model_input_names,
     )
     tokenizer.save_pretrained(output_dir)
     return Tokenizer.from_pretrained(output_dir)

@@ -224,11 +224,9 @@ def split_documents(n_docs: int, eval_fraction: float, seed: int) -> dict[str, l
     return {"train": sorted(order[n_eval:].tolist()), "eval": sorted(order[:n_eval].tolist())}
 
 
-def _build_cache(
-    out: Path, files: list[Path], tokenizer: TokenizerLike, settings: dict[str, Any], key: str
-) -> None:
-    # Pass 1: stream documents -> tokens on disk, so memory does not grow with the corpus.
-    work = out / "tokens"
+def tokenize_to_store(work: Path, files: list[Path], tokenizer: TokenizerLike, settings: Mapping[str, Any]) -> TokenStore:
+    """Pass 1 of a cache build: stream documents -> tokens into `work/` (created), memory-mapped back as a
+    TokenStore, so memory does not grow with the corpus. The caller deletes `work/` when done."""
     work.mkdir()
     writers = {
         "tokens": NpyWriter(work / "tokens.npy", np.int32),
@@ -252,6 +250,14 @@ def _build_cache(
     store = TokenStore(**{name: load_npy(writer.close()) for name, writer in writers.items()})
     if store.num_documents == 0:
         raise CorpusError(f"no tokens in the corpus (every sentence tokenized to nothing): {files}")
+    return store
+
+
+def _build_cache(
+    out: Path, files: list[Path], tokenizer: TokenizerLike, settings: dict[str, Any], key: str
+) -> None:
+    work = out / "tokens"
+    store = tokenize_to_store(work, files, tokenizer, settings)
 
     # Pass 2: cut instances per split, reading tokens back through the memory map.
     n_docs = store.num_documents
