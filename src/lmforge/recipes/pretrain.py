@@ -112,6 +112,10 @@ class PretrainOptions:
     disc_weight: float = option(50.0, "electra: weight of the discriminator's loss (loss = mlm + w * rtd)")
     embedding_size: int | None = option(None, "electra: width of the embeddings both models share (default: the "
                                               "hidden size)")
+    word_init: str = option("random", "initial word embeddings (mlm, mlm+nsp): random, or ppmi-svd: word vectors "
+                                      "from co-occurrence counts over the training instances (PPMI + truncated "
+                                      "SVD, seconds of numpy; training.word_vectors)",
+                            choices=["random", "ppmi-svd"])
     tie_word_embeddings: bool = option(True, "share the input embeddings with the masked-LM decoder (BERT); "
                                              "untied, the softmax's push on every rare word stays in the decoder")
     max_seq_length: int = option(128, "tokens per instance, [CLS]/[SEP] included; clm: the block size (and the "
@@ -187,6 +191,10 @@ class PretrainOptions:
             self.lowercase = self.tokenizer_kind != "gpt2"
         if not 0 < self.generator_size <= 1:
             raise ValueError(f"generator_size must be in (0, 1], got {self.generator_size}")
+        if self.word_init not in ("random", "ppmi-svd"):
+            raise ValueError(f"word_init must be 'random' or 'ppmi-svd', got {self.word_init!r}")
+        if self.word_init != "random" and self.objective not in ("mlm", "mlm+nsp"):
+            raise ValueError(f"--word-init {self.word_init} applies to --objective mlm / mlm+nsp, not {self.objective}")
         if self.embedding_size is not None and self.model_type != "electra":
             raise ValueError("--embedding-size applies to the electra family only")
 
@@ -243,6 +251,7 @@ class PretrainData:
     eval_batches: list[dict[str, torch.Tensor]]  # fixed held-out batches; [] means no evaluation
     train_instances: int
     cache_hit: bool
+    train_set: Any = None  # the tokenized training instances (MLM objectives), for --word-init
 
 
 # ------------------------------------------------------------------------------------------------ MLM (+NSP)
@@ -273,7 +282,7 @@ def mlm_data(opts: PretrainOptions, corpus: list, tokenizer, rank: int, world_si
         eval_batches = [next(eval_source) for _ in range(min(opts.eval_batches, len(eval_source)))]
     # ELECTRA's generator gathers the masked positions itself (it needs their logits to sample from).
     return PretrainData(batches if electra else SparseMLMBatches(batches), eval_batches, len(train_set),
-                        train_set.cache_hit)
+                        train_set.cache_hit, train_set)
 
 
 def mlm_model(opts: PretrainOptions, tokenizer) -> tuple[nn.Module, nn.Module]:
@@ -281,6 +290,22 @@ def mlm_model(opts: PretrainOptions, tokenizer) -> tuple[nn.Module, nn.Module]:
     model = (AutoModelForPreTraining if opts.objective == "mlm+nsp" else AutoModelForMaskedLM).from_config(config)
     model.set_attn_implementation("unpadded" if opts.unpad else "sdpa")
     return model, model
+
+
+def warm_start_word_embeddings(model: nn.Module, train_set, tokenizer) -> None:
+    """Write PPMI-SVD word vectors of the training instances into `model`'s input word embeddings (a model this
+    recipe just built; tied to the MLM decoder, which so starts from them too). Tokens never seen in the
+    training instances, and special tokens, keep their random initial rows."""
+    from ..training.word_vectors import ppmi_svd_vectors
+
+    embeddings = getattr(model, model.base_model_prefix).get_input_embeddings()
+    vocab_size, dim = embeddings.weight.shape
+    vectors = ppmi_svd_vectors(train_set.input_ids, train_set.offsets, vocab_size, dim,
+                               ignore=tokenizer.all_special_ids, std=model.config.initializer_range)  # (V, C)
+    seen = vectors.abs().sum(dim=-1) > 0
+    with torch.no_grad():
+        embeddings.weight[seen] = vectors[seen].to(embeddings.weight.dtype)
+    logger.info("word embeddings: PPMI-SVD vectors for %d of %d tokens", int(seen.sum()), vocab_size)
 
 
 def electra_model(opts: PretrainOptions, tokenizer) -> tuple[nn.Module, nn.Module]:
@@ -495,6 +520,8 @@ def run(opts: PretrainOptions) -> dict[str, Any]:
 
     torch.manual_seed(opts.seed)
     trained, model = objective.model(opts, tokenizer)
+    if opts.word_init == "ppmi-svd":
+        warm_start_word_embeddings(model, data.train_set, tokenizer)
     if torch.cuda.is_available():
         trained.to(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
 
