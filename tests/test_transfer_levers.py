@@ -18,6 +18,7 @@ from lmforge.cli import main
 from lmforge.models.bert import BertConfig, BertForSequenceClassification
 from lmforge.models.config import ConfigError
 from lmforge.recipes.finetune import FinetuneOptions, build_model, run
+from lmforge.recipes.pretrain import PretrainOptions
 from lmforge.training.word_vectors import ppmi_svd_vectors
 
 
@@ -184,11 +185,8 @@ def test_ppmi_svd_vectors_check_their_input():
         ppmi_svd_vectors(ids, offsets, vocab_size=60, dim=64)
 
 
-def test_pretrain_word_init_starts_from_the_word_vectors(tmp_path, monkeypatch):
-    from lmforge.data.pretraining.cache import PretrainingDataset
-    from lmforge.models.bert import BertForMaskedLM
-    from lmforge.tokenizers import AutoTokenizer
-
+def sentiment_corpus(tmp_path, monkeypatch):
+    """A corpus in which "great" / "superb" / "lovely" share contexts, and "awful" / "dreadful" / "dull" others."""
     monkeypatch.setenv("LMFORGE_CACHE", str(tmp_path / "cache"))
     rng = random.Random(0)
     good, bad = ["great", "superb", "lovely"], ["awful", "dreadful", "dull"]
@@ -203,6 +201,15 @@ def test_pretrain_word_init_starts_from_the_word_vectors(tmp_path, monkeypatch):
         docs.append("\n".join(lines))
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
+    return corpus
+
+
+def test_pretrain_word_init_starts_from_the_word_vectors(tmp_path, monkeypatch):
+    from lmforge.data.pretraining.cache import PretrainingDataset
+    from lmforge.models.bert import BertForMaskedLM
+    from lmforge.tokenizers import AutoTokenizer
+
+    corpus = sentiment_corpus(tmp_path, monkeypatch)
     out = tmp_path / "run"
     # lr ~0: the exported embeddings are the initial ones
     assert main(["pretrain", "--corpus", str(corpus), "-o", str(out), "--objective", "mlm", "--max-steps", "1",
@@ -221,9 +228,23 @@ def test_pretrain_word_init_starts_from_the_word_vectors(tmp_path, monkeypatch):
 
 
 def test_word_init_needs_a_masked_lm_objective():
-    from lmforge.recipes.pretrain import PretrainOptions
-
     with pytest.raises(ValueError, match="--word-init ppmi-svd applies to --objective mlm"):
         PretrainOptions(objective="electra", word_init="ppmi-svd")
     with pytest.raises(ValueError, match="word_init"):
         PretrainOptions(objective="mlm", word_init="glove")
+
+
+def test_frozen_word_embeddings_stay_at_the_word_vectors_while_the_layers_train(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    corpus = sentiment_corpus(tmp_path, monkeypatch)
+    args = ["pretrain", "--corpus", str(corpus), "--objective", "mlm", "--max-steps", "3", "--learning-rate", "1e-2",
+            "--word-init", "ppmi-svd", "--warmup-ratio", "0", *TINY]
+    assert main([*args, "-o", str(tmp_path / "start"), "--max-steps", "1", "--learning-rate", "1e-12"]) == 0
+    assert main([*args, "-o", str(tmp_path / "frozen"), "--freeze-word-embeddings"]) == 0
+    start, frozen = (load_file(tmp_path / name / "final" / "model.safetensors") for name in ("start", "frozen"))
+    words, query = "bert.embeddings.word_embeddings.weight", "bert.encoder.layer.0.attention.self.query.weight"
+    torch.testing.assert_close(frozen[words], start[words], atol=1e-6, rtol=0)
+    assert (frozen[query] - start[query]).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="--freeze-word-embeddings applies to --objective mlm"):
+        PretrainOptions(objective="clm", freeze_word_embeddings=True)

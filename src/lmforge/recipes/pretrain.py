@@ -116,6 +116,9 @@ class PretrainOptions:
                                       "from co-occurrence counts over the training instances (PPMI + truncated "
                                       "SVD, seconds of numpy; training.word_vectors)",
                             choices=["random", "ppmi-svd"])
+    freeze_word_embeddings: bool = option(False, "keep the word embeddings (and so a tied MLM decoder) at their initial "
+                                                 "values: with --word-init ppmi-svd, the layers learn to predict in "
+                                                 "the word vectors' space instead of moving it")
     tie_word_embeddings: bool = option(True, "share the input embeddings with the masked-LM decoder (BERT); "
                                              "untied, the softmax's push on every rare word stays in the decoder")
     max_seq_length: int = option(128, "tokens per instance, [CLS]/[SEP] included; clm: the block size (and the "
@@ -195,6 +198,8 @@ class PretrainOptions:
             raise ValueError(f"word_init must be 'random' or 'ppmi-svd', got {self.word_init!r}")
         if self.word_init != "random" and self.objective not in ("mlm", "mlm+nsp"):
             raise ValueError(f"--word-init {self.word_init} applies to --objective mlm / mlm+nsp, not {self.objective}")
+        if self.freeze_word_embeddings and self.objective not in ("mlm", "mlm+nsp"):
+            raise ValueError(f"--freeze-word-embeddings applies to --objective mlm / mlm+nsp, not {self.objective}")
         if self.embedding_size is not None and self.model_type != "electra":
             raise ValueError("--embedding-size applies to the electra family only")
 
@@ -522,6 +527,9 @@ def run(opts: PretrainOptions) -> dict[str, Any]:
     trained, model = objective.model(opts, tokenizer)
     if opts.word_init == "ppmi-svd":
         warm_start_word_embeddings(model, data.train_set, tokenizer)
+    if opts.freeze_word_embeddings:
+        # Parameters without gradients are left out of the optimizer (training.param_groups).
+        getattr(model, model.base_model_prefix).get_input_embeddings().weight.requires_grad_(False)
     if torch.cuda.is_available():
         trained.to(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
 
