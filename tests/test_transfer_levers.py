@@ -133,6 +133,13 @@ def test_finetune_pooling_is_stored_in_the_fine_tuned_model(ckpt, sentiment_csv,
                        labels).config.classifier_pooling == "cls"
     with pytest.raises(ValueError, match="token_classification"):
         FinetuneOptions(task="token_classification", pooling="mean")
+    from lmforge.models.electra import ElectraConfig, ElectraForMaskedLM
+
+    electra = tmp_path / "electra"
+    ElectraForMaskedLM(ElectraConfig(vocab_size=100, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=32)).save_pretrained(electra)
+    with pytest.raises(ValueError, match="'electra' family has no pooling choice"):
+        build_model(options(electra, sentiment_csv, tmp_path, pooling="mean"), labels)
     with pytest.raises(ValueError, match="pooling"):
         FinetuneOptions(pooling="max")
 

@@ -45,7 +45,7 @@ class DemoOptions:
     word_init: str = option("ppmi-svd", "initial word embeddings of pretraining: random, or ppmi-svd (co-occurrence "
                                         "word vectors of the reviews, computed in seconds)",
                             choices=["random", "ppmi-svd"])
-    pooling: str = option("mean", "what the small models' classifiers read: the pooled [CLS], or the mean over "
+    pooling: str = option("cls", "what the small models' classifiers read: the pooled [CLS], or the mean over "
                                   "tokens (masked-LM pretraining never trains [CLS])", choices=["cls", "mean"])
     preset: str = option("bert-tiny", "size of the model pretrained from scratch")
     vocab_size: int = option(8000, "WordPiece vocabulary trained on the reviews")

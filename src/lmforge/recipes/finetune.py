@@ -173,7 +173,7 @@ def build_model(opts: FinetuneOptions, label_map):
         id2label, label2id = label_map.to_config()
         config = config.replace(id2label=id2label, label2id=label2id, problem_type=PROBLEM_TYPES[opts.task])
     if opts.pooling is not None:
-        if not hasattr(config, "classifier_pooling"):
+        if config.model_type != "bert":  # (ElectraConfig inherits the field; its head ignores it)
             raise ValueError(f"--pooling: the {config.model_type!r} family has no pooling choice (BERT only)")
         config = config.replace(classifier_pooling=opts.pooling)
     auto = auto_class(opts.task)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -525,8 +526,11 @@ def run(opts: PretrainOptions) -> dict[str, Any]:
 
     torch.manual_seed(opts.seed)
     trained, model = objective.model(opts, tokenizer)
+    started = time.perf_counter()
     if opts.word_init == "ppmi-svd":
         warm_start_word_embeddings(model, data.train_set, tokenizer)
+    # The word vectors are part of the pretraining budget: the loop gets what they left of it.
+    word_init_s = time.perf_counter() - started
     if opts.freeze_word_embeddings:
         # Parameters without gradients are left out of the optimizer (training.param_groups).
         getattr(model, model.base_model_prefix).get_input_embeddings().weight.requires_grad_(False)
@@ -539,7 +543,7 @@ def run(opts: PretrainOptions) -> dict[str, Any]:
         grad_accum_steps=opts.grad_accum_steps, max_grad_norm=opts.max_grad_norm, bf16=opts.bf16,
         eval_every=opts.eval_every, save_every=opts.save_every, keep_last=opts.keep_last,
         log_every=opts.log_every, seed=opts.seed, resume=opts.resume, overwrite=opts.overwrite,
-        progress=opts.progress, max_time=opts.max_minutes * 60 if opts.max_minutes else None,
+        progress=opts.progress, max_time=max(opts.max_minutes * 60 - word_init_s, 1.0) if opts.max_minutes else None,
         calibration_steps=opts.calibration_steps if opts.max_minutes else 0,
     )
     result = train(trained, data.batches, args,
@@ -561,6 +565,7 @@ def run(opts: PretrainOptions) -> dict[str, Any]:
         "elapsed_s": result.elapsed,
         "train_instances": data.train_instances,
         "cache_hit": data.cache_hit,
+        "word_init_s": word_init_s,
     }
     if rank == 0:
         write_json(output_dir / "summary.json", summary)
