@@ -88,6 +88,13 @@ class FinetuneOptions:
                        choices=["pretrained", "random"])
     reinit_layers: int = option(0, "re-initialise the top N encoder layers of the pretrained model before "
                                    "fine-tuning (few-sample fine-tuning, Zhang et al. 2021)")
+    pooling: str | None = option(None, "what a sequence classifier reads: the pooled [CLS] (BERT's), or the mean "
+                                       "of the last hidden states over real tokens (a masked-LM-only pretraining "
+                                       "never trains [CLS]); default: the checkpoint's (cls when unset); BERT "
+                                       "family; stored in config.json as classifier_pooling",
+                                 choices=["cls", "mean"])
+    freeze_embeddings: bool = option(False, "keep the encoder's input embeddings (word, position, token type and "
+                                            "their LayerNorm) fixed while fine-tuning")
     max_length: int = option(128, "tokens per sequence, special tokens included")
     batch_size: int = option(32, "examples per batch")
     eval_batch_size: int | None = option(None, "examples per evaluation batch (default: 2 x batch size)")
@@ -139,6 +146,10 @@ class FinetuneOptions:
             raise ValueError("eval_every, early_stopping_patience, min_steps and reinit_layers must be >= 0")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct, got {self.seeds}")
+        if self.pooling not in (None, "cls", "mean"):
+            raise ValueError(f"pooling must be 'cls' or 'mean', got {self.pooling!r}")
+        if self.pooling is not None and self.task == "token_classification":
+            raise ValueError(f"pooling applies to sequence classification, not to task {self.task!r}")
         if self.metric_for_best is not None:
             self.metric_for_best = _metric_name(self.metric_for_best, self.task)
 
@@ -168,6 +179,10 @@ def build_model(opts: FinetuneOptions, label_map):
     else:
         id2label, label2id = label_map.to_config()
         config = config.replace(id2label=id2label, label2id=label2id, problem_type=PROBLEM_TYPES[opts.task])
+    if opts.pooling is not None:
+        if config.model_type != "bert":  # (ElectraConfig inherits the field; its head ignores it)
+            raise ValueError(f"--pooling: the {config.model_type!r} family has no pooling choice (BERT only)")
+        config = config.replace(classifier_pooling=opts.pooling)
     auto = auto_class(opts.task)
     torch.manual_seed(opts.seed)
     if opts.init == "random":
@@ -177,6 +192,9 @@ def build_model(opts: FinetuneOptions, label_map):
         model = auto.from_pretrained(opts.model, config=config, ignore_mismatched_sizes=True)
         if opts.reinit_layers:
             reinit_top_layers(model, opts.reinit_layers)
+    if opts.freeze_embeddings:
+        # Parameters without gradients are left out of the optimizer (training.param_groups).
+        getattr(model, model.base_model_prefix).embeddings.requires_grad_(False)
     model.set_attn_implementation("unpadded" if opts.unpad else "sdpa")
     return model
 

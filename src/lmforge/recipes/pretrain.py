@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -149,6 +150,13 @@ class PretrainOptions:
     disc_weight: float = option(50.0, "electra: weight of the discriminator's loss (loss = mlm + w * rtd)")
     embedding_size: int | None = option(None, "electra: width of the embeddings both models share (default: the "
                                               "hidden size)")
+    word_init: str = option("random", "initial word embeddings (mlm, mlm+nsp): random, or ppmi-svd: word vectors "
+                                      "from co-occurrence counts over the training instances (PPMI + truncated "
+                                      "SVD, seconds of numpy; training.word_vectors)",
+                            choices=["random", "ppmi-svd"])
+    freeze_word_embeddings: bool = option(False, "keep the word embeddings (and so a tied MLM decoder) at their initial "
+                                                 "values: with --word-init ppmi-svd, the layers learn to predict in "
+                                                 "the word vectors' space instead of moving it")
     tie_word_embeddings: bool = option(True, "share the input embeddings with the masked-LM decoder (BERT); "
                                              "untied, the softmax's push on every rare word stays in the decoder")
     max_seq_length: int = option(128, "tokens per instance, [CLS]/[SEP] included; clm: the block size (and the "
@@ -229,6 +237,12 @@ class PretrainOptions:
             self.lowercase = self.tokenizer_kind not in ("gpt2", "unigram")  # seq2seq reconstructs the text as is
         if not 0 < self.generator_size <= 1:
             raise ValueError(f"generator_size must be in (0, 1], got {self.generator_size}")
+        if self.word_init not in ("random", "ppmi-svd"):
+            raise ValueError(f"word_init must be 'random' or 'ppmi-svd', got {self.word_init!r}")
+        if self.word_init != "random" and self.objective not in ("mlm", "mlm+nsp"):
+            raise ValueError(f"--word-init {self.word_init} applies to --objective mlm / mlm+nsp, not {self.objective}")
+        if self.freeze_word_embeddings and self.objective not in ("mlm", "mlm+nsp"):
+            raise ValueError(f"--freeze-word-embeddings applies to --objective mlm / mlm+nsp, not {self.objective}")
         if self.embedding_size is not None and self.model_type != "electra":
             raise ValueError("--embedding-size applies to the electra family only")
         if self.objective not in SEQ2SEQ_OBJECTIVES and (self.noise_density is not None or self.permute_sentences):
@@ -316,6 +330,7 @@ class PretrainData:
     eval_batches: list[dict[str, torch.Tensor]]  # fixed held-out batches; [] means no evaluation
     train_instances: int
     cache_hit: bool
+    train_set: Any = None  # the tokenized training instances (MLM objectives), for --word-init
 
 
 # ------------------------------------------------------------------------------------------------ MLM (+NSP)
@@ -346,7 +361,7 @@ def mlm_data(opts: PretrainOptions, corpus: list, tokenizer, rank: int, world_si
         eval_batches = [next(eval_source) for _ in range(min(opts.eval_batches, len(eval_source)))]
     # ELECTRA's generator gathers the masked positions itself (it needs their logits to sample from).
     return PretrainData(batches if electra else SparseMLMBatches(batches), eval_batches, len(train_set),
-                        train_set.cache_hit)
+                        train_set.cache_hit, train_set)
 
 
 def mlm_model(opts: PretrainOptions, tokenizer) -> tuple[nn.Module, nn.Module]:
@@ -354,6 +369,22 @@ def mlm_model(opts: PretrainOptions, tokenizer) -> tuple[nn.Module, nn.Module]:
     model = (AutoModelForPreTraining if opts.objective == "mlm+nsp" else AutoModelForMaskedLM).from_config(config)
     model.set_attn_implementation("unpadded" if opts.unpad else "sdpa")
     return model, model
+
+
+def warm_start_word_embeddings(model: nn.Module, train_set, tokenizer) -> None:
+    """Write PPMI-SVD word vectors of the training instances into `model`'s input word embeddings (a model this
+    recipe just built; tied to the MLM decoder, which so starts from them too). Tokens never seen in the
+    training instances, and special tokens, keep their random initial rows."""
+    from ..training.word_vectors import ppmi_svd_vectors
+
+    embeddings = getattr(model, model.base_model_prefix).get_input_embeddings()
+    vocab_size, dim = embeddings.weight.shape
+    vectors = ppmi_svd_vectors(train_set.input_ids, train_set.offsets, vocab_size, dim,
+                               ignore=tokenizer.all_special_ids, std=model.config.initializer_range)  # (V, C)
+    seen = vectors.abs().sum(dim=-1) > 0
+    with torch.no_grad():
+        embeddings.weight[seen] = vectors[seen].to(embeddings.weight.dtype)
+    logger.info("word embeddings: PPMI-SVD vectors for %d of %d tokens", int(seen.sum()), vocab_size)
 
 
 def electra_model(opts: PretrainOptions, tokenizer) -> tuple[nn.Module, nn.Module]:
@@ -677,6 +708,14 @@ def run(opts: PretrainOptions) -> dict[str, Any]:
 
     torch.manual_seed(opts.seed)
     trained, model = objective.model(opts, tokenizer)
+    started = time.perf_counter()
+    if opts.word_init == "ppmi-svd":
+        warm_start_word_embeddings(model, data.train_set, tokenizer)
+    # The word vectors are part of the pretraining budget: the loop gets what they left of it.
+    word_init_s = time.perf_counter() - started
+    if opts.freeze_word_embeddings:
+        # Parameters without gradients are left out of the optimizer (training.param_groups).
+        getattr(model, model.base_model_prefix).get_input_embeddings().weight.requires_grad_(False)
     if torch.cuda.is_available():
         trained.to(local_device())
 
@@ -686,7 +725,7 @@ def run(opts: PretrainOptions) -> dict[str, Any]:
         grad_accum_steps=opts.grad_accum_steps, max_grad_norm=opts.max_grad_norm, bf16=opts.bf16,
         eval_every=opts.eval_every, save_every=opts.save_every, keep_last=opts.keep_last,
         log_every=opts.log_every, seed=opts.seed, resume=opts.resume, overwrite=opts.overwrite,
-        progress=opts.progress, max_time=opts.max_minutes * 60 if opts.max_minutes else None,
+        progress=opts.progress, max_time=max(opts.max_minutes * 60 - word_init_s, 1.0) if opts.max_minutes else None,
         calibration_steps=opts.calibration_steps if opts.max_minutes else 0, fsdp=opts.fsdp,
     )
     result = train(trained, data.batches, args,
@@ -708,6 +747,7 @@ def run(opts: PretrainOptions) -> dict[str, Any]:
         "elapsed_s": result.elapsed,
         "train_instances": data.train_instances,
         "cache_hit": data.cache_hit,
+        "word_init_s": word_init_s,
     }
     if rank == 0:
         write_json(output_dir / "summary.json", summary)

@@ -12,7 +12,8 @@ from ..config import ConfigError, PretrainedConfig, positive_int, probability
 @dataclass
 class BertConfig(PretrainedConfig):
     model_type: ClassVar[str] = "bert"
-    _omit_if_none: ClassVar[tuple[str, ...]] = ("torch_dtype", "problem_type", "classifier_dropout")
+    _omit_if_none: ClassVar[tuple[str, ...]] = ("torch_dtype", "problem_type", "classifier_dropout",
+                                                 "classifier_pooling")
 
     vocab_size: int = 30522
     hidden_size: int = 768
@@ -30,6 +31,10 @@ class BertConfig(PretrainedConfig):
     pad_token_id: int = 0
     position_embedding_type: str = "absolute"
     tie_word_embeddings: bool = True
+    # What BertForSequenceClassification classifies: None / "cls" is BERT's pooled [CLS] (the pooler);
+    # "mean" the mean of the last hidden states over real tokens (ModernBERT's config name). transformers'
+    # BertForSequenceClassification ignores the key and always uses the pooler.
+    classifier_pooling: str | None = None
 
     def _validate(self) -> None:
         for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
@@ -46,6 +51,8 @@ class BertConfig(PretrainedConfig):
             raise ConfigError(f"hidden_act {self.hidden_act!r} is not supported; choose one of {sorted(ACTIVATIONS)}")
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"):
             probability(self, name)
+        if self.classifier_pooling not in (None, "cls", "mean"):
+            raise ConfigError(f"classifier_pooling must be 'cls' or 'mean', got {self.classifier_pooling!r}")
         if not (float(self.layer_norm_eps) > 0):
             raise ConfigError(f"layer_norm_eps must be > 0, got {self.layer_norm_eps!r}")
         if not (0 <= self.pad_token_id < self.vocab_size):

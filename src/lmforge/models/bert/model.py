@@ -196,6 +196,14 @@ class BertModel(BertPreTrainedModel):
         return BaseModelOutput(last_hidden_state=x, pooler_output=pooled, hidden_states=hidden_states, attentions=attentions)
 
 
+def mean_over_tokens(hidden: Tensor, attention_mask: Tensor | None) -> Tensor:
+    """Mean of `hidden` (B, T, C) over the positions where `attention_mask` is 1 (all when None)."""
+    if attention_mask is None:
+        return hidden.mean(dim=1)
+    mask = attention_mask.to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)
+    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+
+
 def labels_at_padding(labels: Tensor | None, attention_mask: Tensor | None) -> bool:
     """Whether a token-level loss would read padding positions (a label other than -100 there).
     Then the model runs padded, whatever its attention mode, so the loss equals transformers'."""
@@ -338,7 +346,11 @@ def classifier_dropout(config: BertConfig) -> nn.Dropout:
 
 
 class BertForSequenceClassification(BertPreTrainedModel):
-    """Pooled [CLS] -> dropout -> linear. Single sentences or pairs (token_type_ids)."""
+    """Pooled [CLS] -> dropout -> linear. Single sentences or pairs (token_type_ids).
+
+    `config.classifier_pooling == "mean"`: the mean of the last hidden states over real tokens replaces
+    the pooled [CLS] (the pooler's weights stay, unused). Masked-LM pretraining never trains [CLS] or the
+    pooler, so a model pretrained without NSP has nothing learned there; every token's state is trained."""
 
     def __init__(self, config: BertConfig):
         super().__init__(config)
@@ -359,7 +371,11 @@ class BertForSequenceClassification(BertPreTrainedModel):
         output_attentions: bool = False,
     ) -> SequenceClassifierOutput:
         out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states, output_attentions)
-        logits = self.classifier(self.dropout(out.pooler_output))  # (B, num_labels)
+        if self.config.classifier_pooling == "mean":
+            pooled = mean_over_tokens(out.last_hidden_state, attention_mask)  # (B, C)
+        else:
+            pooled = out.pooler_output  # (B, C)
+        logits = self.classifier(self.dropout(pooled))  # (B, num_labels)
         loss = None
         if labels is not None:
             loss = sequence_classification_loss(logits, labels, self.num_labels, self.config.problem_type)
