@@ -260,7 +260,7 @@ def catalog_pairs(locale_dir: Path, locale: str) -> tuple[dict[str, list[Pair]],
 def assign_catalogs(sizes: dict[str, int], seed: int = SPLIT_SEED) -> dict[str, str]:
     """`{catalog: split}`: catalogs in a seeded shuffle of their sorted names go to test until it holds
     HELD_OUT_FRACTION["test"] of the pairs, then to validation; a catalog that would take a split past OVERSHOOT
-    times its share is skipped (it stays in train, as do all the rest)."""
+    times its share is skipped (it stays in train, as do all the rest) unless all would: then the smallest."""
     total = sum(sizes.values())
     order = sorted(sizes)
     random.Random(seed).shuffle(order)
@@ -273,6 +273,9 @@ def assign_catalogs(sizes: dict[str, int], seed: int = SPLIT_SEED) -> dict[str, 
             if split_of[name] == "train" and 0 < sizes[name] and held + sizes[name] <= OVERSHOOT * goal:
                 split_of[name] = split
                 held += sizes[name]
+        left = [name for name in order if split_of[name] == "train" and sizes[name] > 0]
+        if held == 0 and len(left) > 1:  # every catalog overshoots: the smallest one still makes a split
+            split_of[min(left, key=lambda name: sizes[name])] = split
     return split_of
 
 
@@ -356,6 +359,34 @@ def both_sides_text(pairs: Iterable[Pair]) -> list[str]:
     return [text for pair in pairs for text in (pair.source, pair.target)]
 
 
+
+# ---------------------------------------------------------------------------------------------- features
+def token_ids(tokenizer, texts: Sequence[str], max_length: int) -> list[list[int]]:
+    """Ids of `texts` as a seq2seq model reads and writes them: the tokenizer's own special tokens (Marian's and
+    T5's `</s>`, BART's `<s> ... </s>`), then EOS appended when its template adds none (a tokenizer trained by
+    lmforge for a from-scratch model), at most `max_length` ids (EOS kept last)."""
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError("the tokenizer has no eos_token: a seq2seq model needs one to end its outputs")
+    rows = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+    out = []
+    for ids in rows:
+        ids = list(ids)
+        if not ids or ids[-1] != eos:
+            ids = ids[:max_length - 1] + [eos]
+        out.append(ids)
+    return out
+
+
+def pair_features(pairs: Sequence[Pair], tokenizer, max_source_length: int,
+                  max_target_length: int) -> list[dict[str, list[int]]]:
+    """`{"input_ids", "attention_mask", "labels"}` per pair (teacher forcing: the model shifts the labels right
+    after its decoder start token to make the decoder's inputs)."""
+    sources = token_ids(tokenizer, [p.source for p in pairs], max_source_length)
+    targets = token_ids(tokenizer, [p.target for p in pairs], max_target_length)
+    return [{"input_ids": s, "attention_mask": [1] * len(s), "labels": t} for s, t in zip(sources, targets)]
+
+
 __all__ = ["Pair", "ParallelInfo", "ParallelSplits", "both_sides_text", "build_ui_strings", "clean_pair",
-           "load_pairs", "load_parallel_splits", "parallel_dataset_names", "parallel_info", "placeholder_signature",
-           "placeholder_survival", "placeholders", "placeholders_match", "read_mo", "strip_accelerators"]
+           "load_pairs", "load_parallel_splits", "pair_features", "parallel_dataset_names", "parallel_info", "placeholder_signature",
+           "placeholder_survival", "placeholders", "placeholders_match", "read_mo", "strip_accelerators", "token_ids"]
