@@ -66,8 +66,10 @@ def translate(model, tokenizer, texts: Sequence[str], *, batch_size: int = 32, n
                             pad_id)
         ids = model.generate(batch["input_ids"].to(device), batch["attention_mask"].to(device),
                              num_beams=num_beams, max_new_tokens=max_new_tokens)
-        for i, text in zip(indices, tokenizer.batch_decode(ids.tolist(), skip_special_tokens=True)):
-            outputs[i] = text.strip()
+        # decoded as transformers' translation pipeline decodes (no clean-up of spaces before punctuation)
+        texts = tokenizer.batch_decode(ids.tolist(), skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        for i, text in zip(indices, texts):
+            outputs[i] = text
     return outputs
 
 
