@@ -30,7 +30,8 @@ def test_read_mo_matches_gettext(tmp_path):
     path = write_mo(tmp_path / "a.mo", [("Hello %s", "你好 %s"), ("menu\x04_Open", "打开(_O)"),
                                         ("%d file\x00%d files", "%d 个文件\x00unused")])
     pairs = dict(read_mo(path))
-    reference = gettext.GNUTranslations(open(path, "rb"))
+    with open(path, "rb") as f:
+        reference = gettext.GNUTranslations(f)
     assert pairs["Hello %s"] == reference.gettext("Hello %s")
     assert pairs["_Open"] == reference.pgettext("menu", "_Open")  # context dropped from the msgid
     assert pairs["%d file"] == "%d 个文件"  # plural: singular msgid, first form

@@ -16,7 +16,7 @@ from lmforge.cli import main
 
 transformers = pytest.importorskip("transformers")
 
-WORDS = "open close the a file folder window page user now again please".split()
+WORDS = ["open", "close", "the", "a", "file", "folder", "window", "page", "user", "now", "again", "please"]
 TEXTS = ["open the file", "close a window now please", "the user", "open the page again please now"]
 
 

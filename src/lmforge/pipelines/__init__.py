@@ -19,8 +19,8 @@ from __future__ import annotations
 from .base import Pipeline
 from .fill_mask import FillMaskPipeline
 from .sentence_embedding import SentenceEmbeddingPipeline
-from .text_classification import TextClassificationPipeline
 from .text2text import SummarizationPipeline, TranslationPipeline
+from .text_classification import TextClassificationPipeline
 from .text_generation import TextGenerationPipeline
 from .token_classification import TokenClassificationPipeline
 
