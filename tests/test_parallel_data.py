@@ -23,6 +23,7 @@ from lmforge.data.parallel import (
     read_mo,
     strip_accelerators,
     token_ids,
+    ui_strings_text_file,
 )
 
 
@@ -104,6 +105,15 @@ def test_ui_strings_split_by_catalog(tmp_path):
     assert splits.target_language == "zh"
     again = build_ui_strings("ui-strings-en-zh", locale_dir=root)
     assert {k: [p.source for p in v] for k, v in again.items()} == {k: [p.source for p in v] for k, v in splits.items()}
+
+
+def test_ui_strings_text_leaves_held_out_catalogs_out(tmp_path, monkeypatch):
+    monkeypatch.setenv("LMFORGE_CACHE", str(tmp_path / "cache"))
+    root = fake_locale(tmp_path / "locale")
+    splits = build_ui_strings("ui-strings-en-zh", locale_dir=root)
+    lines = set(ui_strings_text_file("ui-strings-en-zh", locale_dir=root).read_text(encoding="utf-8").splitlines())
+    assert {p.source for p in splits["train"]} | {p.target for p in splits["train"]} <= lines
+    assert not lines & {p.source for p in splits["test"] + splits["validation"]}
 
 
 def test_ui_strings_missing_catalogs_names_packages(tmp_path):

@@ -295,6 +295,23 @@ def build_ui_strings(name: str, locale_dir: str | Path = LOCALE_DIR, seed: int =
     return ParallelSplits(splits, name, info.target_language, stats)
 
 
+def ui_strings_text_file(name: str, locale_dir: str | Path = LOCALE_DIR) -> Path:
+    """Both languages' text of the dataset's training catalogs as a bert-layout corpus (a catalog per document, a
+    string per line: source, then its translation), for denoising pretraining and tokenizers; validation and test
+    catalogs are left out. Rewritten on each call (the installed catalogs may change) into the cache."""
+    from ..files import atomic_write_text
+    from .datasets import cache_dir
+
+    train = build_ui_strings(name, locale_dir)["train"]
+    documents: dict[str, list[str]] = {}
+    for pair in train:
+        documents.setdefault(pair.origin, []).extend((pair.source, pair.target))
+    out = cache_dir() / "datasets" / name / "train.bert.txt"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, "\n\n".join("\n".join(lines) for lines in documents.values()) + "\n")
+    return out
+
+
 # ------------------------------------------------------------------------------------------------- files
 _DATA_SUFFIXES = (".csv", ".tsv", ".tab", ".jsonl", ".ndjson")
 
@@ -389,4 +406,5 @@ def pair_features(pairs: Sequence[Pair], tokenizer, max_source_length: int,
 
 __all__ = ["Pair", "ParallelInfo", "ParallelSplits", "both_sides_text", "build_ui_strings", "clean_pair",
            "load_pairs", "load_parallel_splits", "pair_features", "parallel_dataset_names", "parallel_info", "placeholder_signature",
-           "placeholder_survival", "placeholders", "placeholders_match", "read_mo", "strip_accelerators", "token_ids"]
+           "placeholder_survival", "placeholders", "placeholders_match", "read_mo", "strip_accelerators", "token_ids",
+           "ui_strings_text_file"]
