@@ -118,3 +118,19 @@ def test_bad_column_names_the_file_and_line(tmp_path):
     data.write_text('{"source": "open", "target": "打开"}\n{"source": "close"}\n', encoding="utf-8")
     with pytest.raises(ValueError, match=r"pairs.jsonl:2: missing column 'target'"):
         run(options(tmp_path, tiny_marian_config(tmp_path / "config.json"), data))
+
+
+def test_cli_finetune_seq2seq(tmp_path, capsys):
+    from lmforge.cli import main
+
+    data = write_pairs(tmp_path / "pairs.tsv", n=48)
+    config = tiny_marian_config(tmp_path / "config.json")
+    code = main(["finetune", "--task", "seq2seq", "--model", str(config), "--data", str(data), "-o",
+                 str(tmp_path / "run"), "--vocab-size", "300", "--max-steps", "4", "--eval-samples", "3",
+                 "--max-new-tokens", "4", "--label-smoothing", "0.2", "--num-beams", "2", "--no-progress"])
+    assert code == 0
+    out = capsys.readouterr().out  # "step N: eval_..." lines, then the summary
+    shown = json.loads(out[out.index("{"):])
+    assert shown["steps"] == 4 and set(shown["test"]) >= {"chrf", "bleu", "placeholders"}
+    options = json.loads((tmp_path / "run" / "options.json").read_text(encoding="utf-8"))
+    assert (options["label_smoothing"], options["num_beams"], options["eval_samples"]) == (0.2, 2, 3)
