@@ -134,3 +134,28 @@ def test_cli_finetune_seq2seq(tmp_path, capsys):
     assert shown["steps"] == 4 and set(shown["test"]) >= {"chrf", "bleu", "placeholders"}
     options = json.loads((tmp_path / "run" / "options.json").read_text(encoding="utf-8"))
     assert (options["label_smoothing"], options["num_beams"], options["eval_samples"]) == (0.2, 2, 3)
+
+
+def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path, monkeypatch):
+    from lmforge.recipes import seq2seq
+
+    data = write_pairs(tmp_path / "pairs.tsv", n=48)
+    config = tiny_marian_config(tmp_path / "config.json")
+    settings = dict(max_steps=12, eval_every=4, eval_samples=3, max_new_tokens=4)
+    reference = run(options(tmp_path / "ref", config, data, **settings))
+    real_score = seq2seq.score_pairs
+    calls = {"n": 0}
+
+    def crash_on_second_evaluation(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("simulated crash")
+        return real_score(*args, **kwargs)
+
+    monkeypatch.setattr(seq2seq, "score_pairs", crash_on_second_evaluation)
+    with pytest.raises(KeyboardInterrupt):
+        run(options(tmp_path / "crash", config, data, **settings))
+    monkeypatch.setattr(seq2seq, "score_pairs", real_score)
+    resumed = run(options(tmp_path / "crash", config, data, resume=True, **settings))
+    assert resumed["history"] == reference["history"]
+    assert resumed["test"] == reference["test"]
