@@ -103,3 +103,30 @@ def test_serve_translate(folder):
                                        ({"input": "open", "num_beams": 0}, 422, "num_beams")]:
             response = client.post("/v1/translate", json=body)
             assert response.status_code == status and fragment in response.text, response.text
+
+
+def test_serve_translate_batches_concurrent_requests(folder):
+    """4 concurrent requests with the same settings: one generate call; each gets the one-at-a-time output."""
+    pytest.importorskip("fastapi")
+    import threading
+
+    from fastapi.testclient import TestClient
+
+    from lmforge.serve.app import create_app
+    from lmforge.serve.options import ServeOptions
+
+    results: dict[int, dict] = {}
+    options = ServeOptions(model=str(folder), max_batch_size=4, max_wait_ms=5000, max_new_tokens=6)
+    with TestClient(create_app(options)) as client:
+        def send(i: int) -> None:
+            results[i] = client.post("/v1/translate", json={"input": TEXTS[i], "max_tokens": 6}).json()
+
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        batches = client.app.state.metrics.batch_sizes
+    assert batches.count == 1 and batches.sum == 4
+    expected = reference(folder, TEXTS, max_new_tokens=6)
+    assert [results[i]["data"][0]["translation_text"] for i in range(4)] == expected

@@ -104,7 +104,7 @@ class FinetuneOptions:
     bf16: bool = option(False, "bfloat16 autocast")
     eval_every: int = option(0, "evaluate every N optimizer steps (0: every epoch)")
     metric_for_best: str | None = option(None, "validation metric that picks the best model (default: accuracy, "
-                                               "micro_f1, pearson or entity_f1 by task)")
+                                               "micro_f1, pearson, entity_f1 or chrf by task)")
     early_stopping_patience: int = option(0, "stop after N evaluations without improvement (0: off); the best "
                                              "model is kept either way", aliases=["--patience"])
     log_every: int = option(10, "steps between metrics.jsonl records")
