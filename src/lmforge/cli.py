@@ -123,7 +123,7 @@ def _add_translate(sub) -> None:
     p.add_argument("model", help="encoder-decoder folder (BART, Marian, T5; e.g. runs/mt/best)")
     p.add_argument("text", nargs="+", help="text(s) to translate")
     p.add_argument("--num-beams", type=int, default=1, help="beam search with this many beams (1: greedy)")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="tokens to generate at most (default: the "
+    p.add_argument("--max-new-tokens", type=int, default=None, help="tokens to generate at most (None: the "
                                                                     "model's source length)")
     p.add_argument("--task", choices=["translation", "summarization"], default="translation")
     p.add_argument("--json", action="store_true", help="print one JSON object per text")

@@ -69,7 +69,8 @@ STATE_NAME = "finetune_state.json"
 
 @dataclass
 class FinetuneOptions:
-    model: str | None = option(None, "pretrained checkpoint folder (HF format, with its tokenizer)")
+    model: str | None = option(None, "pretrained checkpoint folder (HF format, with its tokenizer); seq2seq: also "
+                                     "a config.json (or a folder without weights) to train from scratch")
     data: str | None = option(None, "dataset name (movie-sentences, movie-reviews), training file, or folder "
                                     "of train/validation/test files")
     validation_file: str | None = option(None, "validation file (default: from --data, or 10%% of the training data)")
