@@ -46,9 +46,42 @@ def folder(tmp_path_factory):
     return folder
 
 
+@pytest.fixture(scope="module")
+def bart_folder(tmp_path_factory):
+    """transformers' BartForConditionalGeneration (perturbed) with BART's `<s> text </s>` template."""
+    folder = tmp_path_factory.mktemp("bart")
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, **{w: i + 4 for i, w in enumerate(WORDS)}}
+    backend = BackendTokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", 0),
+                                                                                                 ("</s>", 2)])
+    backend.decoder = decoders.WordPiece(prefix="##")
+    backend.add_special_tokens(["<s>", "<pad>", "</s>", "<unk>"])
+    backend.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+        "pad_token": "<pad>", "model_max_length": 32}), encoding="utf-8")
+    config = transformers.BartConfig(
+        vocab_size=len(vocab), d_model=32, encoder_layers=2, decoder_layers=2, encoder_ffn_dim=48, decoder_ffn_dim=48,
+        encoder_attention_heads=4, decoder_attention_heads=4, max_position_embeddings=64, pad_token_id=1,
+        bos_token_id=0, eos_token_id=2, decoder_start_token_id=2, forced_eos_token_id=2, dropout=0.0)
+    torch.manual_seed(3)
+    model = perturbed(transformers.BartForConditionalGeneration(config), seed=3)
+    with torch.no_grad():
+        model.final_logits_bias.zero_()
+    model.save_pretrained(folder)
+    return folder
+
+
+def test_summarization_of_a_bart_folder_equals_transformers(bart_folder):
+    got = pipeline("summarization", model=str(bart_folder))(TEXTS, num_beams=2, max_new_tokens=7)
+    expected = reference(bart_folder, TEXTS, num_beams=2, max_new_tokens=7)
+    assert got == [{"summary_text": text} for text in expected]
+
+
 def reference(folder, texts, **settings):
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
-    model = transformers.MarianMTModel.from_pretrained(folder).eval()
+    model = transformers.AutoModelForSeq2SeqLM.from_pretrained(folder).eval()
     out = []
     for text in texts:  # one at a time, as transformers' pipeline ran by default
         with torch.no_grad():
