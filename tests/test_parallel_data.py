@@ -49,7 +49,7 @@ def test_read_mo_rejects_other_files(tmp_path):
 def test_placeholders_kept_in_order():
     assert placeholders("%s of %d, %1$s, %(name)s, {0}, {name}, {}, 100%%") == [
         "%s", "%d", "%1$s", "%(name)s", "{0}", "{name}", "{}"]
-    assert placeholders("%-10.3lf and %lu") == ["%-10.3lf", "%lu"]
+    assert placeholders("%-10.3lf and %lu: %m") == ["%-10.3lf", "%lu", "%m"]
     # unnumbered ones keep their order; numbered / named ones may move
     assert placeholder_signature("%s then %d") != placeholder_signature("%d then %s")
     assert placeholder_signature("%1$s then %2$d") == placeholder_signature("%2$d 然后 %1$s")

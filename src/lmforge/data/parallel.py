@@ -106,11 +106,12 @@ def parallel_info(name: str) -> ParallelInfo:
 
 
 # ------------------------------------------------------------------------------------------ placeholders
-# printf (C, with %N$ positions and length modifiers), Python's %(name)s, and str.format's {0} / {name} / {}.
+# printf (C, with %N$ positions and length modifiers; glibc's %m, the errno text), Python's %(name)s, and
+# str.format's {0} / {name} / {}.
 # "%%" is matched first and thrown away: it is a literal percent sign, not an argument.
 _PLACEHOLDER = re.compile(
     r"%%"
-    r"|%(?P<pos>\d+\$)?[-+ #0']*(?:\d+|\*)?(?:\.(?:\d+|\*))?(?:hh|h|ll|l|L|q|j|z|Z|t)?[diouxXeEfFgGaAcspCS]"
+    r"|%(?P<pos>\d+\$)?[-+ #0']*(?:\d+|\*)?(?:\.(?:\d+|\*))?(?:hh|h|ll|l|L|q|j|z|Z|t)?[diouxXeEfFgGaAcspCSm]"
     r"|%\((?P<key>\w+)\)[-+ #0]*\d*(?:\.\d+)?[diouxXeEfFgGcrsa]"
     r"|\{(?P<field>\w*)(?:[!:][^{}]*)?\}"
 )
