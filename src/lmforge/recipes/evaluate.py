@@ -1,7 +1,10 @@
-"""`lmforge evaluate`: metrics of a fine-tuned model folder on a dataset, a labelled file or a folder; or, with
---perplexity, the sliding-window perplexity of a causal LM (HF folder or GGUF file) on a text file.
+"""`lmforge evaluate`: metrics of a fine-tuned model folder on a dataset, a labelled file or a folder; of an
+encoder-decoder (seq2seq) folder on parallel data, by generation (sacreBLEU chrF and BLEU, Chinese targets with
+the "zh" tokenizer; placeholder survival; teacher-forced loss); or, with --perplexity, the sliding-window
+perplexity of a causal LM (HF folder or GGUF file) on a text file.
 
     lmforge evaluate runs/ft/best --data movie-sentences --split test
+    lmforge evaluate runs/mt/best --data ui-strings-en-zh --split test --num-beams 4
     lmforge evaluate --perplexity runs/clm/final held_out.txt --stride 256
 """
 
@@ -52,6 +55,14 @@ class EvaluateOptions:
                                      "perplexity guide)")
     stride: int | None = option(None, "with --perplexity: tokens between window starts (default: half the window)")
     gguf_file: str | None = option(None, "with --perplexity: GGUF file name inside the MODEL folder")
+    # An encoder-decoder (seq2seq) folder: scored by generation (chrF, BLEU, placeholder survival, loss).
+    source_column: str | None = option(None, "seq2seq: source column (default: as in fine-tuning, else source)")
+    target_column: str | None = option(None, "seq2seq: target column (default: as in fine-tuning, else target)")
+    num_beams: int | None = option(None, "seq2seq: beams (default: as in fine-tuning, else 1: greedy)")
+    max_new_tokens: int | None = option(None, "seq2seq: generated tokens at most (default: as in fine-tuning)")
+    target_language: str | None = option(None, "seq2seq: zh scores BLEU on Chinese characters (default: the "
+                                                "dataset's or fine-tuning's)")
+    predictions: str | None = option(None, "seq2seq: write source / reference / output JSON lines to this file")
 
 
 def run(opts: EvaluateOptions) -> dict[str, Any]:
@@ -63,6 +74,8 @@ def run(opts: EvaluateOptions) -> dict[str, Any]:
     """
     if opts.perplexity:
         return perplexity_report(opts)
+    if opts.model and is_seq2seq_folder(opts.model):
+        return seq2seq_report(opts)
     if not opts.data:
         raise ValueError("no data given (--data DATASET|FILE|FOLDER)")
     if opts.threads:
@@ -119,6 +132,64 @@ def perplexity_report(opts: EvaluateOptions) -> dict[str, Any]:
     stride = opts.stride or max(1, max_length // 2)
     report = {"model": str(opts.model), "file": str(opts.file),
               **asdict(sliding_window_perplexity(model, ids, max_length, stride))}
+    if opts.output:
+        write_json(opts.output, report)
+    return report
+
+
+def is_seq2seq_folder(folder: str) -> bool:
+    """A folder fine-tuned with --task seq2seq, or any encoder-decoder LM (BART, Marian, T5 checkpoints)."""
+    from ..auto import AutoConfig
+    from .finetuned import read_info
+
+    path = Path(folder)
+    if not path.is_dir():
+        return False
+    if read_info(path).get("task") == "seq2seq":
+        return True
+    architectures = AutoConfig.from_pretrained(path).architectures or []
+    return any(a.endswith(("ForConditionalGeneration", "MTModel")) for a in architectures)
+
+
+def seq2seq_report(opts: EvaluateOptions) -> dict[str, Any]:
+    """{"model", "data", "split", "task": "seq2seq", "examples", "metrics", "samples"} of an encoder-decoder folder
+    on parallel data (split: test by default; a lone file is split as finetune splits it)."""
+    from ..auto import AutoModelForSeq2SeqLM
+    from ..data.parallel import load_parallel_splits
+    from ..eval.translation import score_pairs
+    from ..tokenizers import AutoTokenizer
+    from .common import pick_device
+    from .finetuned import read_info
+    from .seq2seq import source_limit, write_predictions
+
+    if not opts.data:
+        raise ValueError("no data given (--data DATASET|FILE|FOLDER)")
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    info = read_info(Path(opts.model))
+    model = AutoModelForSeq2SeqLM.from_pretrained(opts.model).to(pick_device(opts.device)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(opts.model)
+    splits = load_parallel_splits(str(opts.data), opts.source_column or info.get("source_column") or "source",
+                                  opts.target_column or info.get("target_column") or "target", seed=opts.seed)
+    split = opts.split or "test"
+    if split == "all":
+        pairs = [p for part in splits.values() for p in part]
+    elif split in splits:
+        pairs = splits[split]
+    else:
+        raise DataError(f"{opts.data}: no {split!r} split (has {', '.join(splits)})")
+    max_source = source_limit(model.config, opts.max_length or info.get("max_length") or 128)
+    max_target = source_limit(model.config, info.get("max_target_length") or max_source)
+    metrics, outputs = score_pairs(
+        model, tokenizer, pairs, target_language=opts.target_language or splits.target_language
+        or info.get("target_language"), batch_size=opts.batch_size, num_beams=opts.num_beams or info.get("num_beams")
+        or 1, max_new_tokens=opts.max_new_tokens or info.get("max_new_tokens") or max_target,
+        max_source_length=max_source, max_target_length=max_target)
+    if opts.predictions:
+        write_predictions(Path(opts.predictions), pairs, outputs)
+    samples = [{"source": p.source, "reference": p.target, "output": o} for p, o in zip(pairs[:5], outputs[:5])]
+    report = {"model": str(opts.model), "data": str(opts.data), "split": split, "task": "seq2seq",
+              "examples": len(pairs), "metrics": json_safe(metrics), "samples": samples}
     if opts.output:
         write_json(opts.output, report)
     return report

@@ -5,7 +5,8 @@
 
 Tasks: single_label (softmax), multi_label (sigmoid, labels above 0.5), regression (one raw value) on
 CSV / TSV / JSONL files or a named dataset (movie-sentences, movie-reviews); token_classification on
-CoNLL files (token first, tag last). `--data` is a dataset name, a training file, or a folder of
+CoNLL files (token first, tag last); seq2seq (an encoder-decoder on source -> target pairs: see
+recipes/seq2seq.py). `--data` is a dataset name, a training file, or a folder of
 train / validation / test files; `--validation-file` / `--test-file` add splits. A lone training file
 is split 80/10/10 (seeded, stratified for single_label); a missing validation split is carved (10%)
 out of the training split. The label map is built from the whole training split (so it does not change
@@ -65,20 +66,24 @@ from ..training.distributed import dist_info, local_device, maybe_init_distribut
 from .common import json_safe, option, pick_device, write_json
 from .finetuned import BEST_DIR, BestTracker, auto_class, checkpoint_step, recover_best, save_best
 
+# Classification / tagging tasks (data.labels.TASKS), and seq2seq (recipes/seq2seq.py).
+FINETUNE_TASKS = (*TASKS, "seq2seq")
 RESULTS_NAME = "results.json"
 STATE_NAME = "finetune_state.json"
 
 
 @dataclass
 class FinetuneOptions:
-    model: str | None = option(None, "pretrained checkpoint folder (HF format, with its tokenizer)")
+    model: str | None = option(None, "pretrained checkpoint folder (HF format, with its tokenizer); seq2seq: also "
+                                     "a config.json (or a folder without weights) to train from scratch")
     data: str | None = option(None, "dataset name (movie-sentences, movie-reviews), training file, or folder "
                                     "of train/validation/test files")
     validation_file: str | None = option(None, "validation file (default: from --data, or 10%% of the training data)")
     test_file: str | None = option(None, "test file (default: from --data, or 10%% of a lone training file)")
     output_dir: str = option("runs/finetune", "run folder: best/, results.json, metrics.jsonl, checkpoints",
                              short="-o")
-    task: str = option("single_label", "task type", choices=list(TASKS))
+    task: str = option("single_label", "task type (seq2seq: source -> target pairs, see recipes/seq2seq.py)",
+                       choices=list(FINETUNE_TASKS))
     text_column: str = option("text", "column holding the text")
     text_pair_column: str | None = option(None, "column holding the second text of a pair")
     label_column: str = option("label", "column holding the label")
@@ -114,7 +119,7 @@ class FinetuneOptions:
                                "(FSDP2) instead of replicating them (DDP)")
     eval_every: int = option(0, "evaluate every N optimizer steps (0: every epoch)")
     metric_for_best: str | None = option(None, "validation metric that picks the best model (default: accuracy, "
-                                               "micro_f1, pearson or entity_f1 by task)")
+                                               "micro_f1, pearson, entity_f1 or chrf by task)")
     early_stopping_patience: int = option(0, "stop after N evaluations without improvement (0: off); the best "
                                              "model is kept either way", aliases=["--patience"])
     log_every: int = option(10, "steps between metrics.jsonl records")
@@ -126,13 +131,29 @@ class FinetuneOptions:
     resume: bool = option(False, "continue an interrupted run from the latest checkpoint in output_dir")
     overwrite: bool = option(False, "start over even if output_dir holds checkpoints of another run")
     unpad: bool = option(True, "drop padding tokens before the encoder layers (faster, same results)")
+    # seq2seq (--task seq2seq) only
+    source_column: str = option("source", "seq2seq: column holding the source text")
+    target_column: str = option("target", "seq2seq: column holding the target text")
+    tokenizer: str | None = option(None, "seq2seq: tokenizer folder (default: the model folder's; from scratch "
+                                         "without one: a byte-level BPE trained on the training pairs)")
+    vocab_size: int = option(8000, "seq2seq from scratch: vocabulary of the tokenizer trained on the pairs")
+    label_smoothing: float = option(0.1, "seq2seq: label smoothing of the cross-entropy (0: off)")
+    max_target_length: int | None = option(None, "seq2seq: target tokens (default: --max-length)")
+    num_beams: int = option(1, "seq2seq: beams of the validation / test generation (1: greedy)")
+    max_new_tokens: int | None = option(None, "seq2seq: generated tokens at most (default: the target length)")
+    eval_samples: int = option(500, "seq2seq: validation pairs scored by generation at each evaluation (seeded "
+                                    "subset; 0: all)")
+    target_language: str | None = option(None, "seq2seq: target language for BLEU's tokenizer (zh: Chinese "
+                                                "characters; default: the dataset's, else 13a)")
     device: str | None = option(None, "cpu, cuda, cuda:1, ... (default: cuda when available)")
     threads: int | None = option(None, "torch CPU threads")
     progress: bool = option(True, "progress bar")
 
     def __post_init__(self) -> None:
-        if self.task not in TASKS:
-            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        if self.task not in FINETUNE_TASKS:
+            raise ValueError(f"task must be one of {FINETUNE_TASKS}, got {self.task!r}")
+        if not 0.0 <= self.label_smoothing < 1.0 or self.num_beams < 1 or self.eval_samples < 0:
+            raise ValueError("label_smoothing must be in [0, 1), num_beams >= 1 and eval_samples >= 0")
         if self.init not in ("pretrained", "random"):
             raise ValueError(f"init must be 'pretrained' or 'random', got {self.init!r}")
         if not 0.0 < self.label_fraction <= 1.0:
@@ -218,6 +239,10 @@ def run(opts: FinetuneOptions) -> dict[str, Any]:
 
 def run_once(opts: FinetuneOptions) -> dict[str, Any]:
     """One fine-tuning run with `opts.seed` (`opts.seeds` is not read)."""
+    if opts.task == "seq2seq":
+        from .seq2seq import run_seq2seq
+
+        return run_seq2seq(opts)
     t0 = time.perf_counter()
     if not opts.model:
         raise ValueError("finetune: no model given (--model CHECKPOINT_FOLDER)")

@@ -34,6 +34,7 @@ from .schemas import (
     EmbeddingsRequest,
     FillMaskRequest,
     TokenClassifyRequest,
+    TranslateRequest,
 )
 
 logger = logging.getLogger(__name__)
@@ -118,6 +119,10 @@ def create_app(options: ServeOptions) -> FastAPI:
         async def embeddings(body: EmbeddingsRequest) -> dict:
             return await serve(service.embeddings(body))
 
+    elif task in ("translation", "summarization"):
+        @app.post(served[0])
+        async def text2text(body: TranslateRequest) -> dict:
+            return await serve(service.text2text(body))
     elif task == "text-generation":
         add_generation_routes(app, service, options, model_name, batcher, run_batched)
 

@@ -1,4 +1,5 @@
-"""The encoder endpoints: /v1/classify, /v1/fill-mask, /v1/token-classify, /v1/embeddings. Each request is
+"""The encoder endpoints: /v1/classify, /v1/fill-mask, /v1/token-classify, /v1/embeddings, and the encoder-decoders'
+/v1/translate and /v1/summarize (one text out per text in, micro-batched the same way). Each request is
 checked here (token limits, mask tokens, label names: 4xx before it queues), its inputs go through the micro-batcher
 to the task's pipeline, and its slice of the outputs is shaped into the response."""
 
@@ -13,7 +14,7 @@ import numpy as np
 from ..pipelines import Pipeline
 from .errors import ApiError
 from .options import ServeOptions
-from .schemas import ClassifyRequest, EmbeddingsRequest, FillMaskRequest, TokenClassifyRequest
+from .schemas import ClassifyRequest, EmbeddingsRequest, FillMaskRequest, TokenClassifyRequest, TranslateRequest
 
 
 def as_list(texts: str | list[str]) -> list[str]:
@@ -53,6 +54,8 @@ class EncoderService:
             return self.pipe(inputs, aggregation_strategy=params[0])
         if task == "embeddings":
             return self.pipe(inputs)
+        if task == "text2text":
+            return self.pipe(inputs, num_beams=params[0], max_new_tokens=params[1])
         raise ValueError(f"unknown batch key {key!r}")
 
     # ------------------------------------------------------------------------------------ requests -> batches
@@ -123,3 +126,18 @@ class EncoderService:
                     "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
         return ("embeddings",), texts, shape
+
+    def text2text(self, body: TranslateRequest) -> tuple[Hashable, list[str], Any]:
+        """/v1/translate and /v1/summarize: requests with the same beams and length share a generate call."""
+        texts = as_list(body.input)
+        self.check_inputs(texts)
+        max_tokens = body.max_tokens or self.options.max_new_tokens
+        if max_tokens > self.options.max_new_tokens:
+            raise ApiError(422, f"max_tokens: {max_tokens} is more than the server's limit of "
+                                f"{self.options.max_new_tokens}", "max_tokens")
+
+        def shape(outputs: list[dict[str, str]]) -> dict:
+            return {"object": "list", "model": body.model or self.model_name,
+                    "data": [{"index": i, **out} for i, out in enumerate(outputs)]}
+
+        return ("text2text", body.num_beams, max_tokens), texts, shape

@@ -15,6 +15,8 @@ TASK_BY_ARCHITECTURE = (
     ("ForPreTraining", "fill-mask"),
     ("ForCausalLM", "text-generation"),
     ("LMHeadModel", "text-generation"),
+    ("ForConditionalGeneration", "translation"),  # encoder-decoders: BART, T5 (--task summarization for summaries)
+    ("MTModel", "translation"),  # MarianMTModel
     ("Model", "sentence-embedding"),
 )
 
@@ -25,6 +27,8 @@ ENDPOINTS = {
     "fill-mask": ("/v1/fill-mask",),
     "sentence-embedding": ("/v1/embeddings",),
     "text-generation": ("/v1/completions", "/v1/chat/completions"),
+    "translation": ("/v1/translate",),
+    "summarization": ("/v1/summarize",),
 }
 
 

@@ -54,6 +54,12 @@ class EmbeddingsRequest(_Request):
     user: StrictStr | None = None
 
 
+class TranslateRequest(_Request):
+    input: Texts
+    num_beams: Annotated[StrictInt, Field(ge=1, le=16)] = 1  # 1: greedy
+    max_tokens: Annotated[StrictInt, Field(ge=1)] | None = None  # None: the server's --max-new-tokens
+
+
 class _GenerationRequest(_Request):
     max_tokens: Annotated[StrictInt, Field(ge=1)] | None = None  # None: 16, as OpenAI's completions
     temperature: Annotated[StrictFloat | StrictInt, Field(ge=0, le=2)] = 1.0  # 0: greedy
