@@ -3,7 +3,9 @@
 # the installed Debian packages, split by catalog), a Marian-shaped model (marian-mini: 4+4 layers x 256, 4
 # heads, FFN 1024, shared 8,000-token Unigram vocabulary) trained from scratch vs. initialised from denoising
 # pretraining on both languages' text of the TRAINING catalogs. One thread per run, at most two runs at once.
-# These are the commands as run (2026-12-01, 21:43-22:50 UTC, 2-core CPU shared with other jobs).
+# These are the commands as run (2026-12-01, 21:43-22:18 UTC, commit 6834f1a, 2-core CPU shared with other jobs;
+# a first pretraining try at the default --batch-size 32 ran ~8 s/step, i.e. ~150 steps in 20 minutes, and was
+# stopped after 20 steps for batch 8). Results: README, "A real run".
 set -euo pipefail
 PY=${PY:-python}
 LMF="$PY -m lmforge.cli"
