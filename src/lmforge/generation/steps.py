@@ -52,12 +52,15 @@ class Seq2SeqSteps:
     `start` encodes the source once and runs the decoder start tokens into a new `KVCache` (the model's), whose
     cross-attention slots then hold the encoder output's keys/values for every later step; each step feeds one
     decoder token per row. No decoder padding mask: decoder rows all begin with the start token (transformers
-    passes none either). `reorder` moves the cache (cross keys/values included), the encoder output and the
-    source mask with the rows."""
+    passes none either). `reorder` moves the cache, the encoder output and the source mask with the rows; the
+    source-side ones (cross-attention keys/values, encoder output, mask: (R, S, ...) each, per layer) only when a
+    row changes source: the expansion to beams does, beam search's later reorders keep each beam on its own
+    source, so those rows are equal already and copying them every step (what transformers does) is skipped."""
 
     def __init__(self, model: torch.nn.Module, source_ids: Tensor, source_mask: Tensor):
         self.model = model
         self.source_ids, self.source_mask = source_ids, source_mask  # (R, S)
+        self.source_rows = torch.arange(source_ids.size(0), device=source_ids.device)  # (R,): each row's source
         self.cache: KVCache | None = None
         self.encoder_states: Tensor | None = None  # (R, S, C)
 
@@ -76,6 +79,11 @@ class Seq2SeqSteps:
         return out.logits[:, -1].float()
 
     def reorder(self, index: Tensor) -> None:
+        source_rows = self.source_rows.index_select(0, index)  # (R',)
+        if torch.equal(source_rows, self.source_rows):  # every row keeps its source: source-side rows stay
+            self.cache.reorder_self_attention(index)
+            return
         self.cache.reorder(index)  # cross-attention keys/values included
         self.source_mask = self.source_mask.index_select(0, index)
         self.encoder_states = self.encoder_states.index_select(0, index)
+        self.source_rows = source_rows

@@ -232,12 +232,18 @@ class KVCache:
     def reorder(self, index: Tensor) -> None:
         """Keep rows `index` (B',) of every layer, in that order: beam search continues each surviving beam
         from its parent's keys and values (rows may repeat); generation expands a prompt's cache to its beams."""
+        self.reorder_self_attention(index)
+        for layer in range(self.num_layers):
+            if self.cross[layer] is not None:
+                self.cross[layer] = tuple(t.index_select(0, index) for t in self.cross[layer])
+
+    def reorder_self_attention(self, index: Tensor) -> None:
+        """`reorder` without the cross-attention keys/values: for a reorder that keeps every row on its own
+        source (beam search after the expansion), whose cross-attention rows are therefore already equal."""
         for layer in range(self.num_layers):
             if self._keys[layer] is not None:
                 self._keys[layer] = self._keys[layer].index_select(0, index)
                 self._values[layer] = self._values[layer].index_select(0, index)
-            if self.cross[layer] is not None:
-                self.cross[layer] = tuple(t.index_select(0, index) for t in self.cross[layer])
 
     @staticmethod
     def _grow(buffer: Tensor | None, filled: int, needed: int, like: Tensor) -> Tensor:
