@@ -196,6 +196,7 @@ class KVCache:
         self._keys: list[Tensor | None] = [None] * num_layers
         self._values: list[Tensor | None] = [None] * num_layers
         self._lengths = [0] * num_layers
+        self._spare: list[tuple[Tensor, Tensor] | None] = [None] * num_layers  # `reorder`'s target buffers
         self.cross: list[tuple[Tensor, Tensor] | None] = [None] * num_layers
 
     def get_seq_length(self, layer: int = 0) -> int:
@@ -239,11 +240,28 @@ class KVCache:
 
     def reorder_self_attention(self, index: Tensor) -> None:
         """`reorder` without the cross-attention keys/values: for a reorder that keeps every row on its own
-        source (beam search after the expansion), whose cross-attention rows are therefore already equal."""
+        source (beam search after the expansion), whose cross-attention rows are therefore already equal.
+
+        Beam search reorders at every step: the filled positions are gathered into a second buffer of the same
+        capacity, kept from the previous reorder, and the two swap roles. A fresh (B, Hk, capacity, D) tensor per
+        layer and step (what `index_select` returns) costs ~10x more on a CPU than the copy itself (new pages),
+        and the unfilled tail need not be copied. Views of the cache taken before a reorder are therefore
+        overwritten by the next one (the decoding loops hold none)."""
         for layer in range(self.num_layers):
-            if self._keys[layer] is not None:
-                self._keys[layer] = self._keys[layer].index_select(0, index)
-                self._values[layer] = self._values[layer].index_select(0, index)
+            keys, values = self._keys[layer], self._values[layer]
+            if keys is None:
+                continue
+            if keys.requires_grad and torch.is_grad_enabled():  # autograd's concatenated tensors (see `update`)
+                self._keys[layer], self._values[layer] = keys.index_select(0, index), values.index_select(0, index)
+                continue
+            n, shape = self._lengths[layer], (index.numel(), *keys.shape[1:])
+            spare = self._spare[layer]
+            if spare is None or spare[0].shape != shape or spare[0].dtype != keys.dtype:
+                spare = keys.new_empty(shape), values.new_empty(shape)
+            torch.index_select(keys[:, :, :n], 0, index, out=spare[0][:, :, :n])
+            torch.index_select(values[:, :, :n], 0, index, out=spare[1][:, :, :n])
+            self._keys[layer], self._values[layer] = spare
+            self._spare[layer] = (keys, values) if keys.shape == shape else None
 
     @staticmethod
     def _grow(buffer: Tensor | None, filled: int, needed: int, like: Tensor) -> Tensor:
