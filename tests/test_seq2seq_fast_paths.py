@@ -127,20 +127,29 @@ def test_readable_branch_t5_equals_model_loss():
     torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
 
 
-def test_beam_reorder_within_sources_keeps_source_side_rows():
-    """After the expansion to beams, a reorder that keeps each row on its source moves only the self-attention
-    cache; one that moves a row to another source moves the encoder output and cross keys/values too."""
+def test_beam_reorders_keep_one_source_side_row_per_source():
+    """The expansion to beams and reorders that keep each beam on its source leave the source side (encoder output,
+    cross-attention keys/values) at one row per source, read by all its beams; logits equal per-row copies'. A
+    reorder that moves a row to another source gives every row its own copy."""
     model = build("marian").eval()
     inputs = batch()
     steps = Seq2SeqSteps(model, inputs["input_ids"], inputs["attention_mask"])
+    reference = Seq2SeqSteps(model, inputs["input_ids"].repeat_interleave(2, 0),
+                             inputs["attention_mask"].repeat_interleave(2, 0))  # every row its own source
     with torch.no_grad():
         steps.start(torch.full((3, 1), PAD))
-        steps.reorder(torch.arange(3).repeat_interleave(2))  # 3 sources x 2 beams
+        reference.start(torch.full((6, 1), PAD))
         states, cross = steps.encoder_states, steps.cache.cross[0]
-        steps.step(torch.tensor([5, 6, 7, 8, 9, 10]))
+        steps.reorder(torch.arange(3).repeat_interleave(2))  # 3 sources x 2 beams
+        tokens = torch.tensor([5, 6, 7, 8, 9, 10])
+        torch.testing.assert_close(steps.step(tokens), reference.step(tokens), atol=1e-5, rtol=0)
         steps.reorder(torch.tensor([1, 1, 2, 2, 5, 4]))  # beams stay on their sources
-        assert steps.encoder_states is states and steps.cache.cross[0] is cross
+        reference.reorder(torch.tensor([1, 1, 2, 2, 5, 4]))
+        assert steps.encoder_states is states and steps.cache.cross[0] is cross and cross[0].size(0) == 3
         assert steps.cache.get_seq_length() == 2
-        steps.reorder(torch.tensor([0, 1, 2, 3, 5, 0]))  # the last row takes source 0's beam
-        assert torch.equal(steps.encoder_states[5], states[0]) and torch.equal(steps.cache.cross[0][0][5], cross[0][0])
+        torch.testing.assert_close(steps.step(tokens), reference.step(tokens), atol=1e-5, rtol=0)
+        steps.reorder(torch.tensor([0, 1, 2, 3, 5, 0]))  # the last row continues source 0's first beam
+        reference.reorder(torch.tensor([0, 1, 2, 3, 5, 0]))
         assert steps.source_rows.tolist() == [0, 0, 1, 1, 2, 0]
+        assert torch.equal(steps.encoder_states[5], states[0]) and torch.equal(steps.cache.cross[0][0][5], cross[0][0])
+        torch.testing.assert_close(steps.step(tokens), reference.step(tokens), atol=1e-5, rtol=0)

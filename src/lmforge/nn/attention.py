@@ -352,7 +352,8 @@ class CrossAttention(Attention):
         """x: (B, T, C) decoder states; encoder_states: (B, S, C_enc), or None when `cache` holds its keys/values;
         mask: from `padding_mask` over the encoder positions."""
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        H, D = self.num_heads, self.head_dim
+        q = self.q_proj(x).view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
         cached = cache.cross[self.layer_idx] if cache is not None else None
         if cached is not None:
             k, v = cached
@@ -362,7 +363,16 @@ class CrossAttention(Attention):
             k, v = self.keys_values(encoder_states)  # (B, Hk, S, D) each
             if cache is not None:
                 cache.cross[self.layer_idx] = (k, v)
-        return self._attend(q, k, v, mask, False, need_probs)
+        if k.size(0) == B:
+            return self._attend(q, k, v, mask, False, need_probs)
+        # Beam search: keys/values (and mask) are one row per source, whose g = B / sources beams are consecutive
+        # rows of x. Each source's g x T queries attend in one call: its keys/values are read once, not g times.
+        n, g = k.size(0), B // k.size(0)
+        q = q.view(n, g, H, T, D).transpose(1, 2).reshape(n, H, g * T, D)  # (n, H, g*T, D)
+        out, probs = self._attend(q, k, v, mask, False, need_probs)  # (n, g*T, C), (n, H, g*T, S)
+        if probs is not None:
+            probs = probs.view(n, H, g, T, -1).transpose(1, 2).reshape(B, H, T, -1)  # (B, H, T, S)
+        return out.reshape(B, T, -1), probs  # (B, T, C)
 
     def keys_values(self, encoder_states: Tensor) -> tuple[Tensor, Tensor]:
         """encoder_states (B, S, C_enc) -> keys and values (B, Hk, S, D): what the cache holds in `cross`."""
