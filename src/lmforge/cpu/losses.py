@@ -37,7 +37,8 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, dtype: torch.dtype):
+    def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, dtype: torch.dtype,
+                label_smoothing: float):
         # hidden: (N, C), weight: (V, C), bias: (V,), targets: (N,) in [0, V)
         N, V = hidden.size(0), weight.size(0)
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
@@ -54,10 +55,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
             rows = slice(start, start + chunk)
             log_probs = torch.log_softmax(logits[rows].float(), dim=-1)  # (n, V), a cache-sized temporary
             picked = torch.arange(log_probs.size(0), device=log_probs.device), targets[rows]
-            loss -= log_probs[picked].sum()
-            # softmax - onehot, over N for the mean; written over the logits, which are not needed again.
+            # Label smoothing (as F.cross_entropy's): loss_i = (1 - e) * -log p_i[y_i] + e * mean_v(-log p_i[v]).
+            loss -= (1.0 - label_smoothing) * log_probs[picked].sum()
+            if label_smoothing:
+                loss -= label_smoothing / V * log_probs.sum()
+            # softmax - target distribution, over N for the mean; written over the logits, not needed again.
             g = log_probs.exp_()
-            g[picked] -= 1.0
+            g[picked] -= 1.0 - label_smoothing
+            if label_smoothing:
+                g -= label_smoothing / V
             torch.div(g, N, out=grad_logits[rows])
         g = grad_logits.to(dtype)  # (N, V)
         ctx.grads = (
@@ -73,18 +79,22 @@ class _LinearCrossEntropy(torch.autograd.Function):
         ctx.grads = None  # free them with the graph
         if not torch.equal(grad_loss, torch.ones_like(grad_loss)):  # e.g. gradient accumulation's 1/k
             grads = tuple(g * grad_loss.to(g.dtype) if g is not None else None for g in grads)
-        return (*grads, None, None)
+        return (*grads, None, None, None)
 
 
-def linear_cross_entropy(hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor) -> Tensor:
+def linear_cross_entropy(hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor,
+                         label_smoothing: float = 0.0) -> Tensor:
     """Mean cross-entropy of `F.linear(hidden, weight, bias)` against `targets`, chunked over rows.
 
     hidden: (N, C), weight: (V, C), bias: (V,) or None, targets: (N,) class indices (no ignore index:
-    select the rows first). Returns a scalar fp32 loss (NaN when N == 0, as `F.cross_entropy`).
+    select the rows first); label_smoothing in [0, 1) as `F.cross_entropy`'s. Returns a scalar fp32 loss
+    (NaN when N == 0, as `F.cross_entropy`).
     """
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
     dtype = _compute_dtype(hidden)
     with torch.autocast(hidden.device.type, enabled=False):
-        return _LinearCrossEntropy.apply(hidden, weight, bias, targets, dtype)
+        return _LinearCrossEntropy.apply(hidden, weight, bias, targets, dtype, float(label_smoothing))
 
 
 class FusedLossMaskedLMHead(MaskedLMHead):

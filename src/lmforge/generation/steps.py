@@ -52,19 +52,27 @@ class Seq2SeqSteps:
     `start` encodes the source once and runs the decoder start tokens into a new `KVCache` (the model's), whose
     cross-attention slots then hold the encoder output's keys/values for every later step; each step feeds one
     decoder token per row. No decoder padding mask: decoder rows all begin with the start token (transformers
-    passes none either). `reorder` moves the cache (cross keys/values included), the encoder output and the
-    source mask with the rows."""
+    passes none either). `reorder` moves the self-attention cache with the rows. The source side (encoder output,
+    source mask, cross-attention keys/values: (sources, S, ...) each) stays one row per source while the rows
+    are each source's beams in order (the expansion to beams and every beam-search reorder after it keep that):
+    cross-attention then reads a source's keys/values once for all its beams (`CrossAttention`), and nothing of
+    the source side is copied per step (transformers copies it to every beam, and reorders it every step). A
+    reorder that breaks the order gives every row its own copy."""
 
     def __init__(self, model: torch.nn.Module, source_ids: Tensor, source_mask: Tensor):
         self.model = model
-        self.source_ids, self.source_mask = source_ids, source_mask  # (R, S)
+        self.source_ids, self.source_mask = source_ids, source_mask  # (n, S): one row per source
+        self.source_rows = torch.arange(source_ids.size(0), device=source_ids.device)  # (R,): each row's source
         self.cache: KVCache | None = None
-        self.encoder_states: Tensor | None = None  # (R, S, C)
+        self.encoder_states: Tensor | None = None  # (n, S, C), or (R, S, C) once a reorder broke the order
+        self.source_side: tuple[Tensor, Tensor, list] | None = None  # one row per source: states, mask, cross K/V
 
     def start(self, decoder_ids: Tensor) -> tuple[Tensor, Tensor]:
         encoder = self.model.get_encoder()
         self.encoder_states = encoder(input_ids=self.source_ids, attention_mask=self.source_mask).last_hidden_state
-        return decoder_ids, self._logits(decoder_ids)  # (R, 1), (R, V)
+        logits = self._logits(decoder_ids)  # (R, V)
+        self.source_side = (self.encoder_states, self.source_mask, list(self.cache.cross))
+        return decoder_ids, logits  # (R, 1), (R, V)
 
     def step(self, tokens: Tensor) -> Tensor:
         return self._logits(tokens[:, None])  # (R, V)
@@ -76,6 +84,17 @@ class Seq2SeqSteps:
         return out.logits[:, -1].float()
 
     def reorder(self, index: Tensor) -> None:
-        self.cache.reorder(index)  # cross-attention keys/values included
-        self.source_mask = self.source_mask.index_select(0, index)
-        self.encoder_states = self.encoder_states.index_select(0, index)
+        self.cache.reorder_self_attention(index)
+        source_rows = self.source_rows.index_select(0, index)  # (R',)
+        if torch.equal(source_rows, self.source_rows):  # every row keeps its source: the source side stays
+            return
+        self.source_rows = source_rows
+        states, mask, cross = self.source_side
+        n, R = states.size(0), source_rows.numel()
+        in_order = R % n == 0 and torch.equal(
+            source_rows, torch.arange(n, device=source_rows.device).repeat_interleave(R // n))
+        if not in_order:  # each row its own copy of its source's rows
+            states, mask = states.index_select(0, source_rows), mask.index_select(0, source_rows)
+            cross = [tuple(t.index_select(0, source_rows) for t in kv) if kv is not None else None for kv in cross]
+        self.encoder_states, self.source_mask = states, mask
+        self.cache.cross[:] = cross

@@ -196,6 +196,7 @@ class KVCache:
         self._keys: list[Tensor | None] = [None] * num_layers
         self._values: list[Tensor | None] = [None] * num_layers
         self._lengths = [0] * num_layers
+        self._spare: list[tuple[Tensor, Tensor] | None] = [None] * num_layers  # `reorder`'s target buffers
         self.cross: list[tuple[Tensor, Tensor] | None] = [None] * num_layers
 
     def get_seq_length(self, layer: int = 0) -> int:
@@ -232,12 +233,35 @@ class KVCache:
     def reorder(self, index: Tensor) -> None:
         """Keep rows `index` (B',) of every layer, in that order: beam search continues each surviving beam
         from its parent's keys and values (rows may repeat); generation expands a prompt's cache to its beams."""
+        self.reorder_self_attention(index)
         for layer in range(self.num_layers):
-            if self._keys[layer] is not None:
-                self._keys[layer] = self._keys[layer].index_select(0, index)
-                self._values[layer] = self._values[layer].index_select(0, index)
             if self.cross[layer] is not None:
                 self.cross[layer] = tuple(t.index_select(0, index) for t in self.cross[layer])
+
+    def reorder_self_attention(self, index: Tensor) -> None:
+        """`reorder` without the cross-attention keys/values: for a reorder that keeps every row on its own
+        source (beam search after the expansion), whose cross-attention rows are therefore already equal.
+
+        Beam search reorders at every step: the filled positions are gathered into a second buffer of the same
+        capacity, kept from the previous reorder, and the two swap roles. A fresh (B, Hk, capacity, D) tensor per
+        layer and step (what `index_select` returns) costs ~10x more on a CPU than the copy itself (new pages),
+        and the unfilled tail need not be copied. Views of the cache taken before a reorder are therefore
+        overwritten by the next one (the decoding loops hold none)."""
+        for layer in range(self.num_layers):
+            keys, values = self._keys[layer], self._values[layer]
+            if keys is None:
+                continue
+            if keys.requires_grad and torch.is_grad_enabled():  # autograd's concatenated tensors (see `update`)
+                self._keys[layer], self._values[layer] = keys.index_select(0, index), values.index_select(0, index)
+                continue
+            n, shape = self._lengths[layer], (index.numel(), *keys.shape[1:])
+            spare = self._spare[layer]
+            if spare is None or spare[0].shape != shape or spare[0].dtype != keys.dtype:
+                spare = keys.new_empty(shape), values.new_empty(shape)
+            torch.index_select(keys[:, :, :n], 0, index, out=spare[0][:, :, :n])
+            torch.index_select(values[:, :, :n], 0, index, out=spare[1][:, :, :n])
+            self._keys[layer], self._values[layer] = spare
+            self._spare[layer] = (keys, values) if keys.shape == shape else None
 
     @staticmethod
     def _grow(buffer: Tensor | None, filled: int, needed: int, like: Tensor) -> Tensor:
@@ -328,7 +352,8 @@ class CrossAttention(Attention):
         """x: (B, T, C) decoder states; encoder_states: (B, S, C_enc), or None when `cache` holds its keys/values;
         mask: from `padding_mask` over the encoder positions."""
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        H, D = self.num_heads, self.head_dim
+        q = self.q_proj(x).view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
         cached = cache.cross[self.layer_idx] if cache is not None else None
         if cached is not None:
             k, v = cached
@@ -338,7 +363,16 @@ class CrossAttention(Attention):
             k, v = self.keys_values(encoder_states)  # (B, Hk, S, D) each
             if cache is not None:
                 cache.cross[self.layer_idx] = (k, v)
-        return self._attend(q, k, v, mask, False, need_probs)
+        if k.size(0) == B:
+            return self._attend(q, k, v, mask, False, need_probs)
+        # Beam search: keys/values (and mask) are one row per source, whose g = B / sources beams are consecutive
+        # rows of x. Each source's g x T queries attend in one call: its keys/values are read once, not g times.
+        n, g = k.size(0), B // k.size(0)
+        q = q.view(n, g, H, T, D).transpose(1, 2).reshape(n, H, g * T, D)  # (n, H, g*T, D)
+        out, probs = self._attend(q, k, v, mask, False, need_probs)  # (n, g*T, C), (n, H, g*T, S)
+        if probs is not None:
+            probs = probs.view(n, H, g, T, -1).transpose(1, 2).reshape(B, H, T, -1)  # (B, H, T, S)
+        return out.reshape(B, T, -1), probs  # (B, T, C)
 
     def keys_values(self, encoder_states: Tensor) -> tuple[Tensor, Tensor]:
         """encoder_states (B, S, C_enc) -> keys and values (B, Hk, S, D): what the cache holds in `cross`."""

@@ -369,6 +369,12 @@ class ConditionalGenerationModel(Seq2SeqGenerationMixin, BartPreTrainedModel):
     def prepare_decoder_input_ids_from_labels(self, labels: Tensor) -> Tensor:
         return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
 
+    def head_states(self, input_ids: Tensor, attention_mask: Tensor | None, decoder_input_ids: Tensor,
+                    decoder_attention_mask: Tensor | None) -> Tensor:
+        """What `lm_head` projects: the decoder output (B, T, C). Training with a loss fused into the projection
+        (`training.seq2seq_lm`) reads it instead of the (B, T, V) logits; logits = lm_head(it) + final_logits_bias."""
+        return self.model(input_ids, attention_mask, decoder_input_ids, decoder_attention_mask).last_hidden_state
+
     def forward(
         self,
         input_ids: Tensor | None = None,

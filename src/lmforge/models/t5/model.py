@@ -367,6 +367,18 @@ class T5ForConditionalGeneration(Seq2SeqGenerationMixin, T5PreTrainedModel):
     def get_decoder(self) -> T5Stack:
         return self.decoder
 
+    def prepare_decoder_input_ids_from_labels(self, labels: Tensor) -> Tensor:
+        return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
+
+    def head_states(self, input_ids: Tensor, attention_mask: Tensor | None, decoder_input_ids: Tensor,
+                    decoder_attention_mask: Tensor | None) -> Tensor:
+        """What `lm_head` projects (B, T, C): the decoder output, rescaled by d_model^-0.5 when tied (see
+        BART's `head_states`)."""
+        _, decoder_out = _encode_decode(self, input_ids, attention_mask, decoder_input_ids, decoder_attention_mask,
+                                        None, None, None, None, False, False, False)
+        h = decoder_out.last_hidden_state  # (B, T, C)
+        return h * self.config.d_model ** -0.5 if self.config.rescale_decoder_output else h
+
     def forward(
         self,
         input_ids: Tensor | None = None,
