@@ -133,3 +133,19 @@ def test_fused_cross_attention_equals_readable_and_caches_encoder_keys(cpu_path,
         again, _ = fast(x, None, None, cache)  # keys/values of the encoder output from the cache
     torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
     torch.testing.assert_close(again, want, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["llama-gqa", "qwen2-bias"])
+def test_fp32_inference_never_copies_weights(monkeypatch, name):
+    """A decode step streams the weights from memory: concatenating Q|K|V or gate|up weights on each call (fp32,
+    where nothing is prepared once) would copy most of them again. The fast blocks run one matmul per weight."""
+    model = build(name).eval()
+    params = {p.data_ptr() for p in model.parameters()}
+    copied = []
+    real_cat = torch.cat
+    monkeypatch.setattr(torch, "cat", lambda ts, *a, **k: copied.extend(
+        t.shape for t in ts if t.data_ptr() in params) or real_cat(ts, *a, **k))
+    ids, mask = padded_batch(99, "left")
+    with torch.no_grad():
+        model.generate(ids, mask, max_new_tokens=2, eos_token_id=[])
+    assert copied == []

@@ -1,6 +1,6 @@
 """Attention on a CPU. Encoders: one Q|K|V matmul (oneDNN in inference) and `varlen_attention` on packed
 (unpadded) tokens (`CPUSelfAttention` replaces `nn.attention.EncoderSelfAttention`). Decoders: Q|K|V (and
-cross-attention's K|V) as one matmul over the concatenated weights, through oneDNN in bf16 CPU inference
+cross-attention's K|V) as one matmul over the concatenated weights through oneDNN in bf16 CPU inference
 (`FusedQKVSelfAttention`, `FusedKVCrossAttention` replace `SelfAttention`, `CrossAttention`). Each
 replaces its readable parent in a model (`cpu.fast_paths`); all attend through `nn.attention.attend` on
 padded batches, and the tests check the paths agree. Shape legend: `lmforge.nn.attention`'s.
@@ -58,22 +58,19 @@ class CPUSelfAttention(EncoderSelfAttention):
 
 
 class FusedQKVSelfAttention(SelfAttention):
-    """`SelfAttention` with Q, K and V from one matmul over the concatenated weights: the same numbers as three
-    (fp32 logits of SmolLM2 equal transformers' bit for bit), one pass over x and one GEMM launch instead of
-    three. bf16 CPU inference: oneDNN, the concatenation and cast made once per `frozen_weights()` block."""
+    """`SelfAttention` with Q, K and V from one matmul over the concatenated weights in bf16 CPU inference
+    (oneDNN; the concatenation and cast made once per `frozen_weights()` block): one pass over x and one GEMM
+    launch instead of three. fp32 and autograd: three ATen matmuls, as the parent (see `onednn.fused_linears`)."""
 
     def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        H, Hk, D = self.num_heads, self.num_kv_heads, self.head_dim
-        qkv = onednn.concat_linear(x, self, (self.q_proj, self.k_proj, self.v_proj))  # (B, T, (H + 2Hk) * D)
-        return qkv.split([H * D, Hk * D, Hk * D], dim=-1)
+        return onednn.fused_linears(x, self, (self.q_proj, self.k_proj, self.v_proj))  # (B, T, H*D), 2 x (B, T, Hk*D)
 
 
 class FusedKVCrossAttention(CrossAttention):
     """`CrossAttention` with K and V of the encoder output from one matmul (as `FusedQKVSelfAttention`)."""
 
     def project_kv(self, encoder_states: Tensor) -> tuple[Tensor, Tensor]:
-        kv = onednn.concat_linear(encoder_states, self, (self.k_proj, self.v_proj))  # (B, S, 2 * Hk * D)
-        return kv.chunk(2, dim=-1)
+        return onednn.fused_linears(encoder_states, self, (self.k_proj, self.v_proj))  # 2 x (B, S, Hk*D)
 
 
 def varlen_attention(qkv: Tensor, lengths: list[int], num_heads: int, dropout_p: float = 0.0,
