@@ -80,9 +80,16 @@ _frozen: ContextVar[dict | None] = ContextVar("lmforge_frozen_weights", default=
 
 
 @contextmanager
-def frozen_weights() -> Iterator[None]:
-    """Within this block weight casts/concatenations are made once and reused: the weights must not change."""
-    token = _frozen.set({})
+def frozen_weights(prepared: dict | None = None) -> Iterator[None]:
+    """Within this block weight casts/concatenations are made once and reused: the weights must not change.
+
+    A block inside another shares the outer one's preparations (the outer block already holds the weights
+    still). `prepared`: the store of earlier blocks over the same, unchanged weights (a dict that started
+    empty), for a caller that enters one block per step, e.g. a generator that must not hold a block open
+    across its yields; by default a new, empty one."""
+    if prepared is None:
+        prepared = _frozen.get()
+    token = _frozen.set({} if prepared is None else prepared)
     try:
         yield
     finally:
