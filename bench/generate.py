@@ -10,8 +10,8 @@ a KV cache of the same length (the floor a generation loop can reach), for both 
 run makes exactly `new` tokens; the tokens of both libraries are compared (greedy: they should be identical).
 Prompts are seeded random token ids (the timing does not depend on the text).
 Where the CPU has native bf16 (oneDNN bf16), also lmforge with bf16 weights (`model.to(torch.bfloat16)`) at both
-batch sizes, against transformers fp32, and how many of its greedy tokens equal lmforge fp32's (bf16 rounding
-changes some argmaxes; a row differs from its first changed token on).
+batch sizes, against transformers fp32 and transformers with bf16 weights, and how many of its greedy tokens
+equal lmforge fp32's (bf16 rounding changes some argmaxes; a row differs from its first changed token on).
 
     python bench/generate.py [--new 128] [--repeats 3] [--threads 2] [--gguf FILE]
 """
@@ -91,8 +91,9 @@ def run(gguf: Path | None = None, new: int = 128, repeats: int = 3, threads: int
     models["transformers"].generation_config.eos_token_id = None  # exactly `new` tokens, as lmforge's eos=[]
     libraries = LIBRARIES
     if torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        models["lmforge bf16"] = copy.deepcopy(models["lmforge"]).to(torch.bfloat16)
-        libraries = (*LIBRARIES, "lmforge bf16")
+        for lib in LIBRARIES:
+            models[f"{lib} bf16"] = copy.deepcopy(models[lib]).to(torch.bfloat16)
+        libraries = (*LIBRARIES, "lmforge bf16", "transformers bf16")
     batches = prompts(models["lmforge"].config.vocab_size, prompt, lengths)
     result = GenerateResult(new)
 
@@ -117,7 +118,8 @@ def run(gguf: Path | None = None, new: int = 128, repeats: int = 3, threads: int
     for size, (ids, _) in batches.items():
         result.identical[size] = torch.equal(outputs[f"lmforge {size}"], outputs[f"transformers {size}"])
         if "lmforge bf16" in libraries:
-            result.tokens_per_s[f"lmforge bf16 {size}"] = ids.size(0) * new / seconds[f"lmforge bf16 {size}"]
+            for lib in ("lmforge bf16", "transformers bf16"):
+                result.tokens_per_s[f"{lib} {size}"] = ids.size(0) * new / seconds[f"{lib} {size}"]
             fp32, bf16 = (outputs[f"{lib} {size}"][:, ids.size(1):] for lib in ("lmforge", "lmforge bf16"))
             result.bf16_same_tokens[size] = float((fp32 == bf16).float().mean())
     return result
@@ -148,6 +150,8 @@ def rows(result: GenerateResult) -> list[list[str]]:
             out.append(row(f"  lmforge bf16 weights vs transformers fp32, {label}, tokens/s "
                            f"({100 * result.bf16_same_tokens[size]:.0f}% of tokens = lmforge fp32's)",
                            tps[f"lmforge bf16 {size}"], tps[f"transformers {size}"]))
+            out.append(row(f"  lmforge vs transformers, both bf16 weights, {label}, tokens/s",
+                           tps[f"lmforge bf16 {size}"], tps[f"transformers bf16 {size}"]))
     return out
 
 

@@ -34,3 +34,4 @@ def test_generate_bench_runs_on_a_tiny_gguf(tmp_path, monkeypatch):
         assert set(result.bf16_same_tokens) == {"b1", "b8"}
         assert all(0.0 <= v <= 1.0 for v in result.bf16_same_tokens.values())
         assert "lmforge bf16 weights vs transformers fp32, batch 8" in report
+        assert "lmforge vs transformers, both bf16 weights, batch 1" in report
