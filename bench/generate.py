@@ -9,12 +9,16 @@ Per step: (time of `new` tokens - time of 1) / (new - 1), against one bare forwa
 a KV cache of the same length (the floor a generation loop can reach), for both libraries. EOS is off so every
 run makes exactly `new` tokens; the tokens of both libraries are compared (greedy: they should be identical).
 Prompts are seeded random token ids (the timing does not depend on the text).
+Where the CPU has native bf16 (oneDNN bf16), also lmforge with bf16 weights (`model.to(torch.bfloat16)`) at both
+batch sizes, against transformers fp32 and transformers with bf16 weights, and how many of its greedy tokens
+equal lmforge fp32's (bf16 rounding changes some argmaxes; a row differs from its first changed token on).
 
     python bench/generate.py [--new 128] [--repeats 3] [--threads 2] [--gguf FILE]
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +39,8 @@ class GenerateResult:
     step_s: dict[str, float] = field(default_factory=dict)  # <lib> -> seconds per generated token (batch 1)
     bare_step_s: dict[str, float] = field(default_factory=dict)  # <lib> -> one forward of one token over a cache
     identical: dict[str, bool] = field(default_factory=dict)  # "b1" / "b8" -> same tokens in both libraries
+    bf16_same_tokens: dict[str, float] = field(default_factory=dict)  # "b1" / "b8" -> share of new tokens that
+    # lmforge bf16 weights generate equal to lmforge fp32 (only where bf16 is native)
 
 
 def prompts(vocab: int, prompt: int, lengths: tuple[int, ...]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -50,7 +56,7 @@ def prompts(vocab: int, prompt: int, lengths: tuple[int, ...]) -> dict[str, tupl
 
 
 def generate_fn(lib: str, model, ids: torch.Tensor, mask: torch.Tensor, new: int):
-    if lib == "lmforge":
+    if lib.startswith("lmforge"):
         return lambda: model.generate(ids, mask, max_new_tokens=new, eos_token_id=[], pad_token_id=0)
 
     def call():
@@ -83,15 +89,21 @@ def run(gguf: Path | None = None, new: int = 128, repeats: int = 3, threads: int
     gguf = gguf or smollm2_gguf()
     models = {lib: load(lib, gguf) for lib in LIBRARIES}
     models["transformers"].generation_config.eos_token_id = None  # exactly `new` tokens, as lmforge's eos=[]
+    libraries = LIBRARIES
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        for lib in LIBRARIES:
+            models[f"{lib} bf16"] = copy.deepcopy(models[lib]).to(torch.bfloat16)
+        libraries = (*LIBRARIES, "lmforge bf16", "transformers bf16")
     batches = prompts(models["lmforge"].config.vocab_size, prompt, lengths)
     result = GenerateResult(new)
 
     fns, warmups = {}, {}
-    for lib in LIBRARIES:
+    for lib in libraries:
         for size, (ids, mask) in batches.items():
             fns[f"{lib} {size}"] = generate_fn(lib, models[lib], ids, mask, new)
             warmups[f"{lib} {size}"] = generate_fn(lib, models[lib], ids, mask, 2)  # a cheap warm-up
-        fns[f"{lib} first"] = generate_fn(lib, models[lib], *batches["b1"], 1)
+        if lib in LIBRARIES:
+            fns[f"{lib} first"] = generate_fn(lib, models[lib], *batches["b1"], 1)
     times, outputs = interleaved_times(fns, repeats, warmup_fns=warmups)
     seconds = {name: median(t) for name, t in times.items()}
     for lib in LIBRARIES:
@@ -103,8 +115,13 @@ def run(gguf: Path | None = None, new: int = 128, repeats: int = 3, threads: int
         result.step_s[lib] = (seconds[f"{lib} b1"] - seconds[f"{lib} first"]) / (new - 1)
         length = batches["b1"][0].size(1) + new // 2
         result.bare_step_s[lib] = bare_step_seconds(lib, models[lib], batches["b1"][0], length)
-    for size in batches:
+    for size, (ids, _) in batches.items():
         result.identical[size] = torch.equal(outputs[f"lmforge {size}"], outputs[f"transformers {size}"])
+        if "lmforge bf16" in libraries:
+            for lib in ("lmforge bf16", "transformers bf16"):
+                result.tokens_per_s[f"{lib} {size}"] = ids.size(0) * new / seconds[f"{lib} {size}"]
+            fp32, bf16 = (outputs[f"{lib} {size}"][:, ids.size(1):] for lib in ("lmforge", "lmforge bf16"))
+            result.bf16_same_tokens[size] = float((fp32 == bf16).float().mean())
     return result
 
 
@@ -117,7 +134,7 @@ def rows(result: GenerateResult) -> list[list[str]]:
     ms = {k: 1000 * v for k, v in result.step_s.items()}
     bare = {k: 1000 * v for k, v in result.bare_step_s.items()}
     ttft = {k: 1000 * v for k, v in result.first_token_s.items()}
-    return [
+    out = [
         row(f"generate SmolLM2-135M fp32, batch 1, {n} new tokens, tokens/s", tps["lmforge b1"],
             tps["transformers b1"]),
         ["  time to first token (32-token prompt), ms", fmt(ttft["lmforge"]), fmt(ttft["transformers"]),
@@ -128,6 +145,14 @@ def rows(result: GenerateResult) -> list[list[str]]:
         row(f"generate SmolLM2-135M fp32, batch 8 left-padded (8..92 tokens), {n} new tokens, tokens/s",
             tps["lmforge b8"], tps["transformers b8"]),
     ]
+    for size, label in (("b1", "batch 1"), ("b8", "batch 8")):
+        if f"lmforge bf16 {size}" in tps:
+            out.append(row(f"  lmforge bf16 weights vs transformers fp32, {label}, tokens/s "
+                           f"({100 * result.bf16_same_tokens[size]:.0f}% of tokens = lmforge fp32's)",
+                           tps[f"lmforge bf16 {size}"], tps[f"transformers {size}"]))
+            out.append(row(f"  lmforge vs transformers, both bf16 weights, {label}, tokens/s",
+                           tps[f"lmforge bf16 {size}"], tps[f"transformers bf16 {size}"]))
+    return out
 
 
 def report(result: GenerateResult, threads: int) -> str:

@@ -3,19 +3,22 @@ Q|K|V / K|V / gate|up matmuls and oneDNN bf16 linears give the readable blocks' 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import pytest
 import torch
 from decoder_helpers import lm_labels, padded_batch, perturb_
 
+from lmforge.cpu import attention as cpu_attention
 from lmforge.cpu import fast_paths, onednn
-from lmforge.cpu.attention import FusedKVCrossAttention, FusedQKVSelfAttention
+from lmforge.cpu.attention import FusedKVCrossAttention, FusedQKVSelfAttention, decode_attention
 from lmforge.cpu.dropout import Dropout
 from lmforge.cpu.mlp import OneDNNGatedMLP, OneDNNLinear
+from lmforge.generation import GenerationConfig
 from lmforge.models.gpt2 import GPT2Config, GPT2LMHeadModel
 from lmforge.models.llama import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
-from lmforge.nn.attention import CrossAttention, KVCache, SelfAttention
+from lmforge.nn.attention import CrossAttention, KVCache, SelfAttention, attention_reference
 from lmforge.nn.mlp import GatedMLP
 
 SIZES = dict(vocab_size=99, hidden_size=48, intermediate_size=37, num_hidden_layers=2, num_attention_heads=6,
@@ -133,3 +136,87 @@ def test_fused_cross_attention_equals_readable_and_caches_encoder_keys(cpu_path,
         again, _ = fast(x, None, None, cache)  # keys/values of the encoder output from the cache
     torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
     torch.testing.assert_close(again, want, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["llama-gqa", "qwen2-bias"])
+def test_fp32_inference_never_copies_weights(monkeypatch, name):
+    """A decode step streams the weights from memory: concatenating Q|K|V or gate|up weights on each call (fp32,
+    where nothing is prepared once) would copy most of them again. The fast blocks run one matmul per weight."""
+    model = build(name).eval()
+    params = {p.data_ptr() for p in model.parameters()}
+    copied = []
+    real_cat = torch.cat
+    monkeypatch.setattr(torch, "cat", lambda ts, *a, **k: copied.extend(
+        t.shape for t in ts if t.data_ptr() in params) or real_cat(ts, *a, **k))
+    ids, mask = padded_batch(99, "left")
+    with torch.no_grad():
+        model.generate(ids, mask, max_new_tokens=2, eos_token_id=[])
+    assert copied == []
+
+
+@pytest.mark.parametrize("heads", [(6, 2), (4, 4)])
+@pytest.mark.parametrize("mask_kind", ["none", "padding", "per-head"])
+def test_decode_attention_equals_the_written_out_formula(heads, mask_kind):
+    torch.manual_seed(0)
+    (H, Hk), B, S, D = heads, 3, 9, 8
+    q, k, v = torch.randn(B, H, 1, D), torch.randn(B, Hk, S, D), torch.randn(B, Hk, S, D)
+    mask = None
+    if mask_kind == "padding":
+        mask = torch.zeros(B, 1, 1, S).masked_fill_(torch.arange(S) < torch.tensor([0, 3, 5])[:, None, None, None],
+                                                     torch.finfo(torch.float32).min)
+    elif mask_kind == "per-head":  # T5's relative position bias: one row per query head
+        mask = torch.randn(1, H, 1, S)
+    want, _ = attention_reference(q, k, v, mask, scale=0.3)  # (B, H, 1, D)
+    got = decode_attention(q, k, v, mask, scale=0.3)  # (B, 1, H*D)
+    torch.testing.assert_close(got, want.transpose(1, 2).reshape(B, 1, H * D), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["llama-gqa", "qwen2-bias"])
+def test_bf16_decode_steps_take_decode_attention(monkeypatch, name):
+    """bf16 CPU inference, one new token per row: `decode_attention` (SDPA's bf16 CPU kernel is ~5x slower at
+    these shapes); the prompt (several queries) still runs SDPA. Logits stay close to the readable blocks'."""
+    fast = build(name).eval().to(torch.bfloat16)
+    readable = fast_paths.restore(copy.deepcopy(fast))
+    calls = []
+    real = cpu_attention.decode_attention
+    monkeypatch.setattr(cpu_attention, "decode_attention", lambda *a, **k: calls.append(a[0].shape) or real(*a, **k))
+    ids, mask = padded_batch(99, "left")
+    with torch.no_grad():
+        logits = {}
+        for label, model in (("fast", fast), ("readable", readable)):
+            cache = KVCache(model.config.num_hidden_layers)
+            model(ids, attention_mask=mask, past_key_values=cache)
+            step_mask = torch.cat([mask, torch.ones(4, 1, dtype=mask.dtype)], dim=1)
+            logits[label] = model(ids[:, -1:], attention_mask=step_mask, past_key_values=cache).logits.float()
+    assert len(calls) == fast.config.num_hidden_layers and all(shape[2] == 1 for shape in calls)
+    torch.testing.assert_close(logits["fast"], logits["readable"], atol=0.05, rtol=0)
+
+
+def test_generate_prepares_bf16_weights_once_per_call(monkeypatch, cpu_path):
+    """bf16 weights are cast / concatenated / reordered once per generate (and generate_stream) call, not at
+    every step; tokens equal those of a generate that prepares them at every step."""
+    model = build("llama-gqa").eval().to(torch.bfloat16)
+    ids, mask = padded_batch(99, "left")
+    prepared = []
+    real = onednn.weights_in
+    monkeypatch.setattr(onednn, "weights_in", lambda *a: prepared.append(1) or real(*a))
+    counts, outputs = [], []
+    for n in (2, 6):
+        prepared.clear()
+        outputs.append(model.generate(ids, mask, max_new_tokens=n, eos_token_id=[]))
+        counts.append(len(prepared))
+    native = cpu_path.uses("onednn_bf16")
+    # per layer: Q|K|V, o_proj, gate, up, down; then lm_head
+    assert counts == ([5 * model.config.num_hidden_layers + 1] * 2 if native else [0, 0])
+    prepared.clear()
+    list(model.generate_stream(ids[:1, -4:], _IdsTokenizer(), GenerationConfig(max_new_tokens=6, eos_token_id=[])))
+    assert len(prepared) == (5 * model.config.num_hidden_layers + 1 if native else 0)
+    monkeypatch.setattr(onednn, "frozen_weights", lambda prepared=None: contextlib.nullcontext())
+    torch.testing.assert_close(model.generate(ids, mask, max_new_tokens=6, eos_token_id=[]), outputs[1])
+
+
+class _IdsTokenizer:
+    """Text = the ids written out (what `generate_stream` needs of a tokenizer)."""
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return " ".join(map(str, ids))

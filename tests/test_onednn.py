@@ -200,6 +200,29 @@ def test_frozen_weights_prepares_once_per_block_and_forgets_at_exit():
         torch.testing.assert_close(after.float(), layer(x).float(), atol=0.05 if bf16 else 1e-5, rtol=0)
 
 
+def test_frozen_weights_nested_and_given_stores_reuse_preparations():
+    """A block inside another shares the outer one's preparations; a given store carries them from one block to
+    the next (generate_stream: one block per step)."""
+    require_cpu("onednn_bf16")
+    layer = nn.Linear(8, 8)
+    built = []
+
+    def params():
+        built.append(1)
+        return layer.weight, layer.bias
+
+    with onednn.frozen_weights():
+        onednn.prepared(layer, torch.bfloat16, params)
+        with onednn.frozen_weights():
+            onednn.prepared(layer, torch.bfloat16, params)
+    assert len(built) == 1
+    store = {}
+    for _ in range(3):
+        with onednn.frozen_weights(store):
+            onednn.prepared(layer, torch.bfloat16, params)
+    assert len(built) == 2
+
+
 @pytest.mark.parametrize("bf16", [False, True])
 def test_blocked_weights_give_the_same_results(bf16):
     require_cpu("onednn_bf16" if bf16 else "onednn_linear")

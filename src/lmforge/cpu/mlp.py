@@ -26,15 +26,15 @@ class OneDNNLinear(nn.Linear):
 
 
 class OneDNNGatedMLP(GatedMLP):
-    """SwiGLU with gate and up as one matmul over the concatenated weights (fp32, autograd: the same numbers,
-    one pass over x). bf16 CPU inference: the activation fused into the gate matmul and the product into the
-    up matmul (oneDNN), so the (B, T, I) intermediate is written once, not three times."""
+    """SwiGLU; bf16 CPU inference: the activation fused into the gate matmul and the product into the up
+    matmul (oneDNN), so the (B, T, I) intermediate is written once, not three times. fp32 and autograd: the
+    parent's computation (`onednn.fused_linears`: one ATen matmul per weight, no weight copy)."""
 
     def forward(self, x: Tensor) -> Tensor:
         if onednn.active(x, self.gate_proj.weight, fp32=False) and self.hidden_act in onednn.POST_OPS:
             gated = onednn.linear_module(x, self.gate_proj, fp32=False, activation=self.hidden_act)  # (B, T, I)
             return self.down_proj(onednn.linear_times(x, self.up_proj, gated))  # (B, T, C)
-        gate, up = onednn.concat_linear(x, self, (self.gate_proj, self.up_proj)).chunk(2, dim=-1)  # (B, T, I) each
+        gate, up = onednn.fused_linears(x, self, (self.gate_proj, self.up_proj))  # (B, T, I) each
         return self.down_proj(self.act(gate) * up)  # (B, T, C)
 
 

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
+from ..cpu import onednn
 from .config import GenerationConfig
 from .decoding import beam_search, sample_steps
 from .logits import build_processors
@@ -94,6 +95,13 @@ class GenerationMixin:
         }
         config = (generation_config or self.default_generation_config()).updated(
             **{k: v for k, v in given.items() if v is not None})
+        # The weights do not change during a call: bf16 CPU weights are cast, concatenated and reordered for
+        # oneDNN once per call instead of at every step (fp32 takes ATen's matmuls and prepares nothing).
+        with onednn.frozen_weights():
+            return self._generate(input_ids, attention_mask, config, tokenizer, streamer, generator, seed)
+
+    def _generate(self, input_ids: Tensor, attention_mask: Tensor | None, config: GenerationConfig, tokenizer,
+                  streamer, generator: torch.Generator | None, seed: int | None) -> Tensor:
         run = self._prepare(input_ids, attention_mask, config, tokenizer, generator, seed)
         prompt = run.prompt  # input_ids; an encoder-decoder's decoder start tokens
         if config.num_beams > 1:
@@ -123,9 +131,11 @@ class GenerationMixin:
         decoder = IncrementalDecoder(tokenizer, skip_special_tokens)
         run = self._prepare(input_ids, None, config, tokenizer, generator, seed)
         loop = sample_steps(run.steps, run.prompt, config, run.processors, run.stopping, run.pad_id, run.generator)
+        prepared = {}  # oneDNN weight preparations (bf16), made at the first step and reused by the others
         while True:
-            # Inference mode only while the loop runs: a `with` around the yields would leak it to the caller.
-            with torch.inference_mode():
+            # Inference mode and frozen weights only while the loop runs: a `with` around the yields would leak
+            # them to the caller.
+            with torch.inference_mode(), onednn.frozen_weights(prepared):
                 tokens = next(loop, None)
             if tokens is None:
                 break
