@@ -12,7 +12,7 @@ from lmforge import AutoModelForSeq2SeqLM, AutoTokenizer
 from lmforge.models.marian import MarianConfig
 from lmforge.recipes import evaluate as evaluate_recipe
 from lmforge.recipes.finetune import FinetuneOptions, run
-from lmforge.recipes.seq2seq import LabelSmoothedSeq2Seq
+from lmforge.training.seq2seq_lm import Seq2SeqLMTraining
 
 pytest.importorskip("sacrebleu")
 
@@ -107,8 +107,8 @@ def test_label_smoothing_zero_is_the_models_loss():
     labels[1, 3:] = -100
     with torch.no_grad():
         own = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        plain = LabelSmoothedSeq2Seq(model, 0.0)(ids, mask, labels).loss
-        smoothed = LabelSmoothedSeq2Seq(model, 0.1)(ids, mask, labels).loss
+        plain = Seq2SeqLMTraining(model, 0.0)(ids, labels, mask).loss
+        smoothed = Seq2SeqLMTraining(model, 0.1)(ids, labels, mask).loss
     torch.testing.assert_close(plain, own)
     assert smoothed > plain  # smoothing adds the cross-entropy against the uniform distribution
 

@@ -31,17 +31,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from ..auto import AutoConfig, AutoModelForSeq2SeqLM
 from ..data.batches import TaskBatches
 from ..data.parallel import Pair, both_sides_text, load_parallel_splits, pair_features
 from ..eval.translation import score_pairs
-from ..nn.heads import IGNORE_INDEX, shift_tokens_right
-from ..outputs import Seq2SeqLMOutput
 from ..tokenizers import AutoTokenizer
 from ..training import list_checkpoints, train
+from ..training.seq2seq_lm import Seq2SeqLMTraining
 from .common import json_safe, pick_device, write_json
 from .finetuned import BEST_DIR, BestTracker, checkpoint_step, recover_best, save_best
 
@@ -49,24 +46,6 @@ TOKENIZER_DIR = "tokenizer"
 PREDICTIONS_NAME = "test_predictions.jsonl"
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                  "pytorch_model.bin.index.json")
-
-
-class LabelSmoothedSeq2Seq(nn.Module):
-    """Training view of an encoder-decoder: teacher forcing (decoder inputs = labels shifted right after the start
-    token) and cross-entropy with label smoothing over the target vocabulary (0: the model's own loss)."""
-
-    def __init__(self, model: nn.Module, label_smoothing: float):
-        super().__init__()
-        self.model = model
-        self.label_smoothing = label_smoothing
-
-    def forward(self, input_ids, attention_mask, labels) -> Seq2SeqLMOutput:
-        config = self.model.config
-        decoder_input_ids = shift_tokens_right(labels, config.pad_token_id, config.decoder_start_token_id)
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids)
-        loss = F.cross_entropy(out.logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX,
-                               label_smoothing=self.label_smoothing)  # (B*T, V) vs (B*T,)
-        return Seq2SeqLMOutput(loss=loss, logits=out.logits)
 
 
 # ------------------------------------------------------------------------------------- model + tokenizer
@@ -183,7 +162,9 @@ def run_seq2seq(opts) -> dict[str, Any]:
     scoring = {"target_language": target_language, "batch_size": eval_batch_size, "num_beams": opts.num_beams,
                "max_new_tokens": max_new_tokens, "max_source_length": max_source, "max_target_length": max_target}
     device = pick_device(opts.device)
-    trained = LabelSmoothedSeq2Seq(model, opts.label_smoothing).to(device)
+    # Teacher forcing with the label-smoothed loss fused with the output projection, on packed tokens on a CPU
+    # (training/seq2seq_lm.py): the loss of F.cross_entropy(logits, labels, label_smoothing=...).
+    trained = Seq2SeqLMTraining(model, opts.label_smoothing).to(device)
 
     # ---- state: fresh, or resumed from the latest checkpoint
     state_path = output_dir / STATE_NAME
@@ -211,12 +192,12 @@ def run_seq2seq(opts) -> dict[str, Any]:
     current = {"step": 0}
 
     def evaluate_and_track(wrapper) -> dict[str, float]:
-        metrics, _ = score_pairs(wrapper.model, tokenizer, validation, **scoring)
+        metrics, _ = score_pairs(wrapper.lm, tokenizer, validation, **scoring)
         metrics = {k: (math.nan if v is None else v) for k, v in metrics.items()}  # the loop records floats
         step = current["step"]
         record = {"step": step, "epoch": round(step / steps_per_epoch, 4), **json_safe(metrics)}
         if tracker.update(record):
-            save_best(wrapper.model, tokenizer, output_dir, {**info, "step": step, "metrics": record})
+            save_best(wrapper.lm, tokenizer, output_dir, {**info, "step": step, "metrics": record})
         write_json(state_path, {"metric_for_best": metric, "history": tracker.history})
         return metrics
 
@@ -286,4 +267,4 @@ def write_predictions(path: Path, pairs: list[Pair], outputs: list[str]) -> None
                                 "origin": pair.origin}, ensure_ascii=False) + "\n")
 
 
-__all__ = ["LabelSmoothedSeq2Seq", "build_seq2seq_model", "run_seq2seq", "seq2seq_tokenizer"]
+__all__ = ["build_seq2seq_model", "run_seq2seq", "seq2seq_tokenizer"]
