@@ -16,8 +16,9 @@ from lmforge import AutoTokenizer
 from lmforge.recipes.finetune import run
 
 pytest.importorskip("sacrebleu")
-pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or sys.platform == "win32",
-                                reason="needs torch.distributed and fork")
+pytestmark = [pytest.mark.skipif(not torch.distributed.is_available() or sys.platform == "win32",
+                                 reason="needs torch.distributed and fork"),
+              pytest.mark.slow]  # three fine-tuning runs, ~35 s on a loaded machine
 
 TOL = 1e-5
 VERBS = [("open", "打开"), ("close", "关闭"), ("delete", "删除")]
