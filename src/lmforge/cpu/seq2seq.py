@@ -31,10 +31,20 @@ from ..nn.packing import Packing
 
 def applies(model: nn.Module) -> bool:
     """Whether `packed_decoder_states` can run `model`: a BART-family encoder-decoder (BART, Marian) whose
-    attention takes the default scale (T5's relative position bias is not handled here)."""
+    attention takes the default scale (T5's relative position bias is not handled here), with no layer sharded
+    by FSDP2: the packed path calls a layer's modules, not its forward, so FSDP's hooks that gather the layer's
+    parameters would not run (the readable forward does the same on padded rows)."""
     from ..models.bart.model import EncoderDecoderModel  # models import cpu.fast_paths, not this module
 
-    return isinstance(getattr(model, "model", None), EncoderDecoderModel)
+    base = getattr(model, "model", None)
+    if not isinstance(base, EncoderDecoderModel):
+        return False
+    if torch.distributed.is_available():
+        from torch.distributed.fsdp import FSDPModule
+
+        layers = [*base.encoder.layers, *base.decoder.layers]
+        return not any(isinstance(layer, FSDPModule) for layer in layers)
+    return True
 
 
 def packed_decoder_states(lm: nn.Module, input_ids: Tensor, attention_mask: Tensor | None,

@@ -230,6 +230,29 @@ def reinit_top_layers(model, n: int) -> None:
         layer.apply(model._init_weights)
 
 
+def clear_run_files(output_dir: Path, files: list[Path]) -> None:
+    """A fresh run (rank 0): remove `files` and the best/ folder (with its half-written / replaced leftovers)
+    of an earlier run in `output_dir`."""
+    for stale in files:
+        stale.unlink(missing_ok=True)
+    for stale in [output_dir / BEST_DIR, *output_dir.glob(f".{BEST_DIR}-tmp-*"), *output_dir.glob(f".{BEST_DIR}-old-*")]:
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def chunk_train_args(opts: FinetuneOptions, output_dir: Path, end: int, max_steps: int, interval: int,
+                     first: bool) -> TrainArgs:
+    """The training loop's arguments for the chunk of the run that ends at step `end` (an evaluation): one lr
+    schedule over `max_steps`, a checkpoint at every evaluation, and every chunk after the first resuming."""
+    return TrainArgs(
+        output_dir=output_dir, max_steps=end, schedule_steps=max_steps, learning_rate=opts.learning_rate,
+        weight_decay=opts.weight_decay, warmup_ratio=opts.warmup_ratio, schedule=opts.schedule,
+        grad_accum_steps=opts.grad_accum_steps, max_grad_norm=opts.max_grad_norm, bf16=opts.bf16,
+        eval_every=0, save_every=interval, keep_last=1, log_every=opts.log_every, seed=opts.seed,
+        resume=opts.resume or not first, overwrite=opts.overwrite and first, progress=opts.progress,
+        fsdp=opts.fsdp,
+    )
+
+
 # ------------------------------------------------------------------------------------------ finetune
 def run(opts: FinetuneOptions) -> dict[str, Any]:
     """Fine-tune, keep the best model, evaluate it on the test split; returns the results summary.
@@ -306,11 +329,7 @@ def run_once(opts: FinetuneOptions) -> dict[str, Any]:
     else:
         tracker = BestTracker(metric, opts.early_stopping_patience)
         if ddp.is_main:
-            for stale in (state_path, output_dir / RESULTS_NAME):
-                stale.unlink(missing_ok=True)
-            for stale in [output_dir / BEST_DIR, *output_dir.glob(f".{BEST_DIR}-tmp-*"),
-                          *output_dir.glob(f".{BEST_DIR}-old-*")]:
-                shutil.rmtree(stale, ignore_errors=True)
+            clear_run_files(output_dir, [state_path, output_dir / RESULTS_NAME])
     if ddp.is_main:
         write_json(output_dir / "options.json", asdict(opts))
 
@@ -339,14 +358,7 @@ def run_once(opts: FinetuneOptions) -> dict[str, Any]:
         if end <= start_step or (tracker.should_stop and current["step"] >= opts.min_steps):
             continue
         current["step"] = end
-        args = TrainArgs(
-            output_dir=output_dir, max_steps=end, schedule_steps=max_steps, learning_rate=opts.learning_rate,
-            weight_decay=opts.weight_decay, warmup_ratio=opts.warmup_ratio, schedule=opts.schedule,
-            grad_accum_steps=opts.grad_accum_steps, max_grad_norm=opts.max_grad_norm, bf16=opts.bf16,
-            eval_every=0, save_every=interval, keep_last=1, log_every=opts.log_every, seed=opts.seed,
-            resume=opts.resume or not first, overwrite=opts.overwrite and first, progress=opts.progress,
-            fsdp=opts.fsdp,
-        )
+        args = chunk_train_args(opts, output_dir, end, max_steps, interval, first)
         result = train(model, batches, args, evaluate=evaluate_and_track)
         losses.extend(result.losses)
         tokens += result.tokens

@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import shutil
 import time
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -38,6 +37,7 @@ from ..data.parallel import Pair, both_sides_text, load_parallel_splits, pair_fe
 from ..eval.translation import score_pairs
 from ..tokenizers import AutoTokenizer
 from ..training import list_checkpoints, train
+from ..training.distributed import DistInfo, dist_info, local_device, maybe_init_distributed
 from ..training.seq2seq_lm import Seq2SeqLMTraining
 from .common import json_safe, pick_device, write_json
 from .finetuned import BEST_DIR, BestTracker, checkpoint_step, recover_best, save_best
@@ -58,8 +58,9 @@ def from_scratch(opts) -> bool:
     return opts.init == "random" or not has_weights(path)
 
 
-def seq2seq_tokenizer(opts, train_pairs: list[Pair], output_dir: Path):
-    """`--tokenizer`, else the model folder's, else one trained on the training pairs (kept in output_dir)."""
+def seq2seq_tokenizer(opts, train_pairs: list[Pair], output_dir: Path, ddp: DistInfo):
+    """`--tokenizer`, else the model folder's, else one trained on the training pairs (kept in output_dir:
+    rank 0 trains and saves it, the other ranks load what it saved)."""
     from ..tokenizers import train_tokenizer
 
     model_path = Path(opts.model)
@@ -74,8 +75,11 @@ def seq2seq_tokenizer(opts, train_pairs: list[Pair], output_dir: Path):
         return AutoTokenizer.from_pretrained(folder)
     # Byte-level BPE (GPT-2 style: `<|endoftext|>` is EOS, `<|pad|>` pads) over both languages, CJK ideographs
     # kept whole: one vocabulary for source and target, as Marian's shared embeddings want.
-    return train_tokenizer(both_sides_text(train_pairs), folder, kind="gpt2", vocab_size=opts.vocab_size,
-                           min_frequency=2)
+    if ddp.is_main:
+        tokenizer = train_tokenizer(both_sides_text(train_pairs), folder, kind="gpt2", vocab_size=opts.vocab_size,
+                                    min_frequency=2)
+    ddp.barrier()
+    return tokenizer if ddp.is_main else AutoTokenizer.from_pretrained(folder)
 
 
 def build_seq2seq_model(opts, tokenizer):
@@ -118,8 +122,11 @@ def eval_subset(pairs: list[Pair], n: int, seed: int) -> list[Pair]:
 
 # ----------------------------------------------------------------------------------------------- the run
 def run_seq2seq(opts) -> dict[str, Any]:
-    """One seq2seq fine-tuning run (FinetuneOptions with task="seq2seq"); returns the results summary."""
-    from .finetune import RESULTS_NAME, STATE_NAME
+    """One seq2seq fine-tuning run (FinetuneOptions with task="seq2seq"); returns the results summary.
+    Under torchrun, as classification fine-tuning: `--batch-size` is the global batch, split over the ranks;
+    rank 0 scores validation / test (the others receive its metrics, so every rank takes the same best / stop
+    decisions) and writes every file."""
+    from .finetune import RESULTS_NAME, STATE_NAME, chunk_train_args, clear_run_files
 
     t0 = time.perf_counter()
     if not opts.model:
@@ -130,10 +137,13 @@ def run_seq2seq(opts) -> dict[str, Any]:
         raise FileNotFoundError(f"{opts.model}: model folder or config file not found")
     if opts.threads:
         torch.set_num_threads(opts.threads)
+    maybe_init_distributed()
+    ddp = dist_info()
     output_dir = Path(opts.output_dir)
     if list_checkpoints(output_dir) and not (opts.resume or opts.overwrite):
         raise ValueError(f"{output_dir} holds checkpoints of an earlier run; pass --resume to continue it, "
                          "--overwrite to start over, or another --output-dir")
+    ddp.barrier()  # every rank has looked before rank 0 changes anything
     output_dir.mkdir(parents=True, exist_ok=True)
     metric = opts.best_metric
 
@@ -142,7 +152,7 @@ def run_seq2seq(opts) -> dict[str, Any]:
     splits = load_parallel_splits(opts.data, opts.source_column, opts.target_column, opts.validation_file,
                                   opts.test_file, seed=split_seed)
     target_language = opts.target_language or splits.target_language
-    tokenizer = seq2seq_tokenizer(opts, splits["train"], output_dir)
+    tokenizer = seq2seq_tokenizer(opts, splits["train"], output_dir, ddp)
     model = build_seq2seq_model(opts, tokenizer)
     max_source = source_limit(model.config, opts.max_length)
     max_target = source_limit(model.config, opts.max_target_length or opts.max_length)
@@ -152,7 +162,8 @@ def run_seq2seq(opts) -> dict[str, Any]:
         train_pairs = eval_subset(train_pairs, max(1, round(opts.label_fraction * len(train_pairs))), opts.seed)
     features = pair_features(train_pairs, tokenizer, max_source, max_target)
     pad_id = model.config.pad_token_id
-    batches = TaskBatches(features, opts.batch_size, pad_id, seed=opts.seed)
+    batches = TaskBatches(features, opts.batch_size, pad_id, seed=opts.seed, rank=ddp.rank,
+                          world_size=ddp.world_size)
     steps_per_epoch = math.ceil(len(batches) / opts.grad_accum_steps)
     max_steps = opts.step_budget(steps_per_epoch)
     interval = opts.eval_every or steps_per_epoch
@@ -161,7 +172,7 @@ def run_seq2seq(opts) -> dict[str, Any]:
     validation = eval_subset(splits["validation"], opts.eval_samples, split_seed)
     scoring = {"target_language": target_language, "batch_size": eval_batch_size, "num_beams": opts.num_beams,
                "max_new_tokens": max_new_tokens, "max_source_length": max_source, "max_target_length": max_target}
-    device = pick_device(opts.device)
+    device = local_device() if ddp.enabled and opts.device is None else pick_device(opts.device)
     # Teacher forcing with the label-smoothed loss fused with the output projection, on packed tokens on a CPU
     # (training/seq2seq_lm.py): the loss of F.cross_entropy(logits, labels, label_smoothing=...).
     trained = Seq2SeqLMTraining(model, opts.label_smoothing).to(device)
@@ -171,7 +182,9 @@ def run_seq2seq(opts) -> dict[str, Any]:
     start_step = 0
     if opts.resume and list_checkpoints(output_dir):
         start_step = checkpoint_step(output_dir)
-        recover_best(output_dir)
+        if ddp.is_main:
+            recover_best(output_dir)
+        ddp.barrier()
         saved = json.loads(state_path.read_text(encoding="utf-8")) if state_path.is_file() else {}
         history = [r for r in saved.get("history", []) if r["step"] <= start_step]
         tracker = BestTracker.replay(metric, opts.early_stopping_patience, history)
@@ -180,28 +193,29 @@ def run_seq2seq(opts) -> dict[str, Any]:
                              "pass --overwrite to start over")
     else:
         tracker = BestTracker(metric, opts.early_stopping_patience)
-        for stale in (state_path, output_dir / RESULTS_NAME, output_dir / PREDICTIONS_NAME):
-            stale.unlink(missing_ok=True)
-        for stale in [output_dir / BEST_DIR, *output_dir.glob(f".{BEST_DIR}-tmp-*"),
-                      *output_dir.glob(f".{BEST_DIR}-old-*")]:
-            shutil.rmtree(stale, ignore_errors=True)
-    write_json(output_dir / "options.json", asdict(opts))
+        if ddp.is_main:
+            clear_run_files(output_dir, [state_path, output_dir / RESULTS_NAME, output_dir / PREDICTIONS_NAME])
+    if ddp.is_main:
+        write_json(output_dir / "options.json", asdict(opts))
     info = {"task": "seq2seq", "source_column": opts.source_column, "target_column": opts.target_column,
             "target_language": target_language, "max_length": max_source, "max_target_length": max_target,
             "num_beams": opts.num_beams, "max_new_tokens": max_new_tokens, "metric_for_best": metric}
     current = {"step": 0}
 
-    def evaluate_and_track(wrapper) -> dict[str, float]:
+    def score_validation(wrapper) -> dict[str, float]:
         metrics, _ = score_pairs(wrapper.lm, tokenizer, validation, **scoring)
-        metrics = {k: (math.nan if v is None else v) for k, v in metrics.items()}  # the loop records floats
+        return {k: (math.nan if v is None else v) for k, v in metrics.items()}  # the loop records floats
+
+    def evaluate_and_track(wrapper) -> dict[str, float]:
+        # Rank 0 scores; every rank tracks its metrics, so all take the same best / stop decisions.
+        metrics = ddp.broadcast(score_validation(wrapper) if ddp.is_main else None)
         step = current["step"]
         record = {"step": step, "epoch": round(step / steps_per_epoch, 4), **json_safe(metrics)}
-        if tracker.update(record):
+        if tracker.update(record) and ddp.is_main:
             save_best(wrapper.lm, tokenizer, output_dir, {**info, "step": step, "metrics": record})
-        write_json(state_path, {"metric_for_best": metric, "history": tracker.history})
+        if ddp.is_main:
+            write_json(state_path, {"metric_for_best": metric, "history": tracker.history})
         return metrics
-
-    from ..training import TrainArgs
 
     losses: list[float] = []
     tokens = 0
@@ -210,27 +224,22 @@ def run_seq2seq(opts) -> dict[str, Any]:
         if end <= start_step or (tracker.should_stop and current["step"] >= opts.min_steps):
             continue
         current["step"] = end
-        args = TrainArgs(
-            output_dir=output_dir, max_steps=end, schedule_steps=max_steps, learning_rate=opts.learning_rate,
-            weight_decay=opts.weight_decay, warmup_ratio=opts.warmup_ratio, schedule=opts.schedule,
-            grad_accum_steps=opts.grad_accum_steps, max_grad_norm=opts.max_grad_norm, bf16=opts.bf16,
-            eval_every=0, save_every=interval, keep_last=1, log_every=opts.log_every, seed=opts.seed,
-            resume=opts.resume or not first, overwrite=opts.overwrite and first, progress=opts.progress,
-        )
+        args = chunk_train_args(opts, output_dir, end, max_steps, interval, first)
         result = train(trained, batches, args, evaluate=evaluate_and_track)
         losses.extend(result.losses)
         tokens += result.tokens
         first = False
     last_step = tracker.history[-1]["step"] if tracker.history else start_step
-    if tracker.best is None or not (output_dir / BEST_DIR).is_dir():
+    if tracker.best is None or (ddp.is_main and not (output_dir / BEST_DIR).is_dir()):
         raise RuntimeError(f"{output_dir}: no evaluation recorded, so no best model")
 
-    # ---- the best model on the whole test split
+    # ---- the best model on the whole test split (rank 0; the others get its metrics)
     test_metrics = None
-    if "test" in splits:
+    if "test" in splits and ddp.is_main:
         best_model = AutoModelForSeq2SeqLM.from_pretrained(output_dir / BEST_DIR).to(device).eval()
         test_metrics, outputs = score_pairs(best_model, tokenizer, splits["test"], **scoring)
         write_predictions(output_dir / PREDICTIONS_NAME, splits["test"], outputs)
+    test_metrics = ddp.broadcast(test_metrics)
     best = tracker.best
     results = {
         "task": "seq2seq",
@@ -255,7 +264,8 @@ def run_seq2seq(opts) -> dict[str, Any]:
         "elapsed_s": time.perf_counter() - t0,
         "options": asdict(opts),
     }
-    write_json(output_dir / RESULTS_NAME, results)
+    if ddp.is_main:
+        write_json(output_dir / RESULTS_NAME, results)
     return json_safe(results)
 
 
