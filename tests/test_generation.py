@@ -323,7 +323,9 @@ def test_smollm2_greedy_64_tokens_identical_to_transformers(smollm2_gguf):
     pieces = list(ours.generate_stream(prompt, tokenizer, config))
     full = ours.generate(prompt, generation_config=config)
     assert "".join(pieces) == tokenizer.decode(full[0, prompt.size(1):], skip_special_tokens=True)
-    assert all("\ufffd" not in p for p in pieces) and any("\u4e00" <= c <= "\u9fff" for c in "".join(pieces))
+    # (A piece cut inside a character would show as U+FFFD and break the equality above; the model's own output
+    # may hold an invalid byte sequence, which both sides then decode to U+FFFD alike.)
+    assert any("\u4e00" <= c <= "\u9fff" for c in "".join(pieces))
     del ours
     theirs = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
     expected = theirs_generate(theirs, ids, mask, **settings)
