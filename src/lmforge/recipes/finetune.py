@@ -48,11 +48,13 @@ import math
 import shutil
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from ..auto import AutoConfig
 from ..data.batches import TaskBatches
@@ -239,6 +241,42 @@ def clear_run_files(output_dir: Path, files: list[Path]) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
+def train_in_chunks(model: nn.Module, batches: Any, opts: FinetuneOptions, output_dir: Path, boundaries: list[int],
+                    max_steps: int, interval: int, start_step: int, steps_per_epoch: int, tracker: BestTracker,
+                    score: Callable[[nn.Module], dict[str, float]],
+                    save: Callable[[nn.Module, dict[str, Any]], None]) -> tuple[list[float], int]:
+    """Train to each evaluation boundary in turn (`chunk_train_args`) and evaluate there: rank 0 scores
+    (`score(model)`), every rank tracks the broadcast metrics, so all take the same best / stop decisions, and
+    rank 0 saves a new best (`save(model, record)`) and the history. Patience stops the run once --min-steps is
+    reached (a floor). Returns the losses and the token count of the steps trained."""
+    ddp = dist_info()
+    current = {"step": 0}
+
+    def evaluate_and_track(m) -> dict[str, float]:
+        metrics = ddp.broadcast(score(m) if ddp.is_main else None)
+        step = current["step"]
+        record = {"step": step, "epoch": round(step / steps_per_epoch, 4), **json_safe(metrics)}
+        if tracker.update(record) and ddp.is_main:
+            save(m, record)
+        if ddp.is_main:
+            write_json(output_dir / STATE_NAME, {"metric_for_best": tracker.metric, "history": tracker.history})
+        return metrics
+
+    losses: list[float] = []
+    tokens = 0
+    first = True
+    for end in boundaries:
+        if end <= start_step or (tracker.should_stop and current["step"] >= opts.min_steps):
+            continue
+        current["step"] = end
+        args = chunk_train_args(opts, output_dir, end, max_steps, interval, first)
+        result = train(model, batches, args, evaluate=evaluate_and_track)
+        losses.extend(result.losses)
+        tokens += result.tokens
+        first = False
+    return losses, tokens
+
+
 def chunk_train_args(opts: FinetuneOptions, output_dir: Path, end: int, max_steps: int, interval: int,
                      first: bool) -> TrainArgs:
     """The training loop's arguments for the chunk of the run that ends at step `end` (an evaluation): one lr
@@ -333,36 +371,15 @@ def run_once(opts: FinetuneOptions) -> dict[str, Any]:
     if ddp.is_main:
         write_json(output_dir / "options.json", asdict(opts))
 
-    current = {"step": 0}
+    def save(m, record: dict) -> None:
+        save_best(m, tokenizer, output_dir, {"task": opts.task, "step": record["step"], "epoch": record["epoch"],
+                                             "metric_for_best": metric, "metrics": record,
+                                             "max_length": max_length, "text_column": opts.text_column,
+                                             "text_pair_column": opts.text_pair_column,
+                                             "label_column": opts.label_column})
 
-    def evaluate_and_track(m) -> dict[str, float]:
-        # Rank 0 scores; every rank tracks its metrics, so all take the same best / stop decisions.
-        metrics = ddp.broadcast(score_validation(m) if ddp.is_main else None)
-        step = current["step"]
-        record = {"step": step, "epoch": round(step / steps_per_epoch, 4), **json_safe(metrics)}
-        if tracker.update(record) and ddp.is_main:
-            save_best(m, tokenizer, output_dir, {"task": opts.task, "step": step, "epoch": record["epoch"],
-                                                 "metric_for_best": metric, "metrics": record,
-                                                 "max_length": max_length, "text_column": opts.text_column,
-                                                 "text_pair_column": opts.text_pair_column,
-                                                 "label_column": opts.label_column})
-        if ddp.is_main:
-            write_json(state_path, {"metric_for_best": metric, "history": tracker.history})
-        return metrics
-
-    losses: list[float] = []
-    tokens = 0
-    first = True
-    for end in boundaries:
-        # --min-steps is a floor: patience cannot stop the run before it
-        if end <= start_step or (tracker.should_stop and current["step"] >= opts.min_steps):
-            continue
-        current["step"] = end
-        args = chunk_train_args(opts, output_dir, end, max_steps, interval, first)
-        result = train(model, batches, args, evaluate=evaluate_and_track)
-        losses.extend(result.losses)
-        tokens += result.tokens
-        first = False
+    losses, tokens = train_in_chunks(model, batches, opts, output_dir, boundaries, max_steps, interval, start_step,
+                                     steps_per_epoch, tracker, score_validation, save)
     last_step = tracker.history[-1]["step"] if tracker.history else start_step
     if tracker.best is None or (ddp.is_main and not (output_dir / BEST_DIR).is_dir()):
         raise RuntimeError(f"{output_dir}: no evaluation recorded, so no best model")

@@ -36,7 +36,7 @@ from ..data.batches import TaskBatches
 from ..data.parallel import Pair, both_sides_text, load_parallel_splits, pair_features
 from ..eval.translation import score_pairs
 from ..tokenizers import AutoTokenizer
-from ..training import list_checkpoints, train
+from ..training import list_checkpoints
 from ..training.distributed import DistInfo, dist_info, local_device, maybe_init_distributed
 from ..training.seq2seq_lm import Seq2SeqLMTraining
 from .common import json_safe, pick_device, write_json
@@ -126,7 +126,7 @@ def run_seq2seq(opts) -> dict[str, Any]:
     Under torchrun, as classification fine-tuning: `--batch-size` is the global batch, split over the ranks;
     rank 0 scores validation / test (the others receive its metrics, so every rank takes the same best / stop
     decisions) and writes every file."""
-    from .finetune import RESULTS_NAME, STATE_NAME, chunk_train_args, clear_run_files
+    from .finetune import RESULTS_NAME, STATE_NAME, clear_run_files, train_in_chunks
 
     t0 = time.perf_counter()
     if not opts.model:
@@ -200,35 +200,16 @@ def run_seq2seq(opts) -> dict[str, Any]:
     info = {"task": "seq2seq", "source_column": opts.source_column, "target_column": opts.target_column,
             "target_language": target_language, "max_length": max_source, "max_target_length": max_target,
             "num_beams": opts.num_beams, "max_new_tokens": max_new_tokens, "metric_for_best": metric}
-    current = {"step": 0}
 
     def score_validation(wrapper) -> dict[str, float]:
         metrics, _ = score_pairs(wrapper.lm, tokenizer, validation, **scoring)
         return {k: (math.nan if v is None else v) for k, v in metrics.items()}  # the loop records floats
 
-    def evaluate_and_track(wrapper) -> dict[str, float]:
-        # Rank 0 scores; every rank tracks its metrics, so all take the same best / stop decisions.
-        metrics = ddp.broadcast(score_validation(wrapper) if ddp.is_main else None)
-        step = current["step"]
-        record = {"step": step, "epoch": round(step / steps_per_epoch, 4), **json_safe(metrics)}
-        if tracker.update(record) and ddp.is_main:
-            save_best(wrapper.lm, tokenizer, output_dir, {**info, "step": step, "metrics": record})
-        if ddp.is_main:
-            write_json(state_path, {"metric_for_best": metric, "history": tracker.history})
-        return metrics
+    def save(wrapper, record: dict) -> None:
+        save_best(wrapper.lm, tokenizer, output_dir, {**info, "step": record["step"], "metrics": record})
 
-    losses: list[float] = []
-    tokens = 0
-    first = True
-    for end in boundaries:
-        if end <= start_step or (tracker.should_stop and current["step"] >= opts.min_steps):
-            continue
-        current["step"] = end
-        args = chunk_train_args(opts, output_dir, end, max_steps, interval, first)
-        result = train(trained, batches, args, evaluate=evaluate_and_track)
-        losses.extend(result.losses)
-        tokens += result.tokens
-        first = False
+    losses, tokens = train_in_chunks(trained, batches, opts, output_dir, boundaries, max_steps, interval, start_step,
+                                     steps_per_epoch, tracker, score_validation, save)
     last_step = tracker.history[-1]["step"] if tracker.history else start_step
     if tracker.best is None or (ddp.is_main and not (output_dir / BEST_DIR).is_dir()):
         raise RuntimeError(f"{output_dir}: no evaluation recorded, so no best model")
