@@ -23,7 +23,7 @@ def test_demo_writes_report_table_and_plots(tmp_path, monkeypatch):
     out = tmp_path / "demo"
     assert main(["demo", "-o", str(out), "--preset", "bert-tiny", "--pretrain-steps", "4", "--pretrain-minutes", "1",
                  "--epochs", "1", "--min-steps", "2", "--fractions", "0.1", "--seeds", "0,1", "--skip-minilm",
-                 "--threads", "1"]) == 0
+                 "--threads", "1", "--workers", "2"]) == 0
     report = (out / "report.md").read_text()
     assert "| random init | 10% | 320 | 2 |" in report and "| lmforge pretrained | 10% | 320 | 2 |" in report
     assert (out / "pretraining_loss.png").stat().st_size > 0 and (out / "accuracy_vs_labels.png").stat().st_size > 0
@@ -37,3 +37,27 @@ def test_demo_writes_report_table_and_plots(tmp_path, monkeypatch):
     # the word-level section: neighbours of sentiment words, random vs pretrained
     assert "## What pretraining did to words" in report
     assert set(results["nearest_neighbours"]) == {"random init", "lmforge pretrained"}
+
+
+def test_demo_side_by_side_fine_tuning_equals_one_after_another(tmp_path, monkeypatch, capsys):
+    """Two worker processes at one thread each give the rows that one process at one thread gives."""
+    from lmforge.data.datasets import DatasetFetchError, cache_dir, fetch_dataset_files
+
+    try:
+        fetch_dataset_files()
+    except DatasetFetchError as e:
+        pytest.skip(f"movie-review data unavailable: {e}")
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "datasets").symlink_to(cache_dir() / "datasets")
+    monkeypatch.setenv("LMFORGE_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "demo"
+    args = ["demo", "-o", str(out), "--preset", "bert-tiny", "--pretrain-steps", "3", "--pretrain-minutes", "1",
+            "--epochs", "1", "--min-steps", "3", "--fractions", "0.01,0.03", "--seeds", "0", "--skip-minilm",
+            "--threads", "1"]
+    results = {}
+    for workers in ("2", "1"):
+        assert main([*args, "--workers", workers]) == 0
+        rows = json.loads((out / "results.json").read_text())["rows"]
+        results[workers] = [(r["model"], r["fraction"], r["accuracies"], r["steps"]) for r in rows]
+    assert "in 2 processes side by side" in capsys.readouterr().out
+    assert results["2"] == results["1"] and len(results["1"]) == 4

