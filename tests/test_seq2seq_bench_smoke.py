@@ -42,3 +42,16 @@ def test_translate_bench_runs_small_and_beams_match(monkeypatch):
     assert result.identical == {"marian": True, "t5": True}
     assert all(math.isfinite(v) and v > 0 for v in result.sentences_per_s.values())
     assert len(bench.rows(result, 3, 2)) == 2
+
+
+def test_gemm_bound_bench_runs_small(monkeypatch):
+    """bench/gemm_bound.py: the GEMM and attention shares are fractions, and the bounds lie above the ratio."""
+    bench = load(monkeypatch, "gemm_bound")
+    shapes = {"train": dict(shape={**bench.seq2seq_train.SHAPE, **TINY_MARIAN}, batch_size=3, max_len=8),
+              "marian": dict(shape={**bench.translate.MARIAN, **TINY_MARIAN}, batch_size=2, new=3)}
+    for key, kwargs in shapes.items():
+        name, make = bench.WORKLOADS[key]
+        row = bench.bound_row(name, make(**kwargs))
+        assert 0.0 < row["gemm_share"] < 1.0 and 0.0 <= row["attention_share"] < 1.0
+        assert row["gemm_share"] + row["attention_share"] <= 1.0
+        assert row["bound"] >= row["bound_keeping_attention"] >= row["profiled_ratio"] > 0
