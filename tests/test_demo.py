@@ -61,3 +61,13 @@ def test_demo_side_by_side_fine_tuning_equals_one_after_another(tmp_path, monkey
         results[workers] = [(r["model"], r["fraction"], r["accuracies"], r["steps"]) for r in rows]
     assert "in 2 processes side by side" in capsys.readouterr().out
     assert results["2"] == results["1"] and len(results["1"]) == 4
+
+
+def test_demo_fine_tuning_error_in_a_worker_reaches_the_caller(tmp_path):
+    """A run that fails in a worker process ends the side-by-side fine-tuning with that run's error."""
+    from lmforge.recipes.demo import DemoOptions, finetune_step
+
+    opts = DemoOptions(output_dir=str(tmp_path), fractions=[0.01, 0.03], seeds=[0], large_fraction_seeds=[0],
+                       skip_minilm=True, workers=2)
+    with pytest.raises(Exception, match="no-such-model"):
+        finetune_step(opts, tmp_path, tmp_path / "no-such-model")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -175,18 +176,22 @@ def finetune_step(opts: DemoOptions, out: Path, pretrained: Path) -> list[dict[s
     else:
         print(f"[demo] fine-tuning {len(jobs)} runs in {workers} processes side by side, one thread each", flush=True)
         # spawn, not fork: a forked child would inherit this process' torch thread pools mid-use.
-        import multiprocessing
-
         with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             # Costliest first (MiniLM, then the larger label sets), so no long run starts last.
             order = sorted(range(len(jobs)), key=lambda i: (jobs[i][0] != MINILM, -jobs[i][1]))
             futures = {pool.submit(timed_finetune, jobs[i][2]): i for i in order}
-            for future in as_completed(futures):
-                record(futures[future], *future.result())
+            try:
+                for future in as_completed(futures):
+                    record(futures[future], *future.result())
+            except BaseException:
+                # A failed run (or Ctrl-C) ends the demo now, not after every queued run has finished.
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
     return [r for r in rows if r is not None]
 
 
 def fine_tuning_workers(opts: DemoOptions, jobs: int) -> int:
+    """--workers, 0 meaning one per CPU core this process may use; never more than there are runs."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, min(opts.workers or cores, jobs))
 
