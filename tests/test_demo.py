@@ -9,17 +9,22 @@ import pytest
 from lmforge.cli import main
 
 
-def test_demo_writes_report_table_and_plots(tmp_path, monkeypatch):
+@pytest.fixture
+def demo_cache(tmp_path, monkeypatch):
+    """The fetched movie-review data (skip when it cannot be fetched), with this test's tokenized cache kept out
+    of the user's cache."""
     from lmforge.data.datasets import DatasetFetchError, cache_dir, fetch_dataset_files
 
     try:
         fetch_dataset_files()
     except DatasetFetchError as e:
         pytest.skip(f"movie-review data unavailable: {e}")
-    # Reuse the fetched data, but keep this run's tokenized cache out of the user's cache.
     (tmp_path / "cache").mkdir()
     (tmp_path / "cache" / "datasets").symlink_to(cache_dir() / "datasets")
     monkeypatch.setenv("LMFORGE_CACHE", str(tmp_path / "cache"))
+
+
+def test_demo_writes_report_table_and_plots(tmp_path, demo_cache):
     out = tmp_path / "demo"
     assert main(["demo", "-o", str(out), "--preset", "bert-tiny", "--pretrain-steps", "4", "--pretrain-minutes", "1",
                  "--epochs", "1", "--min-steps", "2", "--fractions", "0.1", "--seeds", "0,1", "--skip-minilm",
@@ -39,17 +44,8 @@ def test_demo_writes_report_table_and_plots(tmp_path, monkeypatch):
     assert set(results["nearest_neighbours"]) == {"random init", "lmforge pretrained"}
 
 
-def test_demo_side_by_side_fine_tuning_equals_one_after_another(tmp_path, monkeypatch, capsys):
+def test_demo_side_by_side_fine_tuning_equals_one_after_another(tmp_path, demo_cache, capsys):
     """Two worker processes at one thread each give the rows that one process at one thread gives."""
-    from lmforge.data.datasets import DatasetFetchError, cache_dir, fetch_dataset_files
-
-    try:
-        fetch_dataset_files()
-    except DatasetFetchError as e:
-        pytest.skip(f"movie-review data unavailable: {e}")
-    (tmp_path / "cache").mkdir()
-    (tmp_path / "cache" / "datasets").symlink_to(cache_dir() / "datasets")
-    monkeypatch.setenv("LMFORGE_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "demo"
     args = ["demo", "-o", str(out), "--preset", "bert-tiny", "--pretrain-steps", "3", "--pretrain-minutes", "1",
             "--epochs", "1", "--min-steps", "3", "--fractions", "0.01,0.03", "--seeds", "0", "--skip-minilm",

@@ -309,6 +309,18 @@ def save_checkpoint(
     try:
         tmp.mkdir()
         _write_weights(unwrap_model(model), tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _publish(tmp, final, state, keep_last)
+    return final
+
+
+def _publish(tmp: Path, final: Path, state: dict[str, Any], keep_last: int) -> None:
+    """Add training_state.pt to the written folder `tmp`, sync it, rename it to `final`, point `latest` at it and
+    rotate old checkpoints; `tmp` is removed if any of that fails."""
+    root = final.parent
+    try:
         torch.save(state, tmp / TRAINING_STATE_NAME)
         fsync_tree(tmp)
         if final.exists():
@@ -320,9 +332,8 @@ def save_checkpoint(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    atomic_write_text(root / LATEST_NAME, name + "\n")
+    atomic_write_text(root / LATEST_NAME, final.name + "\n")
     _rotate(root, keep=final, keep_last=keep_last)
-    return final
 
 
 def _rotate(root: Path, keep: Path, keep_last: int) -> None:
@@ -456,17 +467,6 @@ def save_sharded_checkpoint(
             "sharded": True,
             "extra": extra or {},
         }
-        try:
-            torch.save(state, tmp / TRAINING_STATE_NAME)
-            fsync_tree(tmp)
-            if final.exists():
-                remove_dir(final)
-            os.rename(tmp, final)
-            fsync_path(root)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        atomic_write_text(root / LATEST_NAME, name + "\n")
-        _rotate(root, keep=final, keep_last=keep_last)
+        _publish(tmp, final, state, keep_last)
     ddp.barrier()
     return final
